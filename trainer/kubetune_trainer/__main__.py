@@ -1,0 +1,3 @@
+from kubetune_trainer.cli import main
+
+raise SystemExit(main())

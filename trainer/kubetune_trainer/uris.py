@@ -1,0 +1,63 @@
+"""Where a URI in the spec lives on this machine.
+
+``pvc://claim/path`` is a volume the operator mounted at ``/mnt/pvc/<claim>`` (``KUBETUNE_PVC_ROOT``
+overrides the root so the same spec runs on a laptop). ``s3://`` goes through fsspec. ``hf://org/name``
+is a Hugging Face dataset or model id; ``KUBETUNE_HF_ROOT`` may point at a directory of local
+copies (``<root>/org/name``), which is how tests stand in for the hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def pvc_root() -> Path:
+    return Path(os.environ.get("KUBETUNE_PVC_ROOT", "/mnt/pvc"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
+
+
+def scheme(uri: str) -> str:
+    """``"s3://b/k"`` -> ``"s3"``; a plain path -> ``"file"``."""
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def local_path(uri: str) -> Path:
+    """Resolve a local or pvc URI to a path.
+
+    >>> str(local_path("/data/x.jsonl"))
+    '/data/x.jsonl'
+    >>> os.environ["KUBETUNE_PVC_ROOT"] = "/mnt/pvc"; str(local_path("pvc://models/llama/v1"))
+    '/mnt/pvc/models/llama/v1'
+    """
+    kind = scheme(uri)
+    if kind == "file":
+        return Path(uri.removeprefix("file://")).expanduser()
+    if kind == "pvc":
+        claim_and_path = uri.removeprefix("pvc://").strip("/")
+        if not claim_and_path:
+            raise ValueError(f"{uri}: pvc URIs look like pvc://claim/path")
+        return pvc_root() / claim_and_path
+    raise ValueError(f"{uri}: not a local or pvc:// location")
+
+
+def hf_local_copy(uri: str) -> Path | None:
+    """``hf://org/name`` -> ``$KUBETUNE_HF_ROOT/org/name`` when such a directory exists."""
+    root = os.environ.get("KUBETUNE_HF_ROOT")
+    path = Path(root) / uri.removeprefix("hf://") if root else None
+    return path if path is not None and path.is_dir() else None
+
+
+def fetch_remote(uri: str, dest: Path) -> Path:
+    """Copy an ``s3://`` (or any fsspec) file or folder to ``dest`` and return the local path."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    target = dest / Path(path).name
+    if not target.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        fs.get(path, str(target), recursive=fs.isdir(path))
+    return target
