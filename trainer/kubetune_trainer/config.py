@@ -328,6 +328,8 @@ def validate(cfg: JobConfig, present: set[str], cuda_available: bool | None = No
         raise ConfigError("spec.evaluation.gates.minExactMatch: add exactMatch to spec.evaluation.metrics")
     if ev.max_new_tokens < 1:
         raise ConfigError("spec.evaluation.maxNewTokens: must be >= 1")
+    if cfg.output.merge_weights and m in ("prefix", "prompt"):
+        raise ConfigError(f"spec.output.mergeWeights: {m} tuning adds virtual tokens and cannot be merged")
     needs_cuda = m == "qlora" or t.precision == "fp16"
     if needs_cuda:
         if cuda_available is None:

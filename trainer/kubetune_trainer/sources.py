@@ -26,10 +26,8 @@ def load_rows(uri: str) -> list[dict[str, Any]]:
     if kind == "hf":
         local = uris.hf_local_copy(uri)
         return _load_with_datasets(str(local) if local else uri.removeprefix("hf://"), uri)
-    if kind not in ("file", "pvc"):
-        path = uris.fetch_remote(uri, uris.cache_dir() / "data")
-    else:
-        path = uris.local_path(uri)
+    remote = kind not in ("file", "pvc")
+    path = uris.fetch_remote(uri, uris.cache_dir() / "data") if remote else uris.local_path(uri)
     if not path.exists():
         raise DataError(f"{uri}: no such file or directory ({path})")
     if path.is_file():

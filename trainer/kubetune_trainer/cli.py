@@ -1,0 +1,165 @@
+"""``python -m kubetune_trainer train SPEC`` and ``make-tiny-model OUT``.
+
+`run` is the whole job, top to bottom: config -> data -> model -> train -> evaluate -> export. Bad
+config or data exit with status 2 and a one-line error before any model is loaded; SIGTERM exits 143
+after writing a checkpoint, so the Kubernetes Job's retry resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetune_trainer import export, uris
+from kubetune_trainer.config import ConfigError, JobConfig, parse_job, to_dict
+from kubetune_trainer.sources import DataError
+
+log = logging.getLogger("kubetune_trainer")
+
+
+def load_config(spec_path: str) -> JobConfig:
+    try:
+        obj = yaml.safe_load(Path(spec_path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{spec_path}: cannot read the FineTuneJob ({e})") from e
+    return parse_job(obj)
+
+
+def output_location(cfg: JobConfig, override: str | None) -> tuple[Path, str | None]:
+    """(local directory to write into, remote URI to upload to afterwards or None)."""
+    target = override or os.environ.get("KUBETUNE_OUTPUT_DIR") or cfg.output.uri
+    if not target:
+        return Path("kubetune-output") / cfg.name, None
+    if uris.scheme(target) in ("file", "pvc"):
+        return uris.local_path(target), None
+    run = os.environ.get("KUBETUNE_RUN", "0")
+    return uris.cache_dir() / "runs" / f"{cfg.namespace or 'local'}-{cfg.name}-{run}", target
+
+
+def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
+    from kubetune_trainer import model, pipeline, splits, train
+    from kubetune_trainer.progress import Metrics, StatusReporter
+
+    started = time.time()
+    # 1. config: everything that can be wrong with the spec fails here.
+    cfg = load_config(spec_path)
+    out_dir, remote = output_location(cfg, output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reporter = StatusReporter(cfg.name if os.environ.get("KUBETUNE_FINETUNEJOB_NAME") else None, cfg.namespace)
+
+    # 2. data: validated, cleaned and split before any model is loaded.
+    prepared = splits.prepare(cfg, out_dir)
+
+    # 3. model: tokenizer first, so the data is tokenised once.
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    source = model.resolve_model_source(cfg)
+    tokenizer = model.load_tokenizer(source, cfg)
+    data = pipeline.tokenize_splits(prepared, cfg, tokenizer)
+    lm = model.load_model(source, cfg, device, pipeline.storage_dtype(cfg, device))
+    base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, prompt_learning=False)
+    lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing)
+
+    # 4. train (resumes from the newest checkpoint in out_dir, if any).
+    result = train.train(
+        lm,
+        data.train,
+        data.validation,
+        cfg.training,
+        pad_id=tokenizer.pad_token_id,
+        device=device,
+        output_dir=out_dir,
+        reporter=reporter,
+        metrics=Metrics(),
+        prompt_learning=model.uses_prompt_learning(cfg.method),
+    )
+
+    # 5. evaluate the tuned model the same way as the base, and apply the gates.
+    metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, model.uses_prompt_learning(cfg.method))
+    passed, reasons = pipeline.gates(metrics, cfg)
+
+    # 6. export: artifact + model card + result.json (+ upload for s3).
+    card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, started)
+    artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir)
+    if cfg.output.merge_weights and cfg.method != "full":
+        export.write_merged(lm, tokenizer, out_dir)
+    outcome = {
+        "phase": "Succeeded",
+        "metrics": metrics,
+        "baseMetrics": base_metrics,
+        "evalPassed": passed,
+        "gateFailures": reasons,
+        "artifact": {"uri": export.artifact_uri(remote, out_dir), "digest": digest},
+        "steps": result.steps,
+        "stoppedEarly": result.stopped_early,
+    }
+    export.write_result(out_dir, outcome)
+    if remote:
+        export.upload(out_dir, remote)
+    reporter.final(metrics, passed)
+    log.info("artifact %s (%s); evalPassed=%s", artifact_dir, digest, passed)
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetune_trainer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run a FineTuneJob spec")
+    t.add_argument("spec_file", nargs="?", help="FineTuneJob YAML (same as --spec)")
+    t.add_argument("--spec", help="FineTuneJob YAML (the operator mounts it at /etc/kubetune/finetunejob.yaml)")
+    t.add_argument("--output", help="output directory or URI; overrides KUBETUNE_OUTPUT_DIR and spec.output.uri")
+    m = sub.add_parser("make-tiny-model", help="build the tiny local test model + tokenizer into OUT")
+    m.add_argument("out", nargs="?", help="directory (default: $KUBETUNE_CACHE/tiny-model)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+    if args.command == "make-tiny-model":
+        from kubetune_trainer.tiny_model import ensure_tiny_model
+
+        print(ensure_tiny_model(Path(args.out) if args.out else None))
+        return 0
+
+    spec = args.spec or args.spec_file
+    if not spec:
+        parser.error("train needs a spec file (positional or --spec)")
+    from kubetune_trainer.train import Preempted
+
+    try:
+        run(spec, args.output)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        _record_failure(spec, args.output, str(e))
+        return 2
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return 143
+    except Exception as e:
+        log.exception("training failed")
+        _record_failure(spec, args.output, f"{type(e).__name__}: {e}")
+        return 1
+    return 0
+
+
+def _record_failure(spec: str, output: str | None, message: str) -> None:
+    """Best effort: leave a Failed result.json for the operator when we know where output goes."""
+    with contextlib.suppress(Exception):  # the error itself is already on stderr; this is extra
+        try:
+            out_dir, _ = output_location(load_config(spec), output)
+        except ConfigError:
+            fallback = output or os.environ.get("KUBETUNE_OUTPUT_DIR")
+            if not fallback:
+                return
+            out_dir = uris.local_path(fallback)
+        export.write_result(out_dir, {"phase": "Failed", "message": message, "evalPassed": False, "metrics": {}})
+
+
+__all__ = ["load_config", "main", "output_location", "run", "to_dict"]

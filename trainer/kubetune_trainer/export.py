@@ -1,0 +1,85 @@
+"""Write the artifact (adapter or weights + tokenizer + model card), result.json, and upload if remote."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer import uris
+
+LIBRARIES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "safetensors")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def directory_digest(path: Path) -> str:
+    """sha256 over (relative path, content) of every file, in sorted order."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def write_artifact(model: Any, tokenizer: Any, card: dict[str, Any], out_dir: Path) -> tuple[Path, str]:
+    """Save into ``out_dir/artifact`` atomically (temp dir + rename); return (path, digest)."""
+    final, tmp = out_dir / "artifact", out_dir / f".artifact-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
+    digest = directory_digest(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return final, digest
+
+
+def write_merged(model: Any, tokenizer: Any, out_dir: Path) -> Path:
+    """Fold the adapter into the base weights (LoRA / IA3) and save a standalone model."""
+    merged = model.merge_and_unload()
+    path = out_dir / "merged"
+    shutil.rmtree(path, ignore_errors=True)
+    merged.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_result(out_dir: Path, result: dict[str, Any]) -> Path:
+    """``result.json``: what the operator's local executor reads (phase, metrics, evalPassed, artifact)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "result.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def upload(local: Path, uri: str) -> None:
+    """Copy the local output folder to a remote (s3://) location through fsspec."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.put(str(local), path, recursive=True)
+
+
+def artifact_uri(output_uri: str | None, local_out: Path) -> str:
+    """The URI users should load the artifact from: under the spec's output URI when there is one."""
+    if output_uri and uris.scheme(output_uri) != "file":
+        return output_uri.rstrip("/") + "/artifact"
+    return str(local_out / "artifact")

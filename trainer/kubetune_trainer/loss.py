@@ -1,0 +1,53 @@
+"""Cross-entropy on target tokens only, computing LM-head logits just for those positions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kubetune_trainer.packing import IGNORE, collate
+
+
+def token_losses(model: Any, batch: dict[str, torch.Tensor], prompt_learning: bool = False) -> torch.Tensor:
+    """Per-target-token loss, in row-major order of the target positions.
+
+    Labels are pre-shifted (see packing.py). For plain and LoRA/IA3 models ``logits_to_keep`` takes a
+    boolean mask, so the (large) vocabulary projection runs only where a label exists. Prompt-learning
+    models prepend virtual tokens, so they return full logits; we keep the last ``L`` positions.
+    """
+    labels = batch["labels"]
+    keep = labels != IGNORE
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if prompt_learning:
+        logits = model(**inputs, use_cache=False).logits[:, -labels.shape[1] :][keep]
+    else:
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    return F.cross_entropy(logits.float(), labels[keep], reduction="none")
+
+
+@torch.no_grad()
+def mean_loss(
+    model: Any,
+    rows: list[dict[str, list[int]]],
+    batch_size: int,
+    pad_id: int,
+    device: str,
+    autocast: Callable[[], AbstractContextManager[Any]],
+    prompt_learning: bool = False,
+) -> float:
+    """Token-weighted mean loss over ``rows`` (perplexity is its exp)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], pad_id).items()}
+        with autocast():
+            losses = token_losses(model, batch, prompt_learning)
+        total += losses.sum().item()
+        count += losses.numel()
+    model.train(was_training)
+    return total / max(count, 1)

@@ -1,0 +1,150 @@
+"""The glue steps `cli.run` calls between modules: tokenise the splits, evaluate a model, build the card."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kubetune_trainer import scoring
+from kubetune_trainer.config import JobConfig, to_dict
+from kubetune_trainer.export import library_versions
+from kubetune_trainer.formatting import to_pair
+from kubetune_trainer.loss import mean_loss
+from kubetune_trainer.model import uses_prompt_learning
+from kubetune_trainer.packing import pack, tokenize_pair
+from kubetune_trainer.splits import PreparedData
+from kubetune_trainer.train import TrainResult, autocast_factory, resolve_precision
+
+log = logging.getLogger("kubetune_trainer")
+
+
+@dataclass
+class TokenizedData:
+    train: list[dict[str, list[int]]]  # packed rows (or one example per row)
+    validation: list[dict[str, list[int]]]
+    test: list[dict[str, list[int]]]
+    golden: list[tuple[str, str]]  # (prompt, expected answer) for generation
+    dropped: int  # examples where not even one response token fit in maxSeqLength
+
+
+def tokenize_splits(prepared: PreparedData, cfg: JobConfig, tokenizer: Any) -> TokenizedData:
+    d, t = cfg.dataset, cfg.training
+    dropped = 0
+
+    def tokenize(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, list[int]]]:
+        nonlocal dropped
+        out = []
+        for row in rows:
+            prompt, response = to_pair(row, fmt, d.fields, tokenizer)
+            ex = tokenize_pair(prompt, response, tokenizer, t.max_seq_length, t.prompt_loss or fmt == "text")
+            if ex is None:
+                dropped += 1
+            else:
+                out.append(ex)
+        return out
+
+    train = tokenize(prepared.splits["train"], d.format)
+    if not train:
+        from kubetune_trainer.sources import DataError
+
+        raise DataError(f"no training example fits in maxSeqLength {t.max_seq_length} tokens")
+    if t.packing and not uses_prompt_learning(cfg.method):
+        n = len(train)
+        train = pack(train, t.max_seq_length)
+        log.info("packed %d examples into %d rows of <= %d tokens", n, len(train), t.max_seq_length)
+    # Validation/test rows stay one example per row: their loss is the same either way.
+    golden_rows, golden_fmt = (
+        (prepared.golden, "instruction") if prepared.golden else (prepared.splits["test"], d.format)
+    )
+    golden = [] if golden_fmt == "text" else [to_pair(r, golden_fmt, d.fields, tokenizer) for r in golden_rows]
+    return TokenizedData(
+        train,
+        tokenize(prepared.splits["validation"], d.format),
+        tokenize(prepared.splits["test"], d.format),
+        golden,
+        dropped,
+    )
+
+
+def storage_dtype(cfg: JobConfig, device: str) -> torch.dtype:
+    """Frozen base weights may live in the compute dtype on GPU; trained weights stay fp32."""
+    dtype = resolve_precision(cfg.training.precision, device)
+    return dtype if device == "cuda" and cfg.method not in ("full",) else torch.float32
+
+
+def evaluate(
+    model: Any, tokenizer: Any, data: TokenizedData, cfg: JobConfig, device: str, prompt_learning: bool
+) -> dict[str, float]:
+    """Test-split loss/perplexity and golden-set accuracy, as the spec's metrics list asks."""
+    t, ev = cfg.training, cfg.evaluation
+    autocast = autocast_factory(device, resolve_precision(t.precision, device))
+    metrics: dict[str, float] = {}
+    rows = data.test or data.validation
+    if rows:
+        loss = mean_loss(model, rows, t.batch_size, tokenizer.pad_token_id, device, autocast, prompt_learning)
+        metrics["evalLoss"] = round(loss, 6)
+        if "perplexity" in ev.metrics:
+            metrics["perplexity"] = round(scoring.perplexity(loss), 6)
+    if data.golden and {"exactMatch", "contains"} & set(ev.metrics):
+        prompts = [p for p, _ in data.golden]
+        answers = [a for _, a in data.golden]
+        with autocast():
+            predictions = scoring.generate(model, tokenizer, prompts, ev.max_new_tokens, device)
+        if "exactMatch" in ev.metrics:
+            metrics["exactMatch"] = round(scoring.exact_match(predictions, answers), 6)
+        if "contains" in ev.metrics:
+            metrics["contains"] = round(scoring.contains(predictions, answers), 6)
+        log.info("sample answer: %r -> %r (expected %r)", prompts[0][-60:], predictions[0], answers[0])
+    return metrics
+
+
+def gates(metrics: dict[str, float], cfg: JobConfig) -> tuple[bool, list[str]]:
+    return scoring.apply_gates(metrics, cfg.evaluation.gates)
+
+
+def model_card(
+    cfg: JobConfig,
+    data_info: dict[str, Any],
+    base_metrics: dict[str, float],
+    metrics: dict[str, float],
+    result: TrainResult,
+    passed: bool,
+    started: float,
+) -> dict[str, Any]:
+    """Lineage: where the model and data came from, how it was trained, and how it scored."""
+    spec = to_dict(cfg)
+    return {
+        "finetuneJob": {"name": cfg.name, "namespace": cfg.namespace},
+        "baseModel": spec["baseModel"],
+        "dataset": {
+            "uri": cfg.dataset.uri,
+            "sha256": data_info["sourceSha256"],
+            "format": cfg.dataset.format,
+            "splitSeed": cfg.dataset.split.seed,
+            "counts": data_info["counts"],
+            "cleaning": data_info["cleaning"],
+        },
+        "method": cfg.method,
+        "hyperparameters": {
+            "training": spec["training"],
+            **({"lora": spec["lora"]} if cfg.method in ("lora", "qlora") else {}),
+            **({"quantization": spec["quantization"]} if cfg.method == "qlora" else {}),
+            **({"promptTuning": spec["promptTuning"]} if uses_prompt_learning(cfg.method) else {}),
+        },
+        "training": {
+            "steps": result.steps,
+            "finalTrainLoss": result.train_loss,
+            "bestEvalLoss": result.best_eval_loss,
+            "stoppedEarly": result.stopped_early,
+            "resumedFrom": result.resumed_from,
+        },
+        "metrics": {"base": base_metrics, "tuned": metrics},
+        "evalPassed": passed,
+        "libraries": library_versions(),
+        "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "durationSeconds": round(time.time() - started, 1),
+    }

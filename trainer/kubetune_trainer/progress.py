@@ -1,0 +1,119 @@
+"""Progress reporting: a log line, the FineTuneJob's ``status.progress``, and Prometheus gauges.
+
+Reporting must never take training down: every Kubernetes or metrics failure is logged and swallowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("kubetune_trainer")
+
+GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
+
+
+def format_eta(seconds: float | None) -> str:
+    """Seconds as h:mm:ss.
+
+    >>> format_eta(3725)
+    '1:02:05'
+    """
+    if seconds is None:
+        return "?"
+    return str(dt.timedelta(seconds=round(seconds)))
+
+
+def progress_line(p: dict[str, Any]) -> str:
+    """The human-readable progress log line.
+
+    >>> progress_line({"step": 3, "totalSteps": 10, "epoch": 0.5, "loss": 1.23456, "tokensPerSecond": 99.6})
+    'step 3/10 epoch 0.50 loss 1.2346 evalLoss - tokens/s 100 eta ?'
+    """
+    ev = p.get("evalLoss")
+    return (
+        f"step {p['step']}/{p['totalSteps']} epoch {p['epoch']:.2f} loss {p['loss']:.4f} "
+        f"evalLoss {'-' if ev is None else f'{ev:.4f}'} tokens/s {p['tokensPerSecond']:.0f} "
+        f"eta {format_eta(p.get('etaSeconds'))}"
+    )
+
+
+class StatusReporter:
+    """Patches ``status`` of this run's FineTuneJob when running in-cluster; otherwise only logs."""
+
+    def __init__(self, name: str | None = None, namespace: str | None = None) -> None:
+        self.name = name or os.environ.get("KUBETUNE_FINETUNEJOB_NAME")
+        self.namespace = namespace or os.environ.get("KUBETUNE_NAMESPACE")
+        self.api: Any = None
+        if self.name and self.namespace:
+            try:
+                from kubernetes import client, config
+
+                config.load_incluster_config()
+                self.api = client.CustomObjectsApi()
+            except Exception as e:  # not in a pod, or no service account: print-only mode
+                log.info("status patches disabled (%s)", e)
+
+    def patch(self, status: dict[str, Any]) -> bool:
+        if self.api is None:
+            return False
+        try:
+            self.api.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                self.name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+            )
+            return True
+        except Exception as e:
+            log.warning("could not patch FineTuneJob %s/%s status: %s", self.namespace, self.name, e)
+            return False
+
+    def progress(self, p: dict[str, Any]) -> None:
+        log.info(progress_line(p))
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.patch({"progress": {**{k: v for k, v in p.items() if v is not None}, "updatedAt": now}})
+
+    def final(self, metrics: dict[str, Any], eval_passed: bool) -> None:
+        log.info("evaluation %s: %s", "passed" if eval_passed else "FAILED", metrics)
+        self.patch({"metrics": metrics, "evalPassed": eval_passed})
+
+
+class Metrics:
+    """Prometheus gauges on ``KUBETUNE_METRICS_PORT`` (default 9400; 0 turns the endpoint off)."""
+
+    _started: set[int] = set()  # one HTTP server per process, even if several runs share it (tests)
+
+    def __init__(self, port: int | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+        self.registry = CollectorRegistry()
+        g = lambda name, doc: Gauge(f"kubetune_trainer_{name}", doc, registry=self.registry)  # noqa: E731
+        self.loss, self.eval_loss = g("loss", "Training loss"), g("eval_loss", "Validation loss")
+        self.tokens_per_second = g("tokens_per_second", "Non-padding tokens processed per second")
+        self.step, self.total_steps = g("step", "Optimizer steps done"), g("total_steps", "Planned steps")
+        self.gpu_memory = g("gpu_memory_bytes", "Peak CUDA memory allocated")
+        port = int(os.environ.get("KUBETUNE_METRICS_PORT", "9400")) if port is None else port
+        if port and port not in Metrics._started:
+            try:
+                start_http_server(port, registry=self.registry)
+                Metrics._started.add(port)
+            except OSError as e:
+                log.warning("metrics endpoint on port %s not started: %s", port, e)
+
+    def update(self, p: dict[str, Any]) -> None:
+        import torch
+
+        self.loss.set(p["loss"])
+        self.tokens_per_second.set(p["tokensPerSecond"])
+        self.step.set(p["step"])
+        self.total_steps.set(p["totalSteps"])
+        if p.get("evalLoss") is not None:
+            self.eval_loss.set(p["evalLoss"])
+        if torch.cuda.is_available():
+            self.gpu_memory.set(torch.cuda.max_memory_allocated())
