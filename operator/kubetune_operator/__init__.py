@@ -1,0 +1,1 @@
+"""Kubetune operator: FineTuneJob -> trainer Job, ModelDeployment -> canary rollout (Kopf)."""

@@ -1,0 +1,186 @@
+"""Manifests for one FineTuneJob run: the spec ConfigMap and the batch/v1 Job that trains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kubetune_operator import api
+from kubetune_operator.builders.labels import child_labels, owner_reference
+from kubetune_operator.builders.names import spec_configmap_name, trainer_job_name
+from kubetune_operator.settings import Settings
+from kubetune_operator.specs import FineTuneJobSpec
+
+COMPONENT = "trainer"
+
+
+def run_labels(finetunejob: dict[str, Any], run: int) -> dict[str, str]:
+    name = finetunejob["metadata"]["name"]
+    return child_labels(name, COMPONENT, {api.LABEL_FINETUNEJOB: name[:63], api.LABEL_RUN: str(run)})
+
+
+def build_spec_configmap(finetunejob: dict[str, Any], run: int) -> dict[str, Any]:
+    """The FineTuneJob as the trainer reads it: the spec of this run, frozen in a ConfigMap."""
+    meta = finetunejob["metadata"]
+    frozen = {
+        "apiVersion": finetunejob["apiVersion"],
+        "kind": finetunejob["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+        "spec": finetunejob["spec"],
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": spec_configmap_name(meta["name"], run),
+            "namespace": meta["namespace"],
+            "labels": run_labels(finetunejob, run),
+            "ownerReferences": [owner_reference(finetunejob)],
+        },
+        "data": {api.SPEC_FILE: yaml.safe_dump(frozen, sort_keys=False)},
+    }
+
+
+def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings) -> dict[str, Any]:
+    """The batch/v1 Job for run `run` of `finetunejob`."""
+    meta = finetunejob["metadata"]
+    spec = FineTuneJobSpec.from_dict(finetunejob["spec"])
+    labels = run_labels(finetunejob, run)
+    volumes, mounts = _volumes(spec, spec_configmap_name(meta["name"], run), settings)
+    container: dict[str, Any] = {
+        "name": COMPONENT,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "kubetune_trainer", "train", "--spec", f"{api.SPEC_MOUNT_DIR}/{api.SPEC_FILE}"],
+        "env": _env(finetunejob, spec, run, settings),
+        "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        # The trainer writes its result JSON here; the operator reads it from the pod status.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": spec.service_account_name or settings.trainer_service_account,
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = spec.resources.node_selector
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = spec.resources.tolerations
+    if spec.resources.affinity:
+        pod_spec["affinity"] = spec.resources.affinity
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "suspend": spec.suspend,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": trainer_job_name(meta["name"], run),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(finetunejob)],
+        },
+        "spec": job_spec,
+    }
+
+
+def resolve_uri(uri: str, settings: Settings) -> str:
+    """Where a location is seen from inside the trainer pod.
+
+    >>> resolve_uri("pvc://models/llama", Settings())
+    '/mnt/pvc/models/llama'
+    """
+    if uri.startswith("pvc://"):
+        return f"{settings.pvc_mount_root}/{uri.removeprefix('pvc://')}"
+    return uri
+
+
+def _env(finetunejob: dict[str, Any], spec: FineTuneJobSpec, run: int, settings: Settings) -> list[dict[str, Any]]:
+    meta = finetunejob["metadata"]
+    output = spec.output_uri.rstrip("/")
+    env: list[dict[str, Any]] = [
+        {"name": "KUBETUNE_FINETUNEJOB_NAME", "value": meta["name"]},
+        {"name": "KUBETUNE_NAMESPACE", "value": meta["namespace"]},
+        {"name": "KUBETUNE_RUN", "value": str(run)},
+        {"name": "KUBETUNE_OUTPUT_DIR", "value": resolve_uri(f"{output}/run-{run}", settings)},
+        {"name": "KUBETUNE_PVC_ROOT", "value": settings.pvc_mount_root},
+        {"name": "KUBETUNE_METRICS_PORT", "value": str(settings.trainer_metrics_port)},
+        # Hub downloads go to the pod's scratch space, never to the read-only root filesystem.
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+    ]
+    if spec.token_secret:
+        # By reference only: the token never appears in the Job, the status, logs or events.
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": spec.token_secret.name, "key": spec.token_secret.key}},
+            }
+        )
+    return env
+
+
+def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.resources.cpu:
+        requests["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        requests["memory"] = limits["memory"] = spec.resources.memory
+    if spec.resources.gpus > 0:
+        # Extended resources must have requests == limits; setting limits alone implies it.
+        limits[spec.resources.gpu_resource_name] = str(spec.resources.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _volumes(
+    spec: FineTuneJobSpec, configmap: str, settings: Settings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "spec", "configMap": {"name": configmap}},
+        {"name": "tmp", "emptyDir": {}},
+        # PyTorch data loaders and NCCL need more shared memory than a container's 64Mi default.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "spec", "mountPath": api.SPEC_MOUNT_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    output_claim = _claim(spec.output_uri) if spec.output_uri.startswith("pvc://") else None
+    seen: list[str] = []
+    for uri in spec.pvc_uris():
+        claim = _claim(uri)
+        if claim in seen:
+            continue
+        seen.append(claim)
+        volume = f"pvc-{len(seen)}"
+        read_only = claim != output_claim
+        volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
+        mounts.append({"name": volume, "mountPath": f"{settings.pvc_mount_root}/{claim}", "readOnly": read_only})
+    return volumes, mounts
+
+
+def _claim(pvc_uri: str) -> str:
+    return pvc_uri.removeprefix("pvc://").split("/", 1)[0]

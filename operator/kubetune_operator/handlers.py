@@ -1,0 +1,60 @@
+"""Kopf handlers: guard, then delegate to the reconcile layer. Importing this module registers them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import kopf
+
+from kubetune_operator import api
+from kubetune_operator.kube import Kube, load_credentials
+from kubetune_operator.reconcile import finetunejob
+from kubetune_operator.settings import Settings
+
+SETTINGS = Settings.from_env()
+TRAINER_JOBS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_COMPONENT: "trainer"}
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    load_credentials()
+    settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's are noise
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.FINETUNEJOBS)
+@kopf.on.create(api.GROUP, api.VERSION, api.FINETUNEJOBS)
+@kopf.on.update(api.GROUP, api.VERSION, api.FINETUNEJOBS, field="spec")
+def reconcile_finetunejob(body: kopf.Body, **_: Any) -> None:
+    finetunejob.reconcile_spec(Kube(), _fresh(body), SETTINGS)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=TRAINER_JOBS)
+def mirror_trainer_job(body: kopf.Body, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        return
+    finetunejob.sync_from_job(Kube(), dict(body))
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.FINETUNEJOBS,
+    interval=SETTINGS.schedule_check_seconds,
+    when=lambda spec, **_: bool(spec.get("schedule")),
+)
+def scheduled_run(body: kopf.Body, **_: Any) -> None:
+    finetunejob.start_scheduled_run(Kube(), _fresh(body), SETTINGS, dt.datetime.now(dt.UTC))
+
+
+def _fresh(body: kopf.Body) -> dict[str, Any]:
+    """Re-read the object: the body kopf hands over may predate our own status patches."""
+    meta = body["metadata"]
+    current = Kube().get_custom(api.FINETUNEJOBS, meta["namespace"], meta["name"])
+    if current is None:
+        raise kopf.TemporaryError("the FineTuneJob is not readable yet", delay=2)
+    return current

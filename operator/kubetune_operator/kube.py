@@ -1,0 +1,131 @@
+"""The operator's only door to the Kubernetes API: create, get, patch, delete, list, events.
+
+Create treats 409 (already there) as success and delete treats 404 (already gone) as success, so
+every caller is idempotent and safe to re-run after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubetune_operator import api
+
+
+def load_credentials() -> None:
+    """In-cluster service account when inside a pod, else $KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kube:
+    """Thin wrapper over the generated clients, speaking plain dicts."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+
+    # -- generic children ---------------------------------------------------------------------
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create `manifest`; False when it already existed (409)."""
+        ns, kind = manifest["metadata"]["namespace"], manifest["kind"]
+        try:
+            if kind == "Job":
+                self.batch.create_namespaced_job(ns, manifest)
+            elif kind == "ConfigMap":
+                self.core.create_namespaced_config_map(ns, manifest)
+            else:
+                raise ValueError(f"Kube.create does not handle kind {kind}")
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self.batch.read_namespaced_job(name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        items = self.batch.list_namespaced_job(namespace, label_selector=selector).items
+        return [self._plain(j) for j in items]
+
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.batch.patch_namespaced_job(name, namespace, patch)
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            # Background propagation: the garbage collector removes the Job's pods.
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return [self._plain(p) for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items]
+
+    # -- Kubetune resources --------------------------------------------------------------------
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, name)
+            found: dict[str, Any] = obj
+            return found
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """JSON merge patch of `.status` (None values delete fields)."""
+        self.custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, namespace, plural, name, {"status": status}
+        )
+
+    # -- events --------------------------------------------------------------------------------
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event on `obj` (best effort: an event is never worth failing a reconcile)."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+            "source": {"component": "kubetune-operator"},
+            "reportingComponent": "kubetune.io/operator",
+            "reportingInstance": "kubetune-operator",
+        }
+        with contextlib.suppress(ApiException):
+            self.core.create_namespaced_event(meta["namespace"], body)
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        plain: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
+        return plain

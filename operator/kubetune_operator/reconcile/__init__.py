@@ -1,0 +1,1 @@
+"""The only layer that mixes pure builders with API I/O."""

@@ -1,0 +1,196 @@
+"""FineTuneJob reconciliation: start, replace, suspend and mirror trainer runs.
+
+Every function reads what is there, computes what should be, and converges. Names are
+deterministic, so a crash between any two API calls is repaired by the next call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from kubetune_operator import api, job_state, specs
+from kubetune_operator.builders.names import trainer_job_name
+from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job, run_labels
+from kubetune_operator.conditions import set_condition
+from kubetune_operator.kube import Kube, now_iso
+from kubetune_operator.schedule import due_time, parse_time
+from kubetune_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_spec(kube: Kube, ftj: dict[str, Any], settings: Settings) -> None:
+    """On create, spec change and operator start: make the current run match the spec."""
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    generation = int(meta.get("generation", 1))
+    spec = specs.FineTuneJobSpec.from_dict(ftj["spec"])
+    problems = specs.validate(spec)
+    if problems:
+        _mark_invalid(kube, ftj, "; ".join(problems), generation)
+        return
+
+    spec_hash = specs.run_spec_hash(ftj["spec"])
+    run = int(status.get("run") or 0)
+    if run == 0 or status.get("runSpecHash") != spec_hash:
+        previous = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run)) if run else None
+        if previous is not None and job_state.read_job(previous).phase not in job_state.TERMINAL:
+            # The spec changed under a live run: it trains the wrong thing, so replace it.
+            kube.delete_job(meta["namespace"], previous["metadata"]["name"])
+            kube.event(ftj, "Normal", "RunReplaced", f"spec changed: run {run} stopped, starting run {run + 1}")
+        _start_run(kube, ftj, run + 1, spec_hash, settings, reason="SpecChanged" if run else "Created")
+        return
+
+    if status.get("phase") in job_state.TERMINAL:
+        return  # A finished run stays finished (its Job may even be gone by TTL); nothing to do.
+    job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
+    if job is None:
+        # Status says a run is live but its Job is missing (e.g. crash before create): recreate it.
+        _start_run(kube, ftj, run, spec_hash, settings, reason="Recreated")
+        return
+    if bool(job["spec"].get("suspend")) != spec.suspend:
+        kube.patch_job(meta["namespace"], job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
+        kube.event(ftj, "Normal", "Suspended" if spec.suspend else "Resumed", f"run {run}")
+        job["spec"]["suspend"] = spec.suspend
+    _mirror(kube, ftj, job)
+
+
+def sync_from_job(kube: Kube, job: dict[str, Any]) -> None:
+    """On any event of a trainer Job: mirror its state into the owning FineTuneJob's status."""
+    labels = job["metadata"].get("labels") or {}
+    name, ns = labels.get(api.LABEL_FINETUNEJOB), job["metadata"]["namespace"]
+    owner = next((o for o in job["metadata"].get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
+    if not name or owner is None:
+        return
+    ftj = kube.get_custom(api.FINETUNEJOBS, ns, owner["name"])
+    if ftj is None or ftj["metadata"]["uid"] != owner["uid"]:
+        return
+    if (ftj.get("status") or {}).get("jobName") != job["metadata"]["name"]:
+        return  # An older run's Job: its news no longer describes the FineTuneJob.
+    _mirror(kube, ftj, job)
+
+
+def start_scheduled_run(kube: Kube, ftj: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
+    """Timer: start a new run when the cron schedule has a slot due and no run is live."""
+    status, meta = ftj.get("status") or {}, ftj["metadata"]
+    schedule = ftj["spec"].get("schedule")
+    if not schedule or not status.get("run"):
+        return
+    last = parse_time(status.get("lastScheduleTime") or meta["creationTimestamp"])
+    due = due_time(schedule, last, now)
+    if due is None:
+        return
+    if status.get("phase") not in job_state.TERMINAL:
+        return  # Forbid overlap: a run is live; the slot is taken when it finishes.
+    _start_run(
+        kube,
+        ftj,
+        int(status["run"]) + 1,
+        specs.run_spec_hash(ftj["spec"]),
+        settings,
+        reason="Scheduled",
+        extra_status={"lastScheduleTime": due.strftime("%Y-%m-%dT%H:%M:%SZ")},
+    )
+
+
+def _start_run(
+    kube: Kube,
+    ftj: dict[str, Any],
+    run: int,
+    spec_hash: str,
+    settings: Settings,
+    reason: str,
+    extra_status: dict[str, Any] | None = None,
+) -> None:
+    meta = ftj["metadata"]
+    generation = int(meta.get("generation", 1))
+    job = build_trainer_job(ftj, run, settings)
+    try:
+        kube.create(build_spec_configmap(ftj, run))
+        created = kube.create(job)
+    except ApiException as err:
+        if err.status in (400, 403, 422):
+            # The apiserver refused what the spec produced (e.g. an invalid affinity): retrying the
+            # same input cannot help, so report it and wait for a spec change.
+            _mark_invalid(kube, ftj, f"the trainer Job was rejected: {_api_message(err)}", generation, "JobRejected")
+            return
+        raise kopf.TemporaryError(f"creating run {run}: {err.reason}", delay=10) from err
+    state = job_state.RunState(
+        job_state.SUSPENDED if job["spec"]["suspend"] else job_state.PENDING,
+        "JobSuspended" if job["spec"]["suspend"] else "JobCreated",
+        f"run {run}: trainer Job {job['metadata']['name']} created",
+    )
+    patch = job_state.status_for_run({"conditions": []}, state, generation, now_iso())
+    patch.update(
+        {
+            "run": run,
+            "runGeneration": generation,
+            "runSpecHash": spec_hash,
+            "jobName": job["metadata"]["name"],
+            # A new run starts clean: the last run's numbers must not pass for this one's.
+            "startTime": None,
+            "completionTime": None,
+            "progress": None,
+            "metrics": None,
+            "artifact": None,
+            "evalPassed": None,
+            "lastCheckpoint": None,
+        }
+    )
+    patch.update(extra_status or {})
+    kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
+    if created:
+        kube.event(ftj, "Normal", reason, f"run {run} started: trainer Job {job['metadata']['name']}")
+
+
+def _mirror(kube: Kube, ftj: dict[str, Any], job: dict[str, Any]) -> None:
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    state = job_state.read_job(job)
+    result = None
+    if state.phase in job_state.TERMINAL:
+        run = (job["metadata"].get("labels") or {}).get(api.LABEL_RUN, "")
+        selector = ",".join(f"{k}={v}" for k, v in run_labels(ftj, int(run or 0)).items() if k != api.LABEL_INSTANCE)
+        for pod in kube.list_pods(meta["namespace"], selector):
+            result = job_state.read_termination_result(pod) or result
+    generation = int(meta.get("generation", 1))
+    patch = job_state.status_for_run(status, state, generation, now_iso(), result)
+    if _same(status, patch):
+        return
+    kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
+    if status.get("phase") != state.phase:
+        kind = "Warning" if state.phase == job_state.FAILED else "Normal"
+        kube.event(ftj, kind, state.reason, f"run {status.get('run')}: {state.message}")
+
+
+def _mark_invalid(kube: Kube, ftj: dict[str, Any], message: str, generation: int, reason: str = "InvalidSpec") -> None:
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    conditions = set_condition(status.get("conditions"), "Failed", True, reason, message, generation, now_iso())
+    patch = {"phase": job_state.FAILED, "message": message, "observedGeneration": generation, "conditions": conditions}
+    if _same(status, patch):
+        return
+    kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
+    kube.event(ftj, "Warning", reason, message)
+
+
+def _same(status: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """True when applying `patch` would change nothing but condition timestamps."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, list):
+            return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in value]
+        return value
+
+    return all(strip(status.get(k)) == strip(v) for k, v in patch.items())
+
+
+def _api_message(err: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        return str(err.reason)

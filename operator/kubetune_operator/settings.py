@@ -1,0 +1,38 @@
+"""Operator settings, read once from KUBETUNE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Image that runs the trainer when a FineTuneJob does not set `spec.image`.
+    trainer_image: str = "ghcr.io/kubetune/trainer:0.1.0"
+    #: Service account for trainer pods (may patch its own FineTuneJob's status) when the spec sets none.
+    trainer_service_account: str = "kubetune-trainer"
+    #: Where `pvc://claim/path` claims are mounted inside trainer pods (the trainer resolves the same root).
+    pvc_mount_root: str = "/mnt/pvc"
+    #: Port the trainer serves Prometheus metrics on.
+    trainer_metrics_port: int = 9400
+    #: How often (seconds) scheduled FineTuneJobs are checked for a due run.
+    schedule_check_seconds: float = 30.0
+    #: Namespace to watch; empty means all namespaces.
+    watch_namespace: str = ""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Each field maps to KUBETUNE_<FIELD_NAME_UPPER>; unset variables keep the default."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = env.get(f"KUBETUNE_{field.name.upper()}")
+            if raw is None:
+                continue
+            kind: type = type(field.default)
+            try:
+                values[field.name] = kind(raw)
+            except ValueError as err:
+                raise ValueError(f"KUBETUNE_{field.name.upper()}={raw!r}: expected {kind.__name__}") from err
+        return cls(**values)  # type: ignore[arg-type]
