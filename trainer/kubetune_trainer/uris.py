@@ -30,7 +30,7 @@ def local_path(uri: str) -> Path:
 
     >>> str(local_path("/data/x.jsonl"))
     '/data/x.jsonl'
-    >>> os.environ["KUBETUNE_PVC_ROOT"] = "/mnt/pvc"; str(local_path("pvc://models/llama/v1"))
+    >>> str(local_path("pvc://models/llama/v1"))  # with KUBETUNE_PVC_ROOT unset
     '/mnt/pvc/models/llama/v1'
     """
     kind = scheme(uri)
