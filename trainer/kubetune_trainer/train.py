@@ -79,7 +79,7 @@ def param_groups(model: Any, lr: float, decay: float | None) -> list[dict[str, A
     n_layers = max(depth.values(), default=-1) + 1
     groups: dict[int, list[Any]] = {}
     for name, p in params:
-        level = depth.get(name, -1 if "embed_tokens" in name else n_layers)
+        level = depth.get(name, -1 if "embed_tokens" in name else n_layers - 1)
         groups.setdefault(level, []).append(p)
     return [{"params": ps, "lr": lr * decay ** (n_layers - 1 - lvl)} for lvl, ps in sorted(groups.items())]
 
