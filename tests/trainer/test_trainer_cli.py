@@ -1,0 +1,123 @@
+"""The CLI contract with the operator: exit codes, one-line errors, artifact, model card, result.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kubetune_trainer.cli import main, output_location, run
+from kubetune_trainer.config import parse_job
+from kubetune_trainer.export import directory_digest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def env_with_pythonpath() -> dict[str, str]:
+    env = dict(os.environ, KUBETUNE_METRICS_PORT="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "trainer"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_bad_config_exits_2_with_one_line(write_spec, tmp_path, capsys):
+    spec = write_spec({"lora": {"alpha": 8}})
+    assert main(["train", str(spec), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: spec.lora.alpha: set spec.lora.r too (alpha only makes sense relative to a rank)"]
+    assert read_json(tmp_path / "out" / "result.json")["phase"] == "Failed"
+
+
+def test_qlora_on_cpu_fails_fast_with_a_clear_message(write_spec, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the gpu-marked test covers qlora")
+    assert main(["train", "--spec", str(write_spec({"method": "qlora"}))]) == 2
+    assert "spec.method: qlora needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_bad_data_fails_before_any_model_is_loaded(tmp_path):
+    """A real subprocess: bad row -> exit 2, one line naming row and field; the model path is never read."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "kind: FineTuneJob\nmetadata: {name: j}\n"
+        f"spec: {{baseModel: {{uri: {tmp_path}/no-such-model}}, dataset: {{uri: {data}}}}}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubetune_trainer", "train", "--spec", str(spec), "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env_with_pythonpath(),
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1] == f"error: {data} row 2: field 'response' is missing (format instruction)"
+    )
+
+
+def test_output_location_precedence(monkeypatch, tmp_path):
+    cfg = parse_job({"metadata": {"name": "j"}, "spec": {"baseModel": {"name": "m"}, "dataset": {"uri": "d"}}})
+    assert output_location(cfg, None) == (Path("kubetune-output/j"), None)
+    cfg.output.uri = "pvc://artifacts/j"
+    monkeypatch.setenv("KUBETUNE_PVC_ROOT", str(tmp_path))
+    assert output_location(cfg, None) == (tmp_path / "artifacts" / "j", None)
+    monkeypatch.setenv("KUBETUNE_OUTPUT_DIR", "/resolved")
+    assert output_location(cfg, None)[0] == Path("/resolved")
+    assert output_location(cfg, "/override")[0] == Path("/override")
+    local, remote = output_location(cfg, "s3://bucket/runs/j")
+    assert remote == "s3://bucket/runs/j" and "runs" in str(local)
+
+
+@pytest.mark.slow
+def test_artifact_model_card_and_result(write_spec, tmp_path):
+    spec = write_spec({"output": {"mergeWeights": True}, "evaluation": {"gates": {"maxPerplexity": 1e9}}})
+    out = tmp_path / "out"
+    outcome = run(str(spec), str(out))
+
+    result = read_json(out / "result.json")
+    assert result == json.loads(json.dumps(outcome))
+    assert result["phase"] == "Succeeded" and result["evalPassed"] is True
+    assert set(result["metrics"]) == {"evalLoss", "perplexity", "exactMatch"}
+    artifact = out / "artifact"
+    assert result["artifact"] == {"uri": str(artifact), "digest": directory_digest(artifact)}
+    names = {p.name for p in artifact.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "model_card.json"} <= names
+    assert not any(n.endswith((".bin", ".pt")) for n in names)
+
+    card = read_json(artifact / "model_card.json")
+    assert Path(card["baseModel"]["uri"]).name == "tiny-model"
+    assert card["dataset"]["sha256"].startswith("sha256:") and card["dataset"]["splitSeed"] == 42
+    assert card["dataset"]["cleaning"]["duplicates"] == 3
+    assert card["method"] == "lora" and card["hyperparameters"]["lora"]["r"] == 16
+    assert card["hyperparameters"]["training"]["maxSteps"] == 4
+    assert set(card["metrics"]) == {"base", "tuned"}
+    assert {"torch", "transformers", "peft"} <= set(card["libraries"])
+
+    split = read_json(out / "data" / "split.json")
+    assert split["counts"] == {"train": 204, "validation": 26, "test": 26}
+    test_rows = (out / "data" / "test.jsonl").read_text().splitlines()
+    assert len(test_rows) == 26
+
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert merged.config.num_hidden_layers == 2
+
+
+@pytest.mark.slow
+def test_failing_gate_is_recorded_not_crashed(write_spec, tmp_path):
+    spec = write_spec({"method": "full", "evaluation": {"gates": {"maxPerplexity": 1.0}}})
+    outcome = run(str(spec), str(tmp_path / "out"))
+    assert outcome["phase"] == "Succeeded" and outcome["evalPassed"] is False
+    assert outcome["gateFailures"][0].startswith("perplexity")
+    assert (tmp_path / "out" / "artifact" / "model.safetensors").exists()
