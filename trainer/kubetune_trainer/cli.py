@@ -67,6 +67,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     data = pipeline.tokenize_splits(prepared, cfg, tokenizer)
     lm = model.load_model(source, cfg, device, pipeline.storage_dtype(cfg, device))
     base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, prompt_learning=False)
+    torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter
     lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing)
 
     # 4. train (resumes from the newest checkpoint in out_dir, if any).

@@ -1,0 +1,67 @@
+"""Status patches and metrics: reported when possible, never fatal."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune_trainer.progress import Metrics, StatusReporter
+
+P = {"step": 10, "totalSteps": 100, "epoch": 0.5, "loss": 1.5, "evalLoss": None, "tokensPerSecond": 900.0}
+
+
+class FakeApi:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def patch_namespaced_custom_object_status(self, *args, **kwargs):
+        if self.fail:
+            raise RuntimeError("apiserver unavailable")
+        self.calls.append((args, kwargs))
+
+
+def reporter(api) -> StatusReporter:
+    r = StatusReporter.__new__(StatusReporter)
+    r.name, r.namespace, r.api = "job", "team-a", api
+    return r
+
+
+def test_progress_is_a_merge_patch_of_status_progress():
+    api = FakeApi()
+    reporter(api).progress(P)
+    ((args, kwargs),) = api.calls
+    assert args[:5] == ("kubetune.io", "v1alpha1", "team-a", "finetunejobs", "job")
+    body = args[5]["status"]["progress"]
+    assert body["step"] == 10 and body["totalSteps"] == 100 and "evalLoss" not in body and "updatedAt" in body
+    assert kwargs["_content_type"] == "application/merge-patch+json"
+
+
+def test_final_patch_carries_metrics_and_eval_passed():
+    api = FakeApi()
+    reporter(api).final({"perplexity": 3.0}, True)
+    assert api.calls[0][0][5] == {"status": {"metrics": {"perplexity": 3.0}, "evalPassed": True}}
+
+
+def test_patch_failures_never_raise(caplog):
+    r = reporter(FakeApi(fail=True))
+    r.progress(P)
+    assert r.patch({"x": 1}) is False
+    assert "could not patch" in caplog.text
+
+
+def test_outside_a_cluster_it_only_logs(monkeypatch, caplog):
+    monkeypatch.setenv("KUBETUNE_FINETUNEJOB_NAME", "job")
+    monkeypatch.setenv("KUBETUNE_NAMESPACE", "ns")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    r = StatusReporter()
+    assert r.api is None and r.patch({"a": 1}) is False
+
+
+def test_metrics_gauges():
+    m = Metrics(port=0)
+    m.update({**P, "evalLoss": 2.0})
+    value = m.registry.get_sample_value
+    assert value("kubetune_trainer_loss") == pytest.approx(1.5)
+    assert value("kubetune_trainer_eval_loss") == pytest.approx(2.0)
+    assert value("kubetune_trainer_tokens_per_second") == pytest.approx(900.0)
+    assert value("kubetune_trainer_step") == 10
