@@ -121,3 +121,42 @@ def test_failing_gate_is_recorded_not_crashed(write_spec, tmp_path):
     assert outcome["phase"] == "Succeeded" and outcome["evalPassed"] is False
     assert outcome["gateFailures"][0].startswith("perplexity")
     assert (tmp_path / "out" / "artifact" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_chat_format_end_to_end(write_spec, tmp_path):
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Answer with the glossary definition."},
+                {"role": "user", "content": f"What is term {i}?"},
+                {"role": "assistant", "content": f"definition {i % 5}"},
+            ]
+        }
+        for i in range(40)
+    ]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = write_spec({"dataset": {"uri": str(data), "format": "chat"}, "evaluation": {"metrics": ["contains"]}})
+    outcome = run(str(spec), str(tmp_path / "out"))
+    assert outcome["phase"] == "Succeeded" and set(outcome["metrics"]) == {"evalLoss", "contains"}
+
+
+@pytest.mark.slow
+def test_text_format_with_general_domain_mix(write_spec, tmp_path):
+    domain = tmp_path / "domain.txt"
+    domain.write_text("\n\n".join(f"The orbweaver schedules job number {i} on a silkline." for i in range(30)))
+    spec = write_spec(
+        {
+            "dataset": {
+                "uri": str(domain),
+                "format": "text",
+                "mix": {"uri": str(REPO / "examples" / "data" / "general.txt"), "fraction": 0.2},
+            },
+            "evaluation": {"metrics": ["perplexity"]},
+        }
+    )
+    outcome = run(str(spec), str(tmp_path / "out"))
+    split = read_json(tmp_path / "out" / "data" / "split.json")
+    assert split["counts"]["train"] == 24 + 6  # 24 domain rows + 6 general rows = 20 % mix
+    assert outcome["phase"] == "Succeeded" and "perplexity" in outcome["metrics"]
