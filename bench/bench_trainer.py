@@ -1,0 +1,182 @@
+"""Throughput of our trainer vs. plain HF Trainer + PEFT LoRA with pad-to-longest batches.
+
+Both train the same tiny model with the same LoRA config on the same long-tailed instruction data
+(lengths roughly log-normal, as real instruction sets are) for one epoch, each in its own process so
+peak RSS is its own. Reported per side: non-padding tokens per second, peak RSS, and validation loss
+after the same tokens (one epoch). Tokens per optimizer step are matched: HF uses 8 examples per step,
+ours packs rows of ``--max-len`` tokens and uses as many rows as hold the same average token count.
+
+    python bench/bench_trainer.py                  # both, prints a table and the ratio
+    python bench/bench_trainer.py --side ours      # one side, prints one JSON line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "trainer"))
+
+
+def long_tail_rows(n: int, sigma: float = 1.0, seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, response) pairs with log-normal response lengths: median 25 words, capped at 400."""
+    words = (REPO / "examples" / "data" / "general.txt").read_text().split()
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        length = min(400, max(3, int(rng.lognormvariate(math.log(25), sigma))))
+        start = rng.randrange(len(words))
+        response = " ".join(words[(start + j) % len(words)] for j in range(length))
+        rows.append((f"### Instruction:\nContinue note {i}.\n\n### Response:\n", response))
+    return rows
+
+
+def tokenized(args: argparse.Namespace, tok: Any) -> tuple[list[dict], list[dict]]:
+    from kubetune_trainer.packing import tokenize_pair
+
+    examples = [tokenize_pair(p, r, tok, args.max_len) for p, r in long_tail_rows(args.rows, args.sigma)]
+    examples = [e for e in examples if e is not None]
+    n_val = max(1, len(examples) // 10)
+    return examples[n_val:], examples[:n_val]
+
+
+def load(args: argparse.Namespace):
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune_trainer.tiny_model import ensure_tiny_model
+
+    path = ensure_tiny_model(Path(args.model) if args.model else None)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    lora = peft.LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+    return tok, peft.get_peft_model(model, lora)
+
+
+def side_hf(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    tok, model = load(args)
+    train, val = tokenized(args, tok)
+    # HF models shift labels themselves, so un-shift ours: same target tokens on both sides.
+    data = [{"input_ids": e["input_ids"], "labels": [-100, *e["labels"][:-1]]} for e in train]
+
+    def pad_to_longest(batch: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        pad = lambda xs, v: xs + [v] * (width - len(xs))  # noqa: E731
+        return {
+            "input_ids": torch.tensor([pad(b["input_ids"], tok.pad_token_id) for b in batch]),
+            "labels": torch.tensor([pad(b["labels"], -100) for b in batch]),
+            "attention_mask": torch.tensor([pad([1] * len(b["input_ids"]), 0) for b in batch]),
+        }
+
+    targs = TrainingArguments(
+        output_dir=str(Path(args.workdir) / "hf"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        bf16=args.precision == "bf16",
+        seed=0,
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=pad_to_longest)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return finish(args, model, tok, val, sum(len(e["input_ids"]) for e in train), seconds, trainer.state.global_step)
+
+
+def side_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from kubetune_trainer.config import TrainingConfig
+    from kubetune_trainer.packing import pack
+    from kubetune_trainer.train import train
+
+    tok, model = load(args)
+    train_ex, val = tokenized(args, tok)
+    avg = sum(len(e["input_ids"]) for e in train_ex) / len(train_ex)
+    rows = pack(train_ex, args.max_len)
+    batch = max(1, round(8 * avg / args.max_len))  # rows per step holding ~ the tokens of 8 examples
+    cfg = TrainingConfig(
+        epochs=1,
+        learning_rate=args.lr,
+        scheduler="constant",
+        warmup_ratio=0.0,
+        batch_size=batch,
+        max_seq_length=args.max_len,
+        precision=args.precision,
+        eval_steps=10_000,
+        logging_steps=10_000,
+        checkpoint_steps=10_000,
+    )
+    start = time.perf_counter()
+    result = train(model, rows, [], cfg, pad_id=tok.pad_token_id, device="cpu", output_dir=Path(args.workdir) / "ours")
+    seconds = time.perf_counter() - start
+    return finish(args, model, tok, val, sum(len(e["input_ids"]) for e in train_ex), seconds, result.steps)
+
+
+def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> dict[str, Any]:
+    from kubetune_trainer.loss import mean_loss
+    from kubetune_trainer.train import autocast_factory, resolve_precision
+
+    autocast = autocast_factory("cpu", resolve_precision(args.precision, "cpu"))
+    eval_loss = mean_loss(model, val, 8, tok.pad_token_id, "cpu", autocast)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return {
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "tokensPerSecond": round(tokens / seconds, 1),
+        "steps": steps,
+        "evalLoss": round(eval_loss, 4),
+        "peakRssMb": round(rss_mb, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=["hf", "ours", "both"], default="both")
+    parser.add_argument("--rows", type=int, default=600)
+    parser.add_argument("--sigma", type=float, default=1.0, help="log-normal sigma of lengths (tail weight)")
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--model", help="tiny model dir (default: the cached one)")
+    parser.add_argument("--workdir", default="/tmp/kubetune-bench")
+    args = parser.parse_args()
+    if args.side != "both":
+        print(json.dumps((side_hf if args.side == "hf" else side_ours)(args)))
+        return
+    results = {}
+    for side in ("hf", "ours"):
+        cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
+        results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{'':6}{'tokens/s':>10}{'seconds':>9}{'steps':>7}{'evalLoss':>10}{'peakRSS MB':>12}")
+    for side, r in results.items():
+        row = (r["tokensPerSecond"], r["seconds"], r["steps"], r["evalLoss"], r["peakRssMb"])
+        print(f"{side:6}{row[0]:>10.0f}{row[1]:>9.1f}{row[2]:>7}{row[3]:>10.4f}{row[4]:>12.0f}")
+    ratio = results["ours"]["tokensPerSecond"] / results["hf"]["tokensPerSecond"]
+    print(f"throughput ratio ours/hf: {ratio:.2f}x (non-padding tokens/s, {results['hf']['tokens']} tokens each)")
+
+
+if __name__ == "__main__":
+    main()
