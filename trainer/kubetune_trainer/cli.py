@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from kubetune_trainer import export, uris
-from kubetune_trainer.config import ConfigError, JobConfig, parse_job, to_dict
+from kubetune_trainer.config import ConfigError, JobConfig, parse_job
 from kubetune_trainer.sources import DataError
 
 log = logging.getLogger("kubetune_trainer")
@@ -34,12 +34,19 @@ def load_config(spec_path: str) -> JobConfig:
 
 
 def output_location(cfg: JobConfig, override: str | None) -> tuple[Path, str | None]:
-    """(local directory to write into, remote URI to upload to afterwards or None)."""
+    """(local directory to write into, remote URI to upload to afterwards or None).
+
+    Precedence: ``--output``, then ``KUBETUNE_OUTPUT_DIR`` (set by the operator), then
+    ``spec.output.uri``. A remote spec URI (s3://) is still the upload target when the operator
+    hands us a local working directory.
+    """
     target = override or os.environ.get("KUBETUNE_OUTPUT_DIR") or cfg.output.uri
     if not target:
         return Path("kubetune-output") / cfg.name, None
     if uris.scheme(target) in ("file", "pvc"):
-        return uris.local_path(target), None
+        spec_uri = cfg.output.uri
+        remote = spec_uri if not override and spec_uri and uris.scheme(spec_uri) not in ("file", "pvc") else None
+        return uris.local_path(target), remote
     run = os.environ.get("KUBETUNE_RUN", "0")
     return uris.cache_dir() / "runs" / f"{cfg.namespace or 'local'}-{cfg.name}-{run}", target
 
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("out", nargs="?", help="directory (default: $KUBETUNE_CACHE/tiny-model)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # progress bars garble Job logs
 
     if args.command == "make-tiny-model":
         from kubetune_trainer.tiny_model import ensure_tiny_model
@@ -161,6 +169,3 @@ def _record_failure(spec: str, output: str | None, message: str) -> None:
                 return
             out_dir = uris.local_path(fallback)
         export.write_result(out_dir, {"phase": "Failed", "message": message, "evalPassed": False, "metrics": {}})
-
-
-__all__ = ["load_config", "main", "output_location", "run", "to_dict"]

@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
 def _f(default: Any = None, help: str = "", **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+        factory: Any = lambda d=default: type(d)(d)  # noqa: E731  (a fresh list/dict per instance)
+        return field(default_factory=factory, metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 

@@ -86,7 +86,7 @@ def row_text(row: Row, columns: list[str]) -> str:
     >>> row_text({"messages": chat}, ["messages"])
     'hi\\nyo'
     """
-    parts = []
+    parts: list[str] = []
     for column in columns:
         value = row.get(column)
         if isinstance(value, list):

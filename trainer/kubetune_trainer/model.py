@@ -1,3 +1,5 @@
+# torch, transformers, kubernetes and prometheus-client are partly untyped:
+# mypy: disable-error-code="no-untyped-call"
 """Load the base model and tokenizer, and wrap the model for the chosen fine-tuning method."""
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def load_model(source: str, cfg: JobConfig, device: str, dtype: Any) -> Any:
             else BitsAndBytesConfig(load_in_8bit=True)
         )
         kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **_hub_kwargs(cfg))
+    model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs, **_hub_kwargs(cfg))
     if cfg.method != "qlora":
         model.to(device)
     model.config.use_cache = False  # training; generation turns it back on explicitly
@@ -103,11 +105,12 @@ def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = Fals
     task = peft.TaskType.CAUSAL_LM
     if method in ("lora", "qlora"):
         lo = cfg.lora
+        assert lo.r is not None and lo.alpha is not None  # filled in by config.validate
         targets = lo.target_modules
         peft_config: Any = peft.LoraConfig(
             task_type=task,
             r=lo.r,
-            lora_alpha=lo.alpha,
+            lora_alpha=lo.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
             lora_dropout=lo.dropout,
             target_modules="all-linear" if targets == ["all-linear"] else targets,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +119,7 @@ def model_card(
     """Lineage: where the model and data came from, how it was trained, and how it scored."""
     spec = to_dict(cfg)
     return {
-        "finetuneJob": {"name": cfg.name, "namespace": cfg.namespace},
+        "finetuneJob": {"name": cfg.name, "namespace": cfg.namespace, "run": os.environ.get("KUBETUNE_RUN")},
         "baseModel": spec["baseModel"],
         "dataset": {
             "uri": cfg.dataset.uri,

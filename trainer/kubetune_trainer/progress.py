@@ -1,3 +1,5 @@
+# torch, transformers, kubernetes and prometheus-client are partly untyped:
+# mypy: disable-error-code="no-untyped-call"
 """Progress reporting: a log line, the FineTuneJob's ``status.progress``, and Prometheus gauges.
 
 Reporting must never take training down: every Kubernetes or metrics failure is logged and swallowed.

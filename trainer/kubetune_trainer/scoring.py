@@ -1,3 +1,5 @@
+# torch, transformers, kubernetes and prometheus-client are partly untyped:
+# mypy: disable-error-code="no-untyped-call"
 """Post-training evaluation: test perplexity, greedy-generation accuracy on a golden set, and gates."""
 
 from __future__ import annotations

@@ -54,14 +54,14 @@ def read_file(path: Path) -> list[dict[str, Any]]:
             data = data.get("data", data) if isinstance(data, dict) else data
             if not isinstance(data, list):
                 raise DataError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
-            return data
+            return list(data)
         if path.suffix == ".csv":
             with path.open(newline="") as f:
                 return list(csv.DictReader(f))
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            return list(pq.read_table(path).to_pylist())
         if path.suffix == ".txt":
             paragraphs = path.read_text().split("\n\n")
             return [{"text": p.strip()} for p in paragraphs if p.strip()]
@@ -94,4 +94,4 @@ def _load_with_datasets(path: str, uri: str) -> list[dict[str, Any]]:
         ds = datasets.load_dataset(path, split="train")
     except Exception as e:
         raise DataError(f"{uri}: could not load with datasets.load_dataset ({type(e).__name__}: {e})") from e
-    return ds.to_list()
+    return list(ds.to_list())

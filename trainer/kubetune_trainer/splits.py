@@ -2,7 +2,8 @@
 
 ``<output>/data/{train,validation,test}.jsonl`` plus ``split.json`` (counts, cleaning report, seed,
 source digest). A restarted run whose source digest is unchanged reuses these files instead of
-re-splitting, so train/test never drift between attempts.
+re-splitting, so train/test never drift between attempts (a changed seed, fraction or cleaning
+setting does re-split).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_trainer import data
-from kubetune_trainer.config import JobConfig
+from kubetune_trainer.config import JobConfig, to_dict
 from kubetune_trainer.sources import DataError, load_rows
 
 log = logging.getLogger("kubetune_trainer")
@@ -37,8 +38,10 @@ def prepare(cfg: JobConfig, out_dir: Path) -> PreparedData:
     columns = data.text_columns(d.format, d.fields)
     data_dir = out_dir / "data"
     info_path = data_dir / "split.json"
-    if info_path.exists() and json.loads(info_path.read_text()).get("sourceSha256") == sha:
-        info = json.loads(info_path.read_text())
+    settings = {"split": to_dict(d.split), "cleaning": to_dict(d.cleaning), "mix": d.mix and to_dict(d.mix)}
+    previous = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if previous.get("sourceSha256") == sha and previous.get("settings") == settings:
+        info = previous
         splits = {name: _read_jsonl(data_dir / f"{name}.jsonl") for name in SPLITS}
         log.info("reusing the splits written by an earlier attempt in %s", data_dir)
     else:
@@ -55,6 +58,7 @@ def prepare(cfg: JobConfig, out_dir: Path) -> PreparedData:
             "sourceUri": d.uri,
             "sourceSha256": sha,
             "seed": d.split.seed,
+            "settings": settings,
             "cleaning": report,
             "counts": {name: len(rows) for name, rows in splits.items()},
         }

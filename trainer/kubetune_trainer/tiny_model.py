@@ -1,3 +1,5 @@
+# torch, transformers, kubernetes and prometheus-client are partly untyped:
+# mypy: disable-error-code="no-untyped-call"
 """A tiny Llama-shaped causal LM and tokenizer, built locally so nothing is downloaded.
 
 The tokenizer is a byte-level BPE trained on the bundled ``examples/data`` text; the model has random
@@ -13,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kubetune_trainer import uris
 
@@ -40,7 +43,7 @@ def corpus(data_dir: Path = DATA_DIR) -> list[str]:
     return texts
 
 
-def build_tokenizer(texts: list[str], vocab_size: int = 1024):  # -> PreTrainedTokenizerFast
+def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -59,7 +62,9 @@ def build_tokenizer(texts: list[str], vocab_size: int = 1024):  # -> PreTrainedT
     )
 
 
-def build_model(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0, init_std: float = 0.1):
+def build_model(
+    tokenizer: Any, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0, init_std: float = 0.1
+) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

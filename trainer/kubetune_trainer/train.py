@@ -1,3 +1,5 @@
+# torch, transformers, kubernetes and prometheus-client are partly untyped:
+# mypy: disable-error-code="no-untyped-call"
 """The training loop: a plain, readable PyTorch loop (torchtune-style), no HF Trainer.
 
 One optimizer step = ``gradientAccumulationSteps`` micro-batches. The loss of a step is the sum of
