@@ -32,14 +32,20 @@ def test_progress_is_a_merge_patch_of_status_progress():
     ((args, kwargs),) = api.calls
     assert args[:5] == ("kubetune.io", "v1alpha1", "team-a", "finetunejobs", "job")
     body = args[5]["status"]["progress"]
-    assert body["step"] == 10 and body["totalSteps"] == 100 and "evalLoss" not in body and "updatedAt" in body
+    assert body["step"] == 10 and body["totalSteps"] == 100 and body["stepText"] == "10/100"
+    assert "evalLoss" not in body and "updateTime" in body
     assert kwargs["_content_type"] == "application/merge-patch+json"
 
 
 def test_final_patch_carries_metrics_and_eval_passed():
     api = FakeApi()
-    reporter(api).final({"perplexity": 3.0}, True)
+    r = reporter(api)
+    r.final({"perplexity": 3.0}, True)
     assert api.calls[0][0][5] == {"status": {"metrics": {"perplexity": 3.0}, "evalPassed": True}}
+    r.final({}, False, {"uri": "pvc://a/b", "digest": "sha256:x"})
+    assert api.calls[1][0][5]["status"]["artifact"] == {"uri": "pvc://a/b", "digest": "sha256:x"}
+    r.checkpoint("/out/checkpoints/step-5")
+    assert api.calls[2][0][5] == {"status": {"lastCheckpoint": "/out/checkpoints/step-5"}}
 
 
 def test_patch_failures_never_raise(caplog):

@@ -100,20 +100,21 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir)
     if cfg.output.merge_weights and cfg.method != "full":
         export.write_merged(lm, tokenizer, out_dir)
+    artifact = {"uri": export.artifact_uri(remote, out_dir), "digest": digest}
     outcome = {
         "phase": "Succeeded",
         "metrics": metrics,
         "baseMetrics": base_metrics,
         "evalPassed": passed,
         "gateFailures": reasons,
-        "artifact": {"uri": export.artifact_uri(remote, out_dir), "digest": digest},
+        "artifact": artifact,
         "steps": result.steps,
         "stoppedEarly": result.stopped_early,
     }
     export.write_result(out_dir, outcome)
     if remote:
         export.upload(out_dir, remote)
-    reporter.final(metrics, passed)
+    reporter.final(metrics, passed, artifact)
     log.info("artifact %s (%s); evalPassed=%s", artifact_dir, digest, passed)
     return outcome
 

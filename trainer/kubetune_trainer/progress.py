@@ -15,6 +15,12 @@ from typing import Any
 log = logging.getLogger("kubetune_trainer")
 
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
+# The fields of status.progress in crds/finetunejob.yaml; anything else would be pruned by the API server.
+PROGRESS_FIELDS = ("step", "totalSteps", "epoch", "loss", "evalLoss", "tokensPerSecond", "etaSeconds")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_eta(seconds: float | None) -> str:
@@ -78,12 +84,15 @@ class StatusReporter:
 
     def progress(self, p: dict[str, Any]) -> None:
         log.info(progress_line(p))
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.patch({"progress": {**{k: v for k, v in p.items() if v is not None}, "updatedAt": now}})
+        body = {k: p[k] for k in PROGRESS_FIELDS if p.get(k) is not None}
+        self.patch({"progress": {**body, "stepText": f"{p['step']}/{p['totalSteps']}", "updateTime": now()}})
 
-    def final(self, metrics: dict[str, Any], eval_passed: bool) -> None:
+    def checkpoint(self, path: str) -> None:
+        self.patch({"lastCheckpoint": path})
+
+    def final(self, metrics: dict[str, Any], eval_passed: bool, artifact: dict[str, str] | None = None) -> None:
         log.info("evaluation %s: %s", "passed" if eval_passed else "FAILED", metrics)
-        self.patch({"metrics": metrics, "evalPassed": eval_passed})
+        self.patch({"metrics": metrics, "evalPassed": eval_passed, **({"artifact": artifact} if artifact else {})})
 
 
 class Metrics:

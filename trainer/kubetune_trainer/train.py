@@ -214,7 +214,9 @@ def train(
                     metrics.update(p)
                 window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
             if step % cfg.checkpoint_steps == 0 or sigterm.set:
-                checkpoint.save(ckpt_dir, step, model, optimizer, scheduler, snapshot())
+                saved = checkpoint.save(ckpt_dir, step, model, optimizer, scheduler, snapshot())
+                if reporter is not None:
+                    reporter.checkpoint(str(saved))
             if after_step is not None:
                 after_step(step)
             if sigterm.set:
