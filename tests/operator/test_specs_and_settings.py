@@ -1,0 +1,60 @@
+"""Operator-side spec checks, run hashing, cron arithmetic and settings parsing (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from kubetune_operator.schedule import due_time
+from kubetune_operator.settings import Settings
+from kubetune_operator.specs import FineTuneJobSpec, run_spec_hash, validate
+
+
+def test_valid_minimal_spec(ftj):
+    assert validate(FineTuneJobSpec.from_dict(ftj["spec"])) == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "fragment"),
+    [
+        ({"schedule": "61 * * * *"}, "spec.schedule"),
+        ({"method": "qlora", "resources": {"gpus": 0}}, "set spec.resources.gpus >= 1"),
+        ({"output": {"uri": "pvc://data/support.jsonl"}}, "must not be the same location"),
+    ],
+)
+def test_operator_side_problems(ftj, patch, fragment):
+    ftj["spec"].update(patch)
+    problems = validate(FineTuneJobSpec.from_dict(ftj["spec"]))
+    assert len(problems) == 1 and fragment in problems[0]
+
+
+def test_run_hash_ignores_suspend_and_schedule(ftj):
+    base = run_spec_hash(ftj["spec"])
+    assert run_spec_hash({**ftj["spec"], "suspend": True, "schedule": "@daily"}) == base
+    assert run_spec_hash({**ftj["spec"], "method": "full"}) != base
+
+
+def test_due_time_collapses_missed_slots():
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert due_time("*/10 * * * *", t, t + dt.timedelta(minutes=35)) == t + dt.timedelta(minutes=30)
+    assert due_time("*/10 * * * *", t, t + dt.timedelta(minutes=9)) is None
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"KUBETUNE_TRAINER_IMAGE": "x:1", "KUBETUNE_SCHEDULE_CHECK_SECONDS": "2.5"})
+    assert s.trainer_image == "x:1" and s.schedule_check_seconds == 2.5
+    assert s.trainer_metrics_port == Settings().trainer_metrics_port
+
+
+def test_settings_reject_bad_numbers():
+    with pytest.raises(ValueError, match="KUBETUNE_TRAINER_METRICS_PORT"):
+        Settings.from_env({"KUBETUNE_TRAINER_METRICS_PORT": "many"})
+
+
+def test_operator_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, kubetune_operator.handlers; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
