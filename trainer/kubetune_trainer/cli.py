@@ -52,23 +52,31 @@ def output_location(cfg: JobConfig, override: str | None) -> tuple[Path, str | N
 
 
 def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
-    from kubetune_trainer import model, pipeline, splits, train
+    from kubetune_trainer import distributed, model, pipeline, splits, train
     from kubetune_trainer.progress import Metrics, StatusReporter
 
     started = time.time()
     # 1. config: everything that can be wrong with the spec fails here.
     cfg = load_config(spec_path)
     out_dir, remote = output_location(cfg, output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reporter = StatusReporter(cfg.name if os.environ.get("KUBETUNE_FINETUNEJOB_NAME") else None, cfg.namespace)
+    world = distributed.init()  # a no-op unless launched by torchrun
+    main_rank = world.is_main  # only rank 0 writes files and talks to Kubernetes
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    watch = cfg.name if os.environ.get("KUBETUNE_FINETUNEJOB_NAME") and main_rank else None
+    reporter = StatusReporter(watch, cfg.namespace)
 
-    # 2. data: validated, cleaned and split before any model is loaded.
+    # 2. data: validated, cleaned and split before any model is loaded (rank 0 first; the rest reuse it).
+    if not main_rank:
+        distributed.barrier(world)
     prepared = splits.prepare(cfg, out_dir)
+    if main_rank:
+        distributed.barrier(world)
 
     # 3. model: tokenizer first, so the data is tokenised once.
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = distributed.device_for(world)
     source = model.resolve_model_source(cfg)
     tokenizer = model.load_tokenizer(source, cfg)
     data = pipeline.tokenize_splits(prepared, cfg, tokenizer)
@@ -87,13 +95,18 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
         device=device,
         output_dir=out_dir,
         reporter=reporter,
-        metrics=Metrics(),
+        metrics=Metrics() if main_rank else None,
         prompt_learning=model.uses_prompt_learning(cfg.method),
+        world=world,
     )
 
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
     metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, model.uses_prompt_learning(cfg.method))
     passed, reasons = pipeline.gates(metrics, cfg)
+    outcome: dict[str, Any] = {"phase": "Succeeded", "metrics": metrics, "evalPassed": passed}
+    if not main_rank:
+        distributed.shutdown(world)
+        return outcome
 
     # 6. export: artifact + model card + result.json (+ upload for s3).
     card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, started)
@@ -101,21 +114,20 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     if cfg.output.merge_weights and cfg.method != "full":
         export.write_merged(lm, tokenizer, out_dir)
     artifact = {"uri": export.artifact_uri(remote, out_dir), "digest": digest}
-    outcome = {
-        "phase": "Succeeded",
-        "metrics": metrics,
-        "baseMetrics": base_metrics,
-        "evalPassed": passed,
-        "gateFailures": reasons,
-        "artifact": artifact,
-        "steps": result.steps,
-        "stoppedEarly": result.stopped_early,
-    }
+    outcome.update(
+        baseMetrics=base_metrics,
+        gateFailures=reasons,
+        artifact=artifact,
+        steps=result.steps,
+        stoppedEarly=result.stopped_early,
+        worldSize=world.size,
+    )
     export.write_result(out_dir, outcome)
     if remote:
         export.upload(out_dir, remote)
     reporter.final(metrics, passed, artifact)
     log.info("artifact %s (%s); evalPassed=%s", artifact_dir, digest, passed)
+    distributed.shutdown(world)
     return outcome
 
 
@@ -161,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _record_failure(spec: str, output: str | None, message: str) -> None:
     """Best effort: leave a Failed result.json for the operator when we know where output goes."""
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes
+        return
     with contextlib.suppress(Exception):  # the error itself is already on stderr; this is extra
         try:
             out_dir, _ = output_location(load_config(spec), output)

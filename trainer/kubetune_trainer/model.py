@@ -50,7 +50,7 @@ def load_tokenizer(source: str, cfg: JobConfig) -> Any:
 
 def attn_implementation(device: str) -> str:
     """flash-attn on CUDA when installed (variable-length packed rows), else PyTorch sdpa."""
-    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
@@ -76,7 +76,7 @@ def load_model(source: str, cfg: JobConfig, device: str, dtype: Any) -> Any:
             if q.bits == 4
             else BitsAndBytesConfig(load_in_8bit=True)
         )
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU under torchrun
     model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs, **_hub_kwargs(cfg))
     if cfg.method != "qlora":
         model.to(device)

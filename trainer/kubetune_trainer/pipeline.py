@@ -74,7 +74,7 @@ def tokenize_splits(prepared: PreparedData, cfg: JobConfig, tokenizer: Any) -> T
 def storage_dtype(cfg: JobConfig, device: str) -> torch.dtype:
     """Frozen base weights may live in the compute dtype on GPU; trained weights stay fp32."""
     dtype = resolve_precision(cfg.training.precision, device)
-    return dtype if device == "cuda" and cfg.method not in ("full",) else torch.float32
+    return dtype if device.startswith("cuda") and cfg.method != "full" else torch.float32
 
 
 def evaluate(

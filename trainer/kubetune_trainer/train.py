@@ -6,6 +6,10 @@ One optimizer step = ``gradientAccumulationSteps`` micro-batches. The loss of a 
 per-token losses divided by the number of target tokens in the whole step, so accumulation gives the
 same gradient as one big batch. The batch order of each epoch is a pure function of (seed, epoch), so a
 run resumed from ``step-N`` sees exactly the batches it would have seen.
+
+Under torchrun each step takes ``accumulation * world`` micro-batches and rank r trains on every r-th;
+the loss is still divided by the step's total target tokens (over all ranks), scaled by the world size
+because DDP averages gradients. So 2 ranks x 1 micro-batch == 1 rank x 2 accumulated micro-batches.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from typing import Any
 
 import torch
 
-from kubetune_trainer import checkpoint
+from kubetune_trainer import checkpoint, distributed
 from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.distributed import World
 from kubetune_trainer.loss import mean_loss, token_losses
 from kubetune_trainer.packing import IGNORE, batch_indices, collate, epoch_order
 
@@ -56,7 +61,7 @@ def cpu_supports_bf16() -> bool:
 def resolve_precision(precision: str, device: str) -> torch.dtype:
     """The autocast dtype; auto means bf16 where the hardware does it natively, else fp32."""
     if precision == "auto":
-        if device == "cuda":
+        if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_supports_bf16() else torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
@@ -65,7 +70,7 @@ def resolve_precision(precision: str, device: str) -> torch.dtype:
 def autocast_factory(device: str, dtype: torch.dtype) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     if dtype == torch.float32:
         return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device, dtype=dtype)
+    return lambda: torch.autocast(device_type=device.split(":")[0], dtype=dtype)  # "cuda:1" -> "cuda"
 
 
 def param_groups(model: Any, lr: float, decay: float | None) -> list[dict[str, Any]]:
@@ -86,9 +91,9 @@ def param_groups(model: Any, lr: float, decay: float | None) -> list[dict[str, A
     return [{"params": ps, "lr": lr * decay ** (n_layers - 1 - lvl)} for lvl, ps in sorted(groups.items())]
 
 
-def plan_steps(n_batches: int, cfg: TrainingConfig) -> tuple[int, int]:
+def plan_steps(n_batches: int, cfg: TrainingConfig, world_size: int = 1) -> tuple[int, int]:
     """(steps per epoch, total steps)."""
-    per_epoch = math.ceil(n_batches / cfg.gradient_accumulation_steps)
+    per_epoch = math.ceil(n_batches / (cfg.gradient_accumulation_steps * world_size))
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
     return per_epoch, total
 
@@ -127,18 +132,22 @@ def train(
     metrics: Any = None,
     prompt_learning: bool = False,
     after_step: Callable[[int], None] | None = None,
+    world: World | None = None,
 ) -> TrainResult:
+    world = world or World()
     torch.manual_seed(cfg.seed)
     autocast = autocast_factory(device, resolve_precision(cfg.precision, device))
     batches = batch_indices(rows, cfg.batch_size)
-    per_epoch, total = plan_steps(len(batches), cfg)
+    per_step = cfg.gradient_accumulation_steps * world.size  # micro-batches per optimizer step, all ranks
+    per_epoch, total = plan_steps(len(batches), cfg, world.size)
+    targets = [sum(t != IGNORE for t in r["labels"]) for r in rows]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg.learning_rate, cfg.layerwise_lr_decay), weight_decay=0.0)
     from transformers import get_scheduler
 
     scheduler = get_scheduler(cfg.scheduler, optimizer, math.ceil(cfg.warmup_ratio * total), total)
     scaler = torch.amp.GradScaler(
-        enabled=device == "cuda" and resolve_precision(cfg.precision, device) == torch.float16
+        enabled=device.startswith("cuda") and resolve_precision(cfg.precision, device) == torch.float16
     )
 
     ckpt_dir = output_dir / "checkpoints"
@@ -148,6 +157,7 @@ def train(
     history: list[dict[str, Any]] = state.get("history", [])
     if step:
         log.info("resumed from %s (step %d/%d)", state["path"], step, total)
+    runner = distributed.wrap(model, world, device)  # DDP under torchrun, else the model itself
 
     def evaluate() -> float:
         return mean_loss(model, val_rows, cfg.batch_size, pad_id, device, autocast, prompt_learning)
@@ -162,18 +172,24 @@ def train(
         while step < total:
             epoch, k = divmod(step, per_epoch)
             order = epoch_order(len(batches), cfg.seed, epoch)
-            group = order[k * cfg.gradient_accumulation_steps : (k + 1) * cfg.gradient_accumulation_steps]
-            micro = [collate([rows[i] for i in batches[b]], pad_id) for b in group]
-            n_targets = sum(int((mb["labels"] != IGNORE).sum()) for mb in micro)
-            step_loss = 0.0
+            group = order[k * per_step : (k + 1) * per_step]
+            if world.active:  # every rank needs the same number of micro-batches: wrap around at the end
+                group = [order[(k * per_step + j) % len(order)] for j in range(per_step)]
+            n_targets = sum(targets[i] for b in group for i in batches[b])
             window_tokens += sum(len(rows[i]["input_ids"]) for b in group for i in batches[b])  # no padding
-            for mb in micro:
-                mb = {key: v.to(device) for key, v in mb.items()}
-                with autocast():
-                    losses = token_losses(model, mb, prompt_learning)
-                loss = losses.sum() / max(n_targets, 1)
-                scaler.scale(loss).backward()
+            mine = group[world.rank :: world.size]
+            step_loss = 0.0
+            for j, b in enumerate(mine):
+                mb = {key: v.to(device) for key, v in collate([rows[i] for i in batches[b]], pad_id).items()}
+                # DDP all-reduces gradients on the last micro-batch of the step only.
+                sync = contextlib.nullcontext() if j == len(mine) - 1 or not world.active else runner.no_sync()
+                with sync:
+                    with autocast():
+                        losses = token_losses(runner, mb, prompt_learning)
+                    loss = losses.sum() / max(n_targets, 1)
+                    scaler.scale(loss * world.size).backward()
                 step_loss += loss.item()
+            step_loss = distributed.sum_across(world, step_loss)
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             scaler.step(optimizer)
@@ -208,18 +224,21 @@ def train(
                     "learningRate": scheduler.get_last_lr()[0],
                 }
                 history.append(p)
-                if reporter is not None:
+                if reporter is not None and world.is_main:
                     reporter.progress(p)
-                if metrics is not None:
+                if metrics is not None and world.is_main:
                     metrics.update(p)
                 window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-            if step % cfg.checkpoint_steps == 0 or sigterm.set:
+            stop = distributed.any_across(world, sigterm.set) if world.active else sigterm.set
+            if (step % cfg.checkpoint_steps == 0 or stop) and world.is_main:
                 saved = checkpoint.save(ckpt_dir, step, model, optimizer, scheduler, snapshot())
                 if reporter is not None:
                     reporter.checkpoint(str(saved))
+            if step % cfg.checkpoint_steps == 0 or stop:
+                distributed.barrier(world)  # nobody runs ahead (or exits) while rank 0 writes
             if after_step is not None:
                 after_step(step)
-            if sigterm.set:
+            if stop:
                 raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint written")
             if stopped_early:
                 log.info("early stopping at step %d: no validation improvement in %d evaluations", step, bad_evals)
