@@ -233,7 +233,10 @@ class ControlPlane:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "local", "cluster": {"server": self.apiserver_url, "certificate-authority": str(pki / "ca.crt")}}
+                {
+                    "name": "local",
+                    "cluster": {"server": self.apiserver_url, "certificate-authority": str(pki / "ca.crt")},
+                }
             ],
             "users": [
                 {
@@ -266,12 +269,13 @@ class ControlPlane:
 
 
 @contextlib.contextmanager
-def running_control_plane(workdir: Path):  # type: ignore[no-untyped-def]
+def running_control_plane(workdir: Path, fake_gpu_node: bool = True):  # type: ignore[no-untyped-def]
     cp = ControlPlane(workdir=workdir, assets=asset_dir())
     try:
         cp.start()
         cp.install_crds()
-        cp.add_gpu_node()
+        if fake_gpu_node:
+            cp.add_gpu_node()
         yield cp
     finally:
         cp.stop()

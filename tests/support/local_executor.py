@@ -1,0 +1,201 @@
+"""A kubelet stand-in for development: runs pods bound to one node as local processes.
+
+The demo has a real control plane but no container runtime. This executor registers a Node, and for
+every pod the scheduler binds to it: materialises the pod's ConfigMap volumes, maps `/mnt/pvc/<claim>`
+mounts to a local directory, runs the container's command with the pod's env (secret references
+resolved), and reports the pod status (Running, then Succeeded/Failed with the trainer's result as the
+termination message) the way a kubelet would. The Job controller and the operator see ordinary pods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[bytes]
+    output_dir: Path | None
+    log_path: Path
+
+
+class LocalExecutor:
+    def __init__(
+        self, api: client.ApiClient, workdir: Path, pvc_root: Path, kubeconfig: Path, node: str = "local"
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.workdir, self.pvc_root, self.kubeconfig, self.node = workdir, pvc_root, kubeconfig, node
+        self.running: dict[str, Running] = {}
+        self.stop = threading.Event()
+
+    def register_node(self) -> None:
+        body = {
+            "metadata": {"name": self.node, "labels": {"kubernetes.io/hostname": self.node}},
+            "status": {
+                "capacity": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "20"},
+                "allocatable": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "20"},
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "LocalExecutor", "message": "runs pods as processes"}
+                ],
+            },
+        }
+        try:
+            self.core.create_node(body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._tick()
+            except ApiException as err:  # the apiserver going away at shutdown is not a crash
+                if self.stop.is_set():
+                    return
+                print(f"[executor] API error: {err.reason}", file=sys.stderr)
+            self.stop.wait(0.5)
+        for run in self.running.values():
+            run.proc.terminate()
+
+    def _tick(self) -> None:
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}").items
+        for pod in pods:
+            key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+            if pod.metadata.deletion_timestamp is not None:
+                if key in self.running:
+                    self.running.pop(key).proc.terminate()
+                self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+            elif key not in self.running and pod.status.phase == "Pending":
+                self._start(pod, key)
+        for key, run in list(self.running.items()):
+            code = run.proc.poll()
+            if code is not None:
+                ns, name = key.split("/", 1)
+                self._finish(ns, name, code, run)
+                del self.running[key]
+
+    def _start(self, pod: Any, key: str) -> None:
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        container = pod.spec.containers[0]
+        root = self.workdir / ns / name
+        mounts = self._materialise_volumes(pod, container, root)
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_PVC_ROOT": str(self.pvc_root)}
+        for var in container.env or []:
+            env[var.name] = self._env_value(ns, var)
+        env["KUBETUNE_PVC_ROOT"] = str(self.pvc_root)  # claims live in local folders here
+        for remote, local in mounts.items():
+            for k, v in list(env.items()):
+                if v.startswith(remote):
+                    env[k] = local + v[len(remote) :]
+        command = [self._local_path(arg, mounts) for arg in (container.command or []) + (container.args or [])]
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable
+        log_path = root / "container.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(command, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        out = env.get("KUBETUNE_OUTPUT_DIR")
+        self.running[key] = Running(proc, Path(out) if out else None, log_path)
+        self._patch(ns, name, "Running", container, {"running": {"startedAt": _now()}}, ready=True)
+
+    def _finish(self, ns: str, name: str, code: int, run: Running) -> None:
+        message = ""
+        result = run.output_dir / "result.json" if run.output_dir else None
+        if result is not None and result.exists():
+            data = json.loads(result.read_text())
+            # Like a kubelet's 4 KiB termination message: keep what the operator reads.
+            message = json.dumps({k: data[k] for k in ("phase", "metrics", "evalPassed", "artifact") if k in data})
+        if not message:
+            message = run.log_path.read_text(errors="replace")[-1000:]
+        pod = self.core.read_namespaced_pod(name, ns)
+        terminated = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "message": message,
+            "finishedAt": _now(),
+            "startedAt": _now(),
+        }
+        self._patch(
+            ns, name, "Succeeded" if code == 0 else "Failed", pod.spec.containers[0], {"terminated": terminated}
+        )
+
+    def _patch(
+        self, ns: str, name: str, phase: str, container: Any, state: dict[str, Any], ready: bool = False
+    ) -> None:
+        now = _now()
+        status = {
+            "phase": phase,
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
+            "startTime": now,
+            "conditions": [
+                {"type": "Ready", "status": str(ready), "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": str(ready), "lastTransitionTime": now},
+            ],
+            "containerStatuses": [
+                {
+                    "name": container.name,
+                    "image": container.image,
+                    "imageID": "",
+                    "ready": ready,
+                    "restartCount": 0,
+                    "state": state,
+                }
+            ],
+        }
+        self.core.patch_namespaced_pod_status(name, ns, {"status": status})
+
+    def _env_value(self, ns: str, var: Any) -> str:
+        if var.value is not None:
+            return str(var.value)
+        ref = var.value_from.secret_key_ref if var.value_from else None
+        if ref is None:
+            return ""
+        import base64
+
+        secret = self.core.read_namespaced_secret(ref.name, ns)
+        return base64.b64decode(secret.data[ref.key]).decode()
+
+    def _materialise_volumes(self, pod: Any, container: Any, root: Path) -> dict[str, str]:
+        """mountPath -> local directory, for ConfigMap, emptyDir and PVC volumes."""
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        mounts: dict[str, str] = {}
+        for m in container.volume_mounts or []:
+            vol = volumes.get(m.name)
+            if vol is None:
+                continue
+            if vol.config_map is not None:
+                local = root / "volumes" / m.name
+                local.mkdir(parents=True, exist_ok=True)
+                data = self.core.read_namespaced_config_map(vol.config_map.name, pod.metadata.namespace).data or {}
+                for key, text in data.items():
+                    (local / key).write_text(text)
+                mounts[m.mount_path] = str(local)
+            elif vol.persistent_volume_claim is not None:
+                mounts[m.mount_path] = str(self.pvc_root / vol.persistent_volume_claim.claim_name)
+            elif vol.empty_dir is not None and m.mount_path not in ("/tmp", "/dev/shm"):
+                local = root / "volumes" / m.name
+                local.mkdir(parents=True, exist_ok=True)
+                mounts[m.mount_path] = str(local)
+        return mounts
+
+    @staticmethod
+    def _local_path(arg: str, mounts: dict[str, str]) -> str:
+        for remote, local in mounts.items():
+            if arg == remote or arg.startswith(remote + "/"):
+                return local + arg[len(remote) :]
+        return arg
