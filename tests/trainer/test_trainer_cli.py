@@ -160,3 +160,29 @@ def test_text_format_with_general_domain_mix(write_spec, tmp_path):
     split = read_json(tmp_path / "out" / "data" / "split.json")
     assert split["counts"]["train"] == 24 + 6  # 24 domain rows + 6 general rows = 20 % mix
     assert outcome["phase"] == "Succeeded" and "perplexity" in outcome["metrics"]
+
+
+def test_failure_reaches_the_termination_message(write_spec, tmp_path, monkeypatch):
+    log = tmp_path / "termination-log"
+    log.write_text("")  # the kubelet creates the file; we only write into an existing one
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    assert main(["train", str(write_spec({"method": "qlora"}))]) == 2
+    message = json.loads(log.read_text())
+    assert message["phase"] == "Failed" and "qlora" in message["message"]
+
+
+@pytest.mark.slow
+def test_success_reaches_the_termination_message_with_a_pvc_artifact_uri(write_spec, tmp_path, monkeypatch):
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    monkeypatch.setenv("KUBETUNE_PVC_ROOT", str(tmp_path / "pvc"))
+    # What the operator sets: the resolved per-run directory on the mounted claim.
+    monkeypatch.setenv("KUBETUNE_OUTPUT_DIR", str(tmp_path / "pvc" / "artifacts" / "job" / "run-3"))
+    assert main(["train", "--spec", str(write_spec({"training": {"maxSteps": 2}}))]) == 0
+    message = json.loads(log.read_text())
+    assert message["phase"] == "Succeeded" and isinstance(message["evalPassed"], bool)
+    assert message["artifact"]["uri"] == "pvc://artifacts/job/run-3/artifact"
+    assert message["artifact"]["digest"].startswith("sha256:")
+    assert set(message["metrics"]) == {"evalLoss", "perplexity", "exactMatch"}
+    assert len(log.read_bytes()) < 4096

@@ -123,6 +123,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
         worldSize=world.size,
     )
     export.write_result(out_dir, outcome)
+    export.write_termination_message(outcome)
     if remote:
         export.upload(out_dir, remote)
     reporter.final(metrics, passed, artifact)
@@ -172,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _record_failure(spec: str, output: str | None, message: str) -> None:
-    """Best effort: leave a Failed result.json for the operator when we know where output goes."""
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes
+    """Best effort: tell the operator (termination message) and leave a Failed result.json if we can."""
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
+    failed = {"phase": "Failed", "message": message, "evalPassed": False, "metrics": {}}
+    export.write_termination_message(failed)
     with contextlib.suppress(Exception):  # the error itself is already on stderr; this is extra
         try:
             out_dir, _ = output_location(load_config(spec), output)
@@ -183,4 +186,4 @@ def _record_failure(spec: str, output: str | None, message: str) -> None:
             if not fallback:
                 return
             out_dir = uris.local_path(fallback)
-        export.write_result(out_dir, {"phase": "Failed", "message": message, "evalPassed": False, "metrics": {}})
+        export.write_result(out_dir, failed)

@@ -78,8 +78,35 @@ def upload(local: Path, uri: str) -> None:
     fs.put(str(local), path, recursive=True)
 
 
-def artifact_uri(output_uri: str | None, local_out: Path) -> str:
-    """The URI users should load the artifact from: under the spec's output URI when there is one."""
-    if output_uri and uris.scheme(output_uri) != "file":
-        return output_uri.rstrip("/") + "/artifact"
-    return str(local_out / "artifact")
+def artifact_uri(remote: str | None, local_out: Path) -> str:
+    """Where others should load the artifact from: the uploaded copy, else pvc://claim/... or a path."""
+    if remote:
+        return remote.rstrip("/") + "/artifact"
+    return uris.to_uri(local_out / "artifact")
+
+
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+
+
+def write_termination_message(result: dict[str, Any]) -> bool:
+    """Hand the result to the operator through the container's termination message.
+
+    Only when the file exists, i.e. the kubelet created it (``KUBETUNE_TERMINATION_LOG`` overrides the
+    path for tests). The summary keeps to the fields the operator reads, well under Kubernetes' 4 KiB.
+    """
+    path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG))
+    if not path.exists():
+        return False
+    keys = ("phase", "metrics", "evalPassed", "artifact", "message", "steps")
+    summary = {k: result[k] for k in keys if k in result}
+    if "message" in summary:
+        summary["message"] = str(summary["message"])[:1000]
+    text = json.dumps(summary, separators=(",", ":"), default=str)
+    if len(text.encode()) > TERMINATION_LIMIT:  # absurdly many metrics: keep what decides the outcome
+        text = json.dumps({k: summary[k] for k in ("phase", "evalPassed", "artifact") if k in summary})
+    try:
+        path.write_text(text)
+    except OSError:
+        return False
+    return True

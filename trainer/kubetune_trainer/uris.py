@@ -44,6 +44,19 @@ def local_path(uri: str) -> Path:
     raise ValueError(f"{uri}: not a local or pvc:// location")
 
 
+def to_uri(path: Path) -> str:
+    """The inverse of `local_path` for volumes: a path under the PVC root becomes ``pvc://claim/...``.
+
+    >>> to_uri(Path("/mnt/pvc/artifacts/run-1/artifact"))  # with KUBETUNE_PVC_ROOT unset
+    'pvc://artifacts/run-1/artifact'
+    """
+    root = pvc_root().resolve()
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(root) and resolved != root:
+        return "pvc://" + str(resolved.relative_to(root))
+    return str(path)
+
+
 def hf_local_copy(uri: str) -> Path | None:
     """``hf://org/name`` -> ``$KUBETUNE_HF_ROOT/org/name`` when such a directory exists."""
     root = os.environ.get("KUBETUNE_HF_ROOT")
