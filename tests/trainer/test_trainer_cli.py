@@ -103,6 +103,11 @@ def test_artifact_model_card_and_result(write_spec, tmp_path):
     assert set(card["metrics"]) == {"base", "tuned"}
     assert {"torch", "transformers", "peft"} <= set(card["libraries"])
 
+    ev = read_json(out / "eval.json")
+    assert ev["evalPassed"] is True and ev["gates"]["maxPerplexity"] == 1e9
+    assert ev["tuned"] == result["metrics"] and ev["base"] == result["baseMetrics"]
+    assert {"prompt", "expected", "predicted"} <= set(ev["samples"][0])
+
     split = read_json(out / "data" / "split.json")
     assert split["counts"] == {"train": 204, "validation": 26, "test": 26}
     test_rows = (out / "data" / "test.jsonl").read_text().splitlines()

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from kubetune_trainer import export, uris
-from kubetune_trainer.config import ConfigError, JobConfig, parse_job
+from kubetune_trainer.config import ConfigError, JobConfig, parse_job, to_dict
 from kubetune_trainer.sources import DataError
 
 log = logging.getLogger("kubetune_trainer")
@@ -101,14 +101,24 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     )
 
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
-    metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, model.uses_prompt_learning(cfg.method))
+    samples: list[dict[str, str]] = []
+    metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, model.uses_prompt_learning(cfg.method), samples)
     passed, reasons = pipeline.gates(metrics, cfg)
     outcome: dict[str, Any] = {"phase": "Succeeded", "metrics": metrics, "evalPassed": passed}
     if not main_rank:
         distributed.shutdown(world)
         return outcome
 
-    # 6. export: artifact + model card + result.json (+ upload for s3).
+    # 6. export: eval.json, artifact + model card, result.json (+ upload for s3).
+    eval_report = {
+        "evalPassed": passed,
+        "gateFailures": reasons,
+        "gates": to_dict(cfg.evaluation.gates),
+        "base": base_metrics,
+        "tuned": metrics,
+        "samples": samples,
+    }
+    export.write_json(out_dir / "eval.json", eval_report)
     card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, started)
     artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir)
     if cfg.output.merge_weights and cfg.method != "full":

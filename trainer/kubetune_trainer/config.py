@@ -130,7 +130,9 @@ class TrainingConfig:
     packing: bool = _f(True, "Pack examples into rows; attention never crosses an example boundary.")
     precision: str = _f("auto", "auto | bf16 | fp16 | fp32.", choices=("auto", "bf16", "fp16", "fp32"))
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    early_stopping: EarlyStoppingConfig = _sub(EarlyStoppingConfig, "Stop when validation loss stalls.")
+    early_stopping: EarlyStoppingConfig = _sub(
+        EarlyStoppingConfig, "Stop when validation loss stalls (the weights at the stop are exported)."
+    )
     seed: int = _f(42, "Seed for initialisation, dropout and batch order.")
     prompt_loss: bool = _f(False, "Also learn to predict the prompt tokens.")
     layerwise_lr_decay: float | None = _f(None, "Multiply the LR by this per layer going down, in (0, 1].")

@@ -60,14 +60,18 @@ def write_merged(model: Any, tokenizer: Any, out_dir: Path) -> Path:
     return path
 
 
-def write_result(out_dir: Path, result: dict[str, Any]) -> Path:
-    """``result.json``: what the operator's local executor reads (phase, metrics, evalPassed, artifact)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "result.json"
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write-then-rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
     return path
+
+
+def write_result(out_dir: Path, result: dict[str, Any]) -> Path:
+    """``result.json``: what the operator's local executor reads (phase, metrics, evalPassed, artifact)."""
+    return write_json(out_dir / "result.json", result)
 
 
 def upload(local: Path, uri: str) -> None:

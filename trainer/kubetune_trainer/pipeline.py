@@ -78,9 +78,18 @@ def storage_dtype(cfg: JobConfig, device: str) -> torch.dtype:
 
 
 def evaluate(
-    model: Any, tokenizer: Any, data: TokenizedData, cfg: JobConfig, device: str, prompt_learning: bool
+    model: Any,
+    tokenizer: Any,
+    data: TokenizedData,
+    cfg: JobConfig,
+    device: str,
+    prompt_learning: bool,
+    samples: list[dict[str, str]] | None = None,
 ) -> dict[str, float]:
-    """Test-split loss/perplexity and golden-set accuracy, as the spec's metrics list asks."""
+    """Test-split loss/perplexity and golden-set accuracy, as the spec's metrics list asks.
+
+    ``samples``, when given, receives the first few (prompt, expected, predicted) for eval.json.
+    """
     t, ev = cfg.training, cfg.evaluation
     autocast = autocast_factory(device, resolve_precision(t.precision, device))
     metrics: dict[str, float] = {}
@@ -100,6 +109,11 @@ def evaluate(
         if "contains" in ev.metrics:
             metrics["contains"] = round(scoring.contains(predictions, answers), 6)
         log.info("sample answer: %r -> %r (expected %r)", prompts[0][-60:], predictions[0], answers[0])
+        if samples is not None:
+            samples.extend(
+                {"prompt": p, "expected": a, "predicted": y}
+                for p, a, y in list(zip(prompts, answers, predictions, strict=True))[:20]
+            )
     return metrics
 
 

@@ -17,7 +17,15 @@ def pvc_root() -> Path:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
+    """``$KUBETUNE_CACHE``, else ``~/.cache/kubetune``; in a pod whose home is read-only, the temp dir."""
+    if "KUBETUNE_CACHE" in os.environ:
+        return Path(os.environ["KUBETUNE_CACHE"])
+    home = Path.home()
+    if os.access(home, os.W_OK):
+        return home / ".cache" / "kubetune"
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "kubetune"
 
 
 def scheme(uri: str) -> str:

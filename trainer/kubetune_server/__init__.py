@@ -1,0 +1,11 @@
+"""The ``builtin`` serving runtime: one base model (+ optional LoRA adapter) behind an OpenAI-style API.
+
+``python -m kubetune_server --model DIR [--adapter DIR]`` serves ``/v1/completions``,
+``/v1/chat/completions``, ``/v1/models``, ``/healthz``, ``/readyz`` and ``/metrics`` with the stdlib
+HTTP server. It is built for small models and for canary analysis (Prometheus metrics labelled with
+``--version``; latency and error injection), not for throughput: generation is serialised.
+
+Modules: ``settings`` (flags and ``KUBETUNE_SERVER_*`` variables), ``protocol`` (pure request
+validation and response shapes), ``model`` (loading and generation), ``metrics``, ``app`` (HTTP),
+``cli`` (wiring).
+"""

@@ -1,0 +1,3 @@
+from kubetune_server.cli import main
+
+raise SystemExit(main())

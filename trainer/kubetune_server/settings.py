@@ -1,0 +1,112 @@
+"""Server settings: command-line flags, each with a ``KUBETUNE_SERVER_<FLAG>`` environment default.
+
+A flag wins over its variable, so a Deployment can set the environment and a human can still
+override one value on the command line, e.g. ``KUBETUNE_SERVER_INJECT_LATENCY_MS=300``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "KUBETUNE_SERVER_"
+
+
+class SettingsError(ValueError):
+    """A flag or variable has a value the server cannot run with."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model: str
+    adapter: str | None = None
+    adapter_name: str = "adapter"
+    model_name: str | None = None  # defaults to the model directory's name
+    host: str = "127.0.0.1"
+    port: int = 8000
+    version: str = "unknown"
+    inject_latency_ms: float = 0.0
+    inject_error_rate: float = 0.0
+    max_new_tokens: int = 64
+    device: str = "auto"
+    seed: int = 0
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model_name or Path(self.model.rstrip("/")).name or "model"
+
+
+# (flag, type, help). The environment variable is ENV_PREFIX + the flag in upper snake case.
+FLAGS: list[tuple[str, type, str]] = [
+    ("model", str, "directory (or hub id already in the local cache) of the base model and tokenizer"),
+    ("adapter", str, "directory of a PEFT adapter (save_pretrained output) to apply to the base model"),
+    ("adapter-name", str, "name the adapter is served under in /v1/models and the request's 'model'"),
+    ("model-name", str, "name the base model is served under (default: the model directory's name)"),
+    ("host", str, "address to listen on (0.0.0.0 inside a pod)"),
+    ("port", int, "port to listen on; 0 picks a free one (the log line 'listening on' names it)"),
+    ("version", str, "value of the 'version' label on every kubetune_* metric, e.g. stable or canary"),
+    ("inject-latency-ms", float, "sleep this long in every completion request (to test a slow canary)"),
+    ("inject-error-rate", float, "answer this fraction (0..1) of completion requests with HTTP 500"),
+    ("max-new-tokens", int, "upper bound on a request's max_tokens (larger requests are clamped)"),
+    ("device", str, "auto (cuda if available, else cpu), cpu or cuda"),
+    ("seed", int, "torch seed, so sampled (temperature > 0) output is reproducible across restarts"),
+]
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m kubetune_server",
+        description="Serve a model (+ LoRA adapter) with an OpenAI-compatible API and Prometheus metrics.",
+    )
+    defaults = ServerSettings(model="")
+    for flag, kind, text in FLAGS:
+        dest = flag.replace("-", "_")
+        raw = env.get(env_name(flag))
+        default = getattr(defaults, dest) if raw is None else raw
+        p.add_argument(f"--{flag}", type=kind, default=default, help=f"{text} [env {env_name(flag)}]")
+    return p
+
+
+def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerSettings:
+    """Flags over environment over defaults; contradictions raise SettingsError before anything loads.
+
+    >>> parse(["--model", "/m", "--version", "canary"], env={"KUBETUNE_SERVER_PORT": "9000"}).port
+    9000
+    """
+    env = os.environ if env is None else env
+    p = parser(env)
+    ns = p.parse_args(argv)
+    # argparse applies `type` to string defaults too, so environment values are converted like flags.
+    values = {flag.replace("-", "_"): getattr(ns, flag.replace("-", "_")) for flag, _, _ in FLAGS}
+    # An empty variable (a Deployment template with no adapter) means "not set".
+    values["adapter"] = values["adapter"] or None
+    values["model_name"] = values["model_name"] or None
+    settings = ServerSettings(**values)
+    check(settings)
+    return settings
+
+
+def check(s: ServerSettings) -> None:
+    if not s.model:
+        raise SettingsError(f"--model (or {env_name('model')}) is required")
+    if not 0.0 <= s.inject_error_rate <= 1.0:
+        raise SettingsError(f"--inject-error-rate must be between 0 and 1, got {s.inject_error_rate}")
+    if s.inject_latency_ms < 0:
+        raise SettingsError(f"--inject-latency-ms must be >= 0, got {s.inject_latency_ms}")
+    if s.max_new_tokens < 1:
+        raise SettingsError(f"--max-new-tokens must be >= 1, got {s.max_new_tokens}")
+    if not 0 <= s.port <= 65535:
+        raise SettingsError(f"--port must be 0..65535, got {s.port}")
+    if s.device not in ("auto", "cpu", "cuda"):
+        raise SettingsError(f"--device must be auto, cpu or cuda, got {s.device!r}")
+    if s.adapter and s.adapter_name == s.served_model_name:
+        raise SettingsError(f"--adapter-name {s.adapter_name!r} must differ from the base model's name")
+    if not s.version:
+        raise SettingsError("--version must not be empty (it labels the metrics)")
