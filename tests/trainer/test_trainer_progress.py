@@ -59,8 +59,9 @@ def test_outside_a_cluster_it_only_logs(monkeypatch, caplog):
     monkeypatch.setenv("KUBETUNE_FINETUNEJOB_NAME", "job")
     monkeypatch.setenv("KUBETUNE_NAMESPACE", "ns")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    r = StatusReporter()
-    assert r.api is None and r.patch({"a": 1}) is False
+    r = StatusReporter.from_env()
+    assert r.name == "job" and r.api is None and r.patch({"a": 1}) is False
+    assert StatusReporter().name is None  # e.g. torchrun ranks other than 0
 
 
 def test_metrics_gauges():

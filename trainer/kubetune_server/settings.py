@@ -41,7 +41,7 @@ class ServerSettings:
 
 # (flag, type, help). The environment variable is ENV_PREFIX + the flag in upper snake case.
 FLAGS: list[tuple[str, type, str]] = [
-    ("model", str, "directory (or hub id already in the local cache) of the base model and tokenizer"),
+    ("model", str, "directory of the base model and its tokenizer (save_pretrained output)"),
     ("adapter", str, "directory of a PEFT adapter (save_pretrained output) to apply to the base model"),
     ("adapter-name", str, "name the adapter is served under in /v1/models and the request's 'model'"),
     ("model-name", str, "name the base model is served under (default: the model directory's name)"),

@@ -63,8 +63,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     main_rank = world.is_main  # only rank 0 writes files and talks to Kubernetes
     if main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)
-    watch = cfg.name if os.environ.get("KUBETUNE_FINETUNEJOB_NAME") and main_rank else None
-    reporter = StatusReporter(watch, cfg.namespace)
+    reporter = StatusReporter.from_env() if main_rank else StatusReporter()
 
     # 2. data: validated, cleaned and split before any model is loaded (rank 0 first; the rest reuse it).
     if not main_rank:

@@ -52,8 +52,8 @@ class StatusReporter:
     """Patches ``status`` of this run's FineTuneJob when running in-cluster; otherwise only logs."""
 
     def __init__(self, name: str | None = None, namespace: str | None = None) -> None:
-        self.name = name or os.environ.get("KUBETUNE_FINETUNEJOB_NAME")
-        self.namespace = namespace or os.environ.get("KUBETUNE_NAMESPACE")
+        """``name`` None means log only (a local run, or a torchrun rank other than 0)."""
+        self.name, self.namespace = name, namespace
         self.api: Any = None
         if self.name and self.namespace:
             try:
@@ -63,6 +63,11 @@ class StatusReporter:
                 self.api = client.CustomObjectsApi()
             except Exception as e:  # not in a pod, or no service account: print-only mode
                 log.info("status patches disabled (%s)", e)
+
+    @classmethod
+    def from_env(cls) -> StatusReporter:
+        """The FineTuneJob the operator named in ``KUBETUNE_FINETUNEJOB_NAME`` / ``KUBETUNE_NAMESPACE``."""
+        return cls(os.environ.get("KUBETUNE_FINETUNEJOB_NAME"), os.environ.get("KUBETUNE_NAMESPACE"))
 
     def patch(self, status: dict[str, Any]) -> bool:
         if self.api is None:

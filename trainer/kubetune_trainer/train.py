@@ -167,7 +167,8 @@ def train(
 
     model.train()
     stopped_early, eval_loss = False, None
-    window_loss, window_tokens, window_start, last_loss = 0.0, 0, time.perf_counter(), None
+    window_loss, window_tokens, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
+    last_loss: float | None = None
     with _SigtermFlag() as sigterm:
         while step < total:
             epoch, k = divmod(step, per_epoch)
@@ -198,6 +199,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             window_loss += step_loss
+            window_steps += 1  # counted, not derived from step: a resumed run starts mid-window
             last_loss = step_loss
 
             if step % cfg.eval_steps == 0 or step == total:
@@ -211,16 +213,15 @@ def train(
                     stopped_early = patience > 0 and bad_evals >= patience and step < total
             if step % cfg.logging_steps == 0 or step == total or stopped_early:
                 elapsed = time.perf_counter() - window_start
-                steps_in_window = (step - 1) % cfg.logging_steps + 1
                 tps = window_tokens / elapsed if elapsed > 0 else 0.0
                 p = {
                     "step": step,
                     "totalSteps": total,
                     "epoch": round(step / per_epoch, 4),
-                    "loss": window_loss / steps_in_window,
+                    "loss": window_loss / window_steps,
                     "evalLoss": eval_loss,
                     "tokensPerSecond": round(tps, 1),
-                    "etaSeconds": round(elapsed / steps_in_window * (total - step), 1),
+                    "etaSeconds": round(elapsed / window_steps * (total - step), 1),
                     "learningRate": scheduler.get_last_lr()[0],
                 }
                 history.append(p)
@@ -228,7 +229,7 @@ def train(
                     reporter.progress(p)
                 if metrics is not None and world.is_main:
                     metrics.update(p)
-                window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_tokens, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
             stop = distributed.any_across(world, sigterm.set) if world.active else sigterm.set
             if (step % cfg.checkpoint_steps == 0 or stop) and world.is_main:
                 saved = checkpoint.save(ckpt_dir, step, model, optimizer, scheduler, snapshot())

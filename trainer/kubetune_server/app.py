@@ -1,0 +1,165 @@
+"""HTTP: routes, request bodies, JSON responses, and the metrics around each generation request.
+
+The stdlib ``ThreadingHTTPServer`` is enough here: generation is serialised by the model's lock,
+so an async framework would buy nothing but a dependency. Threads keep /healthz, /readyz and
+/metrics answering while a long generation runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from kubetune_server import protocol
+from kubetune_server.metrics import CONTENT_TYPE, ServerMetrics
+from kubetune_server.model import LoadedModel
+from kubetune_server.protocol import RequestError
+from kubetune_server.settings import ServerSettings
+
+log = logging.getLogger("kubetune_server")
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    metrics: ServerMetrics
+    model: LoadedModel | None = None  # set by the loader thread; None while loading
+    load_error: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    rng: random.Random = field(default_factory=random.Random)  # error injection only
+
+
+class KubetuneHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client never blocks shutdown
+    allow_reuse_address = True
+
+    def __init__(self, state: ServerState) -> None:
+        s = state.settings
+        if ":" in s.host:
+            self.address_family = socket.AF_INET6
+        self.state = state
+        super().__init__((s.host, s.port), Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: KubetuneHTTPServer
+    protocol_version = "HTTP/1.1"  # keep-alive: load generators and Prometheus reuse connections
+    server_version = "kubetune-server"
+
+    # -- routing -----------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        state = self.server.state
+        if path == "/healthz":
+            self._send_json(200, {"status": "ok"})
+        elif path == "/readyz":
+            ready = state.model is not None
+            self._send_json(200 if ready else 503, {"status": "ready" if ready else "loading"})
+        elif path == "/metrics":
+            self._send(200, state.metrics.exposition(), CONTENT_TYPE)
+        elif path == "/v1/models":
+            names = state.model.names if state.model else []
+            self._send_json(200, protocol.models_response(names, state.created))
+        else:
+            self._send_json(404, protocol.error_body(f"no route GET {path}", "invalid_request_error"))
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/v1/completions", "/v1/chat/completions"):
+            self._generation(chat=path == "/v1/chat/completions")
+        else:
+            self._discard_body()
+            self._send_json(404, protocol.error_body(f"no route POST {path}", "invalid_request_error"))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    # -- generation --------------------------------------------------------------------------------
+    def _generation(self, chat: bool) -> None:
+        metrics = self.server.state.metrics
+        start = time.monotonic()
+        metrics.in_flight.inc()
+        try:
+            status, body = self._generate(chat, start)
+        except RequestError as e:
+            status, body = e.status, e.body()
+        except Exception:  # never let one request take the server down
+            log.exception("request failed")
+            status, body = 500, protocol.error_body("internal error while generating", "server_error")
+        finally:
+            metrics.in_flight.dec()
+        metrics.observe_request(status, time.monotonic() - start)
+        self._send_json(status, body)
+
+    def _generate(self, chat: bool, start: float) -> tuple[int, dict[str, Any]]:
+        state = self.server.state
+        s = state.settings
+        raw = self._read_body()
+        if s.inject_latency_ms:
+            time.sleep(s.inject_latency_ms / 1000)
+        model = state.model
+        if model is None:
+            raise RequestError("the model is still loading; retry when /readyz is 200", 503, kind="server_error")
+        body = protocol.parse_json(raw)
+        req = protocol.chat_request(body, s.max_new_tokens) if chat else protocol.completion_request(
+            body, s.max_new_tokens
+        )
+        name = model.resolve(req.model)
+        if s.inject_error_rate and state.rng.random() < s.inject_error_rate:
+            return 500, protocol.error_body("injected error (--inject-error-rate)", "server_error")
+        prompt = model.render_chat(req.messages) if req.messages is not None else req.prompt or ""
+        gen = model.generate(prompt, req, name)
+        ttft = gen.first_token_at - start if gen.first_token_at is not None else None
+        state.metrics.observe_generation(gen.prompt_tokens, gen.completion_tokens, ttft)
+        make = protocol.chat_response if chat else protocol.completion_response
+        return 200, make(name, gen.text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens)
+
+    # -- bodies ------------------------------------------------------------------------------------
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True
+            raise RequestError("chunked request bodies are not supported; send Content-Length", 411)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError as e:
+            self.close_connection = True
+            raise RequestError("invalid Content-Length header") from e
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body would be parsed as the next request
+            raise RequestError(f"request body over {MAX_BODY_BYTES} bytes", 413)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _discard_body(self) -> None:
+        try:
+            self._read_body()
+        except RequestError:
+            pass
+
+    def _send_json(self, status: int, body: dict[str, Any]) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json")
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("client went away before the response was sent")
+            self.close_connection = True
+
+
+def serve_in_background(server: KubetuneHTTPServer) -> threading.Thread:
+    """For tests and embedding: serve_forever on a daemon thread."""
+    thread = threading.Thread(target=server.serve_forever, name="kubetune-server", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,96 @@
+"""Prometheus metrics of one server, every kubetune_* series labelled ``version``.
+
+The label comes from ``--version`` (e.g. ``stable`` / ``canary``), so a canary analysis can compare
+the two even when both are scraped by one job. Series are created at start-up with value 0, so
+``rate()`` sees a request that arrives right after a scrape, and a version that serves no traffic
+still exposes its series: its ``rate()`` is 0 and its ``histogram_quantile()`` is NaN (no data),
+while a version that is not running at all returns an empty result.
+
+- ``kubetune_request_duration_seconds``: end to end, from the request's arrival to its response
+  being ready, for every /v1 generation request whatever its status (so injected latency counts).
+- ``kubetune_time_to_first_token_seconds``: arrival to the first generated token's logits (includes
+  waiting for the generation lock and any injected latency); successful generations only.
+- ``kubetune_prompt_tokens_total`` / ``kubetune_generation_tokens_total``: tokens in and out.
+- ``kubetune_requests_total{status}``: every /v1 generation request by HTTP status code.
+- ``kubetune_requests_in_flight``: /v1 generation requests being handled now.
+- ``process_resident_memory_bytes`` & co.: prometheus-client's process collector (Linux only; no
+  version label, the scrape target's labels tell processes apart).
+- ``kubetune_gpu_memory_used_bytes`` / ``kubetune_gpu_memory_total_bytes``: the CUDA device's memory
+  as the driver reports it (all processes on it), read at scrape time. Absent on CPU: no GPU is not
+  0 bytes of GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+# 5 ms .. 30 s, dense around 0.1-1 s where small-model latencies and canary thresholds live.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
+)  # fmt: skip
+# Statuses the server can answer a generation request with; created up front so their rate is 0, not absent.
+KNOWN_STATUSES = ("200", "400", "404", "500", "503")
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+
+class ServerMetrics:
+    def __init__(self, version: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.version = version
+        r, v = self.registry, ["version"]
+        self._duration = Histogram(
+            "kubetune_request_duration_seconds",
+            "End-to-end latency of generation requests (any status).",
+            v,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        ).labels(version)
+        self._ttft = Histogram(
+            "kubetune_time_to_first_token_seconds",
+            "Time from a request's arrival to its first generated token.",
+            v,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        ).labels(version)
+        self._prompt_tokens = Counter("kubetune_prompt_tokens", "Prompt tokens processed.", v, registry=r).labels(
+            version
+        )
+        self._generation_tokens = Counter("kubetune_generation_tokens", "Tokens generated.", v, registry=r).labels(
+            version
+        )
+        self._requests = Counter(
+            "kubetune_requests", "Generation requests by HTTP status.", ["version", "status"], registry=r
+        )
+        for status in KNOWN_STATUSES:
+            self._requests.labels(version, status)
+        self.in_flight = Gauge(
+            "kubetune_requests_in_flight", "Generation requests being handled.", v, registry=r
+        ).labels(version)
+        ProcessCollector(registry=r)
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        self._requests.labels(self.version, str(status)).inc()
+        self._duration.observe(seconds)
+
+    def observe_generation(self, prompt_tokens: int, generated_tokens: int, ttft_seconds: float | None) -> None:
+        self._prompt_tokens.inc(prompt_tokens)
+        self._generation_tokens.inc(generated_tokens)
+        if ttft_seconds is not None:
+            self._ttft.observe(ttft_seconds)
+
+    def add_gpu_memory(self, used: Callable[[], float], total: Callable[[], float]) -> None:
+        """Register the GPU gauges; called only when the model is on CUDA."""
+        v = ["version"]
+        Gauge("kubetune_gpu_memory_used_bytes", "GPU memory in use on the device.", v, registry=self.registry).labels(
+            self.version
+        ).set_function(used)
+        Gauge("kubetune_gpu_memory_total_bytes", "GPU memory of the device.", v, registry=self.registry).labels(
+            self.version
+        ).set_function(total)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
