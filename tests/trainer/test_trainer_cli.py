@@ -36,6 +36,13 @@ def test_bad_config_exits_2_with_one_line(write_spec, tmp_path, capsys):
     assert read_json(tmp_path / "out" / "result.json")["phase"] == "Failed"
 
 
+def test_missing_base_model_directory_is_a_one_line_error(write_spec, tmp_path, capsys):
+    spec = write_spec({"baseModel": {"uri": str(tmp_path / "nowhere")}})
+    assert main(["train", str(spec), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: spec.baseModel.uri:") and "not a directory" in err[0]
+
+
 def test_qlora_on_cpu_fails_fast_with_a_clear_message(write_spec, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the gpu-marked test covers qlora")

@@ -7,6 +7,7 @@ so an async framework would buy nothing but a dependency. Threads keep /healthz,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -109,8 +110,10 @@ class Handler(BaseHTTPRequestHandler):
         if model is None:
             raise RequestError("the model is still loading; retry when /readyz is 200", 503, kind="server_error")
         body = protocol.parse_json(raw)
-        req = protocol.chat_request(body, s.max_new_tokens) if chat else protocol.completion_request(
-            body, s.max_new_tokens
+        req = (
+            protocol.chat_request(body, s.max_new_tokens)
+            if chat
+            else protocol.completion_request(body, s.max_new_tokens)
         )
         name = model.resolve(req.model)
         if s.inject_error_rate and state.rng.random() < s.inject_error_rate:
@@ -138,10 +141,8 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _discard_body(self) -> None:
-        try:
+        with contextlib.suppress(RequestError):
             self._read_body()
-        except RequestError:
-            pass
 
     def _send_json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")

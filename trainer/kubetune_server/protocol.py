@@ -175,7 +175,9 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def completion_response(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def completion_response(
+    model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
@@ -186,7 +188,9 @@ def completion_response(model: str, text: str, finish_reason: str, prompt_tokens
     }
 
 
-def chat_response(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def chat_response(
+    model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_trainer import uris
-from kubetune_trainer.config import JobConfig
+from kubetune_trainer.config import ConfigError, JobConfig
 
 
 def resolve_model_source(cfg: JobConfig) -> str:
@@ -25,7 +25,7 @@ def resolve_model_source(cfg: JobConfig) -> str:
     if kind in ("file", "pvc"):
         path = uris.local_path(b.uri)
         if not path.is_dir():
-            raise FileNotFoundError(f"spec.baseModel.uri: {b.uri} -> {path} is not a directory")
+            raise ConfigError(f"spec.baseModel.uri: {b.uri} -> {path} is not a directory")
         return str(path)
     return str(uris.fetch_remote(b.uri, uris.cache_dir() / "models"))
 
