@@ -72,3 +72,16 @@ def test_metrics_gauges():
     assert value("kubetune_trainer_eval_loss") == pytest.approx(2.0)
     assert value("kubetune_trainer_tokens_per_second") == pytest.approx(900.0)
     assert value("kubetune_trainer_step") == 10
+
+
+def test_metrics_endpoint_serves_prometheus_text():
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = Metrics(port=port)
+    m.update(P)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "kubetune_trainer_tokens_per_second 900.0" in body
