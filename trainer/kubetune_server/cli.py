@@ -17,7 +17,7 @@ from types import FrameType
 from kubetune_server import model
 from kubetune_server.app import KubetuneHTTPServer, ServerState
 from kubetune_server.metrics import ServerMetrics
-from kubetune_server.settings import SettingsError, parse
+from kubetune_server.settings import SettingsError, check_paths, parse
 
 log = logging.getLogger("kubetune_server")
 
@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = parse(argv)
+        check_paths(settings)
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_server.protocol import GenerationRequest, RequestError, apply_stop
-from kubetune_server.settings import ServerSettings
+from kubetune_server.settings import ServerSettings, check_paths
 from kubetune_trainer.formatting import default_chat_prompt
 
 log = logging.getLogger("kubetune_server")
@@ -127,12 +127,9 @@ def load(settings: ServerSettings) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_paths(settings)
     model_dir = Path(settings.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model {settings.model}: not a directory")
     adapter_dir = Path(settings.adapter) if settings.adapter else None
-    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"--adapter {settings.adapter}: no adapter_config.json there")
     device = pick_device(settings.device)
     torch.manual_seed(settings.seed)
     started = time.monotonic()

@@ -110,3 +110,11 @@ def check(s: ServerSettings) -> None:
         raise SettingsError(f"--adapter-name {s.adapter_name!r} must differ from the base model's name")
     if not s.version:
         raise SettingsError("--version must not be empty (it labels the metrics)")
+
+
+def check_paths(s: ServerSettings) -> None:
+    """The model and adapter directories exist: fail in a line, before listening, not in a traceback later."""
+    if not Path(s.model).is_dir():
+        raise SettingsError(f"--model {s.model}: not a directory")
+    if s.adapter and not (Path(s.adapter) / "adapter_config.json").is_file():
+        raise SettingsError(f"--adapter {s.adapter}: no adapter_config.json there (not a PEFT adapter directory)")
