@@ -17,6 +17,7 @@ K8S_VERSION="${K8S_VERSION:-1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-0.8.0}"
 HELM_VERSION="${HELM_VERSION:-3.22.0}"
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-1.6.3}"
 CACHE="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}"
 K8S_MINOR="${K8S_VERSION#*.}"; K8S_MINOR="${K8S_MINOR%%.*}"
 WITH_HELM=0
@@ -94,6 +95,16 @@ fi
 if [[ ! -x "$ASSETS/kwok" ]]; then
   log "building kwok v$KWOK_VERSION"
   GOBIN="$ASSETS" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
+fi
+
+if [[ ! -f "$ASSETS/gateway-api-crds/gateway.networking.k8s.io_httproutes.yaml" ]]; then
+  # Tests apply HTTPRoutes, which needs only the Gateway API CRDs (standard channel). The module
+  # zip from the Go proxy carries them; nothing is built.
+  log "fetching Gateway API v$GATEWAY_API_VERSION CRDs"
+  dir="$(go mod download -json "sigs.k8s.io/gateway-api@v$GATEWAY_API_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  mkdir -p "$ASSETS/gateway-api-crds"
+  cp "$dir"/config/crd/standard/gateway.networking.k8s.io_{gateways,gatewayclasses,httproutes}.yaml "$ASSETS/gateway-api-crds/"
+  chmod u+w "$ASSETS/gateway-api-crds/"*
 fi
 
 if [[ $WITH_HELM == 1 && ! -x "$ASSETS/helm" ]]; then

@@ -10,7 +10,7 @@ import kopf
 
 from kubetune_operator import api
 from kubetune_operator.kube import Kube, load_credentials
-from kubetune_operator.reconcile import finetunejob
+from kubetune_operator.reconcile import finetunejob, modeldeployment
 from kubetune_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
@@ -58,3 +58,14 @@ def _fresh(body: kopf.Body) -> dict[str, Any]:
     if current is None:
         raise kopf.TemporaryError("the FineTuneJob is not readable yet", delay=2)
     return current
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS)
+@kopf.on.create(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS)
+@kopf.on.update(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS, field="spec")
+@kopf.timer(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS, interval=SETTINGS.rollout_check_seconds)
+def reconcile_modeldeployment(body: kopf.Body, **_: Any) -> None:
+    # One level-triggered function for events and the timer: steps are timed from status, not memory.
+    current = Kube().get_custom(api.MODELDEPLOYMENTS, body["metadata"]["namespace"], body["metadata"]["name"])
+    if current is not None:
+        modeldeployment.reconcile_rollout(Kube(), current, SETTINGS, dt.datetime.now(dt.UTC))

@@ -36,6 +36,7 @@ class Kube:
         self.core = client.CoreV1Api(self.api_client)
         self.batch = client.BatchV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.apps = client.AppsV1Api(self.api_client)
 
     # -- generic children ---------------------------------------------------------------------
     def create(self, manifest: dict[str, Any]) -> bool:
@@ -53,6 +54,54 @@ class Kube:
                 return False
             raise
         return True
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        """Create, or patch to match: for the serving children whose spec follows the rollout."""
+        ns, name, kind = manifest["metadata"]["namespace"], manifest["metadata"]["name"], manifest["kind"]
+        try:
+            if kind == "Deployment":
+                self.apps.create_namespaced_deployment(ns, manifest)
+            elif kind == "Service":
+                self.core.create_namespaced_service(ns, manifest)
+            elif kind == "HTTPRoute":
+                self.custom.create_namespaced_custom_object(
+                    "gateway.networking.k8s.io", "v1", ns, "httproutes", manifest
+                )
+            else:
+                raise ValueError(f"Kube.apply does not handle kind {kind}")
+            return
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        if kind == "Deployment":
+            self.apps.patch_namespaced_deployment(name, ns, manifest)
+        elif kind == "HTTPRoute":
+            self.custom.patch_namespaced_custom_object(
+                "gateway.networking.k8s.io", "v1", ns, "httproutes", name, manifest
+            )
+        # A Service's selector and ports never change for a ModelDeployment: leave it as created.
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        try:
+            self.apps.patch_namespaced_deployment(name, namespace, {"spec": {"replicas": replicas}})
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        try:
+            self.apps.delete_namespaced_deployment(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self.apps.read_namespaced_deployment(name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -18,6 +18,14 @@ class Settings:
     trainer_metrics_port: int = 9400
     #: How often (seconds) scheduled FineTuneJobs are checked for a due run.
     schedule_check_seconds: float = 30.0
+    #: Image that runs the builtin model server (and is the base for vLLM's adapter mount).
+    server_image: str = "ghcr.io/kubetune/server:0.1.0"
+    #: Image for the vllm runtime.
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    #: How often (seconds) rollouts are re-evaluated (step timing, analysis, FineTuneJob adapters).
+    rollout_check_seconds: float = 5.0
+    #: Timeout (seconds) of one Prometheus query.
+    prometheus_timeout_seconds: float = 5.0
     #: Namespace to watch; empty means all namespaces.
     watch_namespace: str = ""
 

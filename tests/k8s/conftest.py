@@ -46,6 +46,7 @@ class Api:
         self.ns = namespace
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
     def create_ftj(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +58,21 @@ class Api:
 
     def patch_ftj(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, "finetunejobs", name, {"spec": spec})
+
+    def create_md(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": name}, "spec": spec}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, "modeldeployments", body)
+
+    def get_md(self, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "modeldeployments", name)
+
+    def patch_md(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, "modeldeployments", name, {"spec": spec}
+        )
+
+    def deployment(self, name: str) -> Any:
+        return client.AppsV1Api(self.client).read_namespaced_deployment(name, self.ns)
 
     def jobs(self, selector: str = "app.kubernetes.io/managed-by=kubetune") -> list[Any]:
         return self.batch.list_namespaced_job(self.ns, label_selector=selector).items
@@ -86,9 +102,9 @@ def k8s(request: pytest.FixtureRequest, api: client.ApiClient, control_plane: Co
     yield Api(api, ns)
     if request.node.stash.get(FAILED, False):
         # What a person would look at first: the objects, their events, the operator's log.
-        state = control_plane.kubectl("get", "ftj,jobs,pods,events", "-n", ns, "-o", "wide", check=False)
+        state = control_plane.kubectl("get", "ftj,mdep,jobs,deploy,pods,events", "-n", ns, "-o", "wide", check=False)
         print(f"--- namespace {ns} ---\n{state.stdout}{state.stderr}")
-        ftjs = control_plane.kubectl("get", "ftj", "-n", ns, "-o", "yaml", check=False)
+        ftjs = control_plane.kubectl("get", "ftj,mdep", "-n", ns, "-o", "yaml", check=False)
         print(ftjs.stdout[-6000:])
         op = request.getfixturevalue("operator_process")
         print(f"--- operator log ---\n{op.log_text()[-6000:]}")
@@ -111,6 +127,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "KUBETUNE_TRAINER_IMAGE": "kubetune.test/trainer:kwok-succeed",
             "KUBETUNE_SCHEDULE_CHECK_SECONDS": "2",
+            "KUBETUNE_ROLLOUT_CHECK_SECONDS": "1",
         }
         log = open(self.logdir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(

@@ -88,7 +88,7 @@ def test_finetunejob_runs_a_trainer_job_and_mirrors_success(k8s, operator):
         "lastTransitionTime": None,
     }
     assert status["metrics"] == {"evalLoss": 1.25, "perplexity": 3.49}
-    assert status["artifact"]["uri"] == "pvc://models/out/run-1"
+    assert status["artifact"]["uri"] == "/models/out/run-1"
     assert status["startTime"] and status["completionTime"]
     reasons = wait_for(
         lambda: (

@@ -206,6 +206,13 @@ class ControlPlane:
         self.kubectl("apply", "--server-side", "-f", str(crd_dir))
         self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
+    def install_gateway_api_crds(self) -> None:
+        """Gateway API CRDs (fetched by hack/build-control-plane.sh) so HTTPRoutes can be applied."""
+        crds = self.assets / "gateway-api-crds"
+        if not crds.is_dir():
+            crds = asset_dir() / "gateway-api-crds"
+        self.kubectl("apply", "--server-side", "-f", str(crds))
+
     def add_gpu_node(self, name: str = "gpu-node-0", gpus: int = 8) -> None:
         node = {
             "apiVersion": "v1",
@@ -274,6 +281,7 @@ def running_control_plane(workdir: Path, fake_gpu_node: bool = True):  # type: i
     try:
         cp.start()
         cp.install_crds()
+        cp.install_gateway_api_crds()
         if fake_gpu_node:
             cp.add_gpu_node()
         yield cp

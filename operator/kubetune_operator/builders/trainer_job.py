@@ -9,6 +9,7 @@ import yaml
 from kubetune_operator import api
 from kubetune_operator.builders.labels import child_labels, owner_reference
 from kubetune_operator.builders.names import spec_configmap_name, trainer_job_name
+from kubetune_operator.builders.volumes import claim_of, pvc_volumes
 from kubetune_operator.settings import Settings
 from kubetune_operator.specs import FineTuneJobSpec
 
@@ -168,19 +169,8 @@ def _volumes(
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
-    output_claim = _claim(spec.output_uri) if spec.output_uri.startswith("pvc://") else None
-    seen: list[str] = []
-    for uri in spec.pvc_uris():
-        claim = _claim(uri)
-        if claim in seen:
-            continue
-        seen.append(claim)
-        volume = f"pvc-{len(seen)}"
-        read_only = claim != output_claim
-        volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
-        mounts.append({"name": volume, "mountPath": f"{settings.pvc_mount_root}/{claim}", "readOnly": read_only})
+    output_claim = claim_of(spec.output_uri) if spec.output_uri.startswith("pvc://") else None
+    claim_volumes, claim_mounts = pvc_volumes(spec.pvc_uris(), settings.pvc_mount_root, output_claim)
+    volumes += claim_volumes
+    mounts += claim_mounts
     return volumes, mounts
-
-
-def _claim(pvc_uri: str) -> str:
-    return pvc_uri.removeprefix("pvc://").split("/", 1)[0]

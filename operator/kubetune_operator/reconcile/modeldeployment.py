@@ -1,0 +1,334 @@
+"""ModelDeployment reconciliation: serve the stable version, roll new versions out as canaries.
+
+Level-triggered: every call reads the spec, the referenced FineTuneJob and the status, and takes
+at most one rollout step. All rollout state lives in `.status`, so a restarted operator continues
+from where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from kubetune_operator import analysis, api, canary
+from kubetune_operator.builders import serving
+from kubetune_operator.conditions import get_condition, set_condition
+from kubetune_operator.kube import Kube
+from kubetune_operator.prometheus import PrometheusUnavailable, query_value
+from kubetune_operator.serving_spec import ModelDeploymentSpec, serving_version
+from kubetune_operator.settings import Settings
+
+QueryFn = Callable[[str, str], float | None]
+HISTORY = 50
+APPROVE = f"{api.GROUP}/approve-step"
+PROMOTE = f"{api.GROUP}/promote"
+
+
+def reconcile_rollout(kube: Kube, md: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
+    ctx = _Context(kube, md, settings, now)
+    ctx.run()
+
+
+class _Context:
+    def __init__(self, kube: Kube, md: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
+        self.kube, self.md, self.settings, self.now = kube, md, settings, now
+        self.meta = md["metadata"]
+        self.ns, self.name = self.meta["namespace"], self.meta["name"]
+        self.status: dict[str, Any] = md.get("status") or {}
+        self.spec = ModelDeploymentSpec.from_dict(md["spec"])
+        self.generation = int(self.meta.get("generation", 1))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        rollout = canary.Rollout.from_status(self.status)
+        adapter, waiting = self._desired_adapter(rollout)
+        if waiting is not None:
+            self._patch({"phase": self.status.get("phase") or canary.PENDING, "message": waiting})
+            return
+        for svc in serving.build_services(self.md):
+            self.kube.apply(svc)
+        desired = serving_version(self.md["spec"], adapter)
+        action = canary.on_version(rollout, desired)
+        if action == "deploy-stable":
+            self._deploy_stable(desired, adapter)
+        elif action in ("start-canary", "restart-canary"):
+            self._start_canary(desired, adapter, restarted=action == "restart-canary")
+        elif action == "cancel-canary":
+            self._end_canary(canary.STABLE, "the spec went back to the stable version: canary cancelled", rollout)
+        elif rollout.canary_version:
+            self._progress(rollout)
+        elif self.status.get("observedGeneration") != self.generation:
+            self._patch({})  # nothing to roll out; record that this generation was seen
+
+    # -- adapters from FineTuneJobs ---------------------------------------------------------------
+    def _desired_adapter(self, r: canary.Rollout) -> tuple[str | None, str | None]:
+        """(adapter uri to serve, or a message saying why we wait). Keeps the current adapter while a
+        referenced FineTuneJob has no new artifact that passed its evaluation gates."""
+        current = self.status.get("canaryAdapterUri") if r.canary_version else self.status.get("stableAdapterUri")
+        if self.spec.adapter_ref is None:
+            return self.spec.adapter_uri, None
+        ftj = self.kube.get_custom(api.FINETUNEJOBS, self.ns, self.spec.adapter_ref)
+        if ftj is None:
+            return self._keep(current, f"FineTuneJob {self.spec.adapter_ref} not found")
+        st = ftj.get("status") or {}
+        artifact = (st.get("artifact") or {}).get("uri")
+        gate = get_condition(st.get("conditions"), "EvalPassed")
+        if st.get("phase") == "Succeeded" and artifact and gate and gate.get("status") == "True":
+            return artifact, None
+        if st.get("phase") == "Succeeded" and artifact and self.status.get("skippedAdapterUri") != artifact:
+            # The closed loop's guard: a run that failed its evaluation gates is never rolled out.
+            self.kube.event(
+                self.md,
+                "Warning",
+                "EvalGateFailed",
+                f"FineTuneJob {self.spec.adapter_ref} run {st.get('run')} did not pass evaluation: not rolled out",
+            )
+            self._patch({"skippedAdapterUri": artifact})
+        return self._keep(
+            current, f"waiting for FineTuneJob {self.spec.adapter_ref} to produce an adapter that passes evaluation"
+        )
+
+    def _keep(self, current: str | None, why: str) -> tuple[str | None, str | None]:
+        if self.status.get("stableVersion") is None:
+            return None, why
+        return current, None
+
+    # -- transitions -----------------------------------------------------------------------------
+    def _deploy_stable(self, version: str, adapter: str | None) -> None:
+        self.kube.apply(
+            serving.build_deployment(self.md, serving.STABLE, version, adapter, self.spec.replicas, self.settings)
+        )
+        if self.spec.traffic == "gatewayAPI":
+            self.kube.apply(serving.build_httproute(self.md, 0))
+        self._patch(
+            {
+                "phase": canary.STABLE,
+                "stableVersion": version,
+                "stableAdapterUri": adapter,
+                "canaryWeight": 0,
+                "message": f"serving version {version}",
+            },
+            ("Available", True, "Deployed", f"version {version}"),
+        )
+        self.kube.event(self.md, "Normal", "Deployed", f"stable version {version} (adapter {adapter})")
+
+    def _start_canary(self, version: str, adapter: str | None, restarted: bool) -> None:
+        weight = self.spec.canary.steps[0]
+        self._scale_canary(version, adapter, weight)
+        self._patch(
+            {
+                "phase": canary.PROGRESSING,
+                "canaryVersion": version,
+                "canaryAdapterUri": adapter,
+                "currentStep": 0,
+                "canaryWeight": weight,
+                "stepStartTime": _iso(self.now),
+                "failures": 0,
+                "noDataCount": 0,
+                "awaitingPromotion": None,
+                "message": f"canary {version} at {weight}%",
+            },
+            ("Progressing", True, "CanaryStarted", f"canary {version} at {weight}%"),
+        )
+        reason = "CanaryRestarted" if restarted else "CanaryStarted"
+        self.kube.event(
+            self.md,
+            "Normal",
+            reason,
+            f"canary version {version} at {weight}% (stable {self.status.get('stableVersion')})",
+        )
+
+    def _progress(self, r: canary.Rollout) -> None:
+        c = self.spec.canary
+        weight = c.steps[min(r.step, len(c.steps) - 1)]
+        self._scale_canary(r.canary_version or "", self.status.get("canaryAdapterUri"), weight)  # idempotent
+        if c.abort:
+            self._rollback(r, "aborted: spec.canary.abort is true")
+            return
+        if self.status.get("awaitingPromotion"):
+            if (self.meta.get("annotations") or {}).get(PROMOTE) == "true":
+                self._promote(r, "promoted by annotation kubetune.io/promote")
+            return
+        if not canary.step_due(r, c, self.now):
+            return
+        verdicts = self._analyse(r)
+        decision = canary.decide(r, c, verdicts, self.now)
+        history = self._history(r, verdicts)
+        if decision.kind == "rollback":
+            self._rollback(r, decision.reason, history)
+        elif decision.kind == "promote":
+            self._promote(r, decision.reason, history)
+        elif decision.kind == "await-promotion":
+            self._patch(
+                {"phase": canary.PAUSED, "message": decision.reason, "analysis": history, "awaitingPromotion": True}
+            )
+        elif decision.kind == "hold":
+            nd = decision.rollout
+            phase = canary.PAUSED if nd.no_data > r.no_data else canary.PROGRESSING
+            self._patch(
+                {
+                    "phase": phase,
+                    "message": decision.reason,
+                    "failures": nd.failures,
+                    "noDataCount": nd.no_data,
+                    "stepStartTime": _iso(self.now),
+                    "analysis": history,
+                }
+            )
+            self.kube.event(
+                self.md, "Warning" if nd.failures > r.failures else "Normal", "AnalysisHold", decision.reason
+            )
+        else:  # advance
+            nd = decision.rollout
+            nxt = c.steps[nd.step]
+            if c.manual_gate and (self.meta.get("annotations") or {}).get(APPROVE) != str(nxt):
+                self._patch(
+                    {
+                        "phase": canary.PAUSED,
+                        "analysis": history,
+                        "message": f"step passed; annotate {APPROVE}={nxt} to continue to {nxt}%",
+                    }
+                )
+                return
+            self._scale_canary(r.canary_version or "", self.status.get("canaryAdapterUri"), nxt)
+            self._patch(
+                {
+                    "phase": canary.PROGRESSING,
+                    "currentStep": nd.step,
+                    "canaryWeight": nxt,
+                    "failures": 0,
+                    "noDataCount": 0,
+                    "stepStartTime": _iso(self.now),
+                    "message": decision.reason,
+                    "analysis": history,
+                }
+            )
+            self.kube.event(self.md, "Normal", "StepAdvanced", decision.reason)
+
+    def _promote(self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None) -> None:
+        version, adapter = r.canary_version or "", self.status.get("canaryAdapterUri")
+        self.kube.apply(
+            serving.build_deployment(self.md, serving.STABLE, version, adapter, self.spec.replicas, self.settings)
+        )
+        if self.spec.traffic == "gatewayAPI":
+            self.kube.apply(serving.build_httproute(self.md, 0))
+        self.kube.delete_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY))
+        patch: dict[str, Any] = {
+            "phase": canary.PROMOTED,
+            "stableVersion": version,
+            "stableAdapterUri": adapter,
+            "canaryVersion": None,
+            "canaryAdapterUri": None,
+            "canaryWeight": 0,
+            "currentStep": None,
+            "awaitingPromotion": None,
+            "message": f"promoted {version}: {reason}",
+        }
+        if history is not None:
+            patch["analysis"] = history
+        self._patch(patch, ("Progressing", False, "Promoted", f"version {version} is stable"))
+        self.kube.event(self.md, "Normal", "Promoted", f"version {version} promoted: {reason}")
+
+    def _rollback(self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None) -> None:
+        self.kube.scale_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY), 0)
+        if self.spec.traffic == "gatewayAPI":
+            self.kube.apply(serving.build_httproute(self.md, 0))
+        patch: dict[str, Any] = {
+            "phase": canary.ROLLED_BACK,
+            "rolledBackVersion": r.canary_version,
+            "canaryVersion": None,
+            "canaryAdapterUri": None,
+            "canaryWeight": 0,
+            "currentStep": None,
+            "awaitingPromotion": None,
+            "message": f"rolled back: {reason}",
+        }
+        if history is not None:
+            patch["analysis"] = history
+        self._patch(patch, ("Progressing", False, "RolledBack", reason))
+        self.kube.event(self.md, "Warning", "RolledBack", f"version {r.canary_version} rolled back: {reason}")
+
+    def _end_canary(self, phase: str, message: str, r: canary.Rollout) -> None:
+        self.kube.delete_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY))
+        if self.spec.traffic == "gatewayAPI":
+            self.kube.apply(serving.build_httproute(self.md, 0))
+        self._patch(
+            {
+                "phase": phase,
+                "canaryVersion": None,
+                "canaryAdapterUri": None,
+                "canaryWeight": 0,
+                "currentStep": None,
+                "message": message,
+            },
+            ("Progressing", False, "CanaryCancelled", message),
+        )
+        self.kube.event(self.md, "Normal", "CanaryCancelled", message)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _scale_canary(self, version: str, adapter: str | None, weight: int) -> None:
+        replicas = serving.canary_replicas(self.spec.replicas, weight)
+        self.kube.apply(serving.build_deployment(self.md, serving.CANARY, version, adapter, replicas, self.settings))
+        if self.spec.traffic == "gatewayAPI":
+            self.kube.apply(serving.build_httproute(self.md, weight))
+
+    def _analyse(self, r: canary.Rollout) -> list[analysis.Verdict]:
+        a = self.spec.canary.analysis
+        if not a.enabled or not a.prometheus:
+            return []
+        window = f"{max(int(self.spec.canary.interval_seconds), 10)}s"
+        sel = analysis.selectors_for(
+            self.spec.runtime, self.ns, self.name, r.canary_version or "", r.stable_version or ""
+        )
+        budget = float(self.spec.vllm.get("gpuMemoryUtilization", 0.9))
+        verdicts = []
+        for check in analysis.build_checks(a, self.spec.runtime, sel, window, self.spec.gpus, budget):
+            try:
+                answers = {
+                    role: query_value(a.prometheus, q, self.settings.prometheus_timeout_seconds)
+                    for role, q in check.queries.items()
+                }
+                verdict = analysis.judge(check, answers)
+            except PrometheusUnavailable as err:
+                verdict = analysis.Verdict(
+                    check.name,
+                    analysis.ERROR,
+                    None,
+                    "",
+                    " ; ".join(check.queries.values()),
+                    f"Prometheus unavailable: {err}",
+                )
+            verdicts.append(canary.apply_policy(verdict, check.policy))
+        return verdicts
+
+    def _history(self, r: canary.Rollout, verdicts: list[analysis.Verdict]) -> list[dict[str, Any]]:
+        entries = list(self.status.get("analysis") or [])
+        for v in verdicts:
+            entries.append(
+                {
+                    "time": _iso(self.now),
+                    "step": self.spec.canary.steps[r.step],
+                    "check": v.check,
+                    "query": v.query[:1000],
+                    "value": v.value,
+                    "threshold": v.threshold,
+                    "verdict": v.verdict,
+                    "message": v.message,
+                }
+            )
+        return entries[-HISTORY:]
+
+    def _patch(self, patch: dict[str, Any], condition: tuple[str, bool, str, str] | None = None) -> None:
+        patch = {"observedGeneration": self.generation, **patch}
+        if condition is not None:
+            type_, on, reason, message = condition
+            patch["conditions"] = set_condition(
+                self.status.get("conditions"), type_, on, reason, message, self.generation, _iso(self.now)
+            )
+        self.kube.patch_status(api.MODELDEPLOYMENTS, self.ns, self.name, patch)
+        self.status = {**self.status, **patch}
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,165 @@
+"""The ModelDeployment controller against the real apiserver: stable, canary steps, promotion,
+rollback, the FineTuneJob closed loop, vLLM and Gateway API manifests, and operator restarts.
+
+Analysis here is off (steps advance on time); Prometheus-gated analysis is tested with a real
+Prometheus in tests/serving.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from tests.k8s.conftest import wait_for
+
+
+def md_spec(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "baseModel": {"uri": "/models/base"},
+        "adapter": {"uri": "/adapters/v1"},
+        "replicas": 2,
+        "resources": {"gpus": 0},
+        "canary": {"steps": [20, 50, 100], "interval": "2s"},
+    }
+    base.update(overrides)
+    return base
+
+
+def md_phase(k8s, name: str, *phases: str):
+    def check():
+        status = k8s.get_md(name).get("status") or {}
+        return status if status.get("phase") in phases else None
+
+    return check
+
+
+def args_of(dep) -> list[str]:
+    return dep.spec.template.spec.containers[0].args
+
+
+def watch_weights(k8s, name: str, until: str, timeout: float) -> list[int]:
+    """Canary weights seen (deduplicated, in order) until the phase is `until`."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = k8s.get_md(name).get("status") or {}
+        weight = status.get("canaryWeight")
+        if status.get("canaryVersion") and weight and (not seen or seen[-1] != weight):
+            seen.append(weight)
+        if status.get("phase") == until:
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"{name} did not reach {until}; weights {seen}; status {k8s.get_md(name).get('status')}")
+
+
+def test_new_adapter_rolls_out_step_by_step_and_is_promoted(k8s, operator):
+    k8s.create_md("chat", md_spec())
+    status = wait_for(md_phase(k8s, "chat", "Stable"), 30, "Stable")
+    stable = k8s.deployment("chat-stable")
+    assert "/adapters/v1" in args_of(stable) and stable.spec.replicas == 2
+    assert {s.metadata.name for s in k8s.core.list_namespaced_service(k8s.ns).items} == {
+        "chat",
+        "chat-stable",
+        "chat-canary",
+    }
+    v1 = status["stableVersion"]
+
+    k8s.patch_md("chat", {"adapter": {"uri": "/adapters/v2"}})
+    wait_for(md_phase(k8s, "chat", "Progressing"), 30, "Progressing")
+    canary = k8s.deployment("chat-canary")
+    assert "/adapters/v2" in args_of(canary) and canary.spec.replicas == 1  # 20% of 2, at least one
+    assert "/adapters/v1" in args_of(k8s.deployment("chat-stable"))  # stable untouched during the canary
+    weights = watch_weights(k8s, "chat", "Promoted", 60)
+    assert weights == [20, 50, 100]
+    status = k8s.get_md("chat")["status"]
+    assert status["stableVersion"] != v1 and status.get("canaryVersion") is None
+    assert "/adapters/v2" in args_of(k8s.deployment("chat-stable"))
+    wait_for(
+        lambda: not any(d.metadata.name == "chat-canary" for d in k8s.apps.list_namespaced_deployment(k8s.ns).items),
+        30,
+        "canary removed",
+    )
+    reasons = [e.reason for e in k8s.events_for("chat")]
+    assert reasons.count("StepAdvanced") == 2 and "Promoted" in reasons and "CanaryStarted" in reasons
+
+
+def test_abort_rolls_back_and_keeps_stable(k8s, operator):
+    k8s.create_md("abortme", md_spec(canary={"steps": [10, 100], "interval": "1h"}))
+    wait_for(md_phase(k8s, "abortme", "Stable"), 30, "Stable")
+    k8s.patch_md("abortme", {"adapter": {"uri": "/adapters/bad"}})
+    wait_for(md_phase(k8s, "abortme", "Progressing"), 30, "Progressing")
+    k8s.patch_md("abortme", {"canary": {"abort": True}})
+    status = wait_for(md_phase(k8s, "abortme", "RolledBack"), 30, "RolledBack")
+    assert "aborted" in status["message"] and status["canaryWeight"] == 0 and status["rolledBackVersion"]
+    assert k8s.deployment("abortme-canary").spec.replicas == 0
+    assert "/adapters/v1" in args_of(k8s.deployment("abortme-stable"))
+    assert any(e.reason == "RolledBack" and e.type == "Warning" for e in k8s.events_for("abortme"))
+    time.sleep(3)  # the rolled-back version is not retried until the spec changes again
+    assert k8s.get_md("abortme")["status"]["phase"] == "RolledBack"
+
+
+def test_finetunejob_runs_that_pass_evaluation_roll_out_and_failed_gates_do_not(k8s, operator):
+    ftj = {
+        "baseModel": {"name": "org/tiny-llama"},
+        "dataset": {"uri": "/data/support.jsonl"},
+        "output": {"uri": "/models/out"},
+        "image": "kubetune.test/trainer:kwok-succeed",
+        "resources": {"gpus": 1},
+    }
+    k8s.create_ftj("support", ftj)
+    k8s.create_md("support-chat", md_spec(adapter={"fineTuneJobRef": {"name": "support"}}))
+    status = wait_for(md_phase(k8s, "support-chat", "Stable"), 60, "Stable with run 1's adapter")
+    assert status["stableAdapterUri"] == "/models/out/run-1"
+
+    k8s.patch_ftj("support", {"training": {"learningRate": 0.0001}})  # retrain: run 2 passes its gates
+    status = wait_for(md_phase(k8s, "support-chat", "Promoted"), 90, "run 2 promoted")
+    assert status["stableAdapterUri"] == "/models/out/run-2"
+
+    k8s.patch_ftj("support", {"image": "kubetune.test/trainer:kwok-evalfail"})  # run 3 fails its gates
+    wait_for(lambda: (k8s.get_ftj("support").get("status") or {}).get("run") == 3
+             and k8s.get_ftj("support")["status"].get("phase") == "Succeeded", 60, "run 3 done")  # fmt: skip
+    wait_for(lambda: k8s.get_md("support-chat")["status"].get("skippedAdapterUri") == "/models/out/run-3", 30, "skip")
+    time.sleep(3)
+    status = k8s.get_md("support-chat")["status"]
+    assert status["phase"] == "Promoted" and status["stableAdapterUri"] == "/models/out/run-2"
+    assert status.get("canaryVersion") is None
+    assert any(e.reason == "EvalGateFailed" for e in k8s.events_for("support-chat"))
+
+
+def test_vllm_runtime_and_gateway_route_are_accepted_by_the_apiserver(k8s, operator):
+    spec = md_spec(
+        runtime="vllm",
+        resources={"gpus": 1},
+        vllm={"gpuMemoryUtilization": 0.85},
+        traffic="gatewayAPI",
+        gateway={"parentRefs": [{"name": "inference-gateway"}]},
+        canary={"steps": [25, 100], "interval": "1h"},
+    )
+    k8s.create_md("llm", spec)
+    wait_for(md_phase(k8s, "llm", "Stable"), 30, "Stable")
+    container = k8s.deployment("llm-stable").spec.template.spec.containers[0]
+    assert container.command == ["vllm", "serve"] and "--enable-lora" in container.args
+    assert "adapter=/adapters/v1" in container.args
+    k8s.patch_md("llm", {"adapter": {"uri": "/adapters/v2"}})
+    wait_for(md_phase(k8s, "llm", "Progressing"), 30, "Progressing")
+
+    def route_weights():
+        route = k8s.custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", k8s.ns, "httproutes", "llm")
+        return [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]]
+
+    assert wait_for(lambda: route_weights() == [("llm-stable", 75), ("llm-canary", 25)], 20, "route 75/25")
+
+
+def test_operator_restart_mid_rollout_continues_from_status(k8s, operator):
+    k8s.create_md("resilient", md_spec(canary={"steps": [10, 40, 70, 100], "interval": "3s"}))
+    wait_for(md_phase(k8s, "resilient", "Stable"), 30, "Stable")
+    k8s.patch_md("resilient", {"adapter": {"uri": "/adapters/v2"}})
+    wait_for(lambda: (k8s.get_md("resilient")["status"].get("canaryWeight") or 0) >= 40, 30, "step 40%")
+    operator.kill(signal.SIGKILL)
+    before = k8s.get_md("resilient")["status"]
+    time.sleep(4)
+    operator.start()
+    weights = watch_weights(k8s, "resilient", "Promoted", 60)
+    assert weights == sorted(weights) and weights[0] >= before["canaryWeight"]  # never restarted from step 0
+    assert k8s.get_md("resilient")["status"]["stableVersion"] == before["canaryVersion"]

@@ -1,0 +1,109 @@
+"""Pure tests of the serving manifests: Deployments per track, Services, HTTPRoute."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from kubetune_operator.builders.serving import (
+    build_deployment,
+    build_httproute,
+    build_services,
+    canary_replicas,
+    track_selector,
+)
+from kubetune_operator.serving_spec import ModelDeploymentSpec, parse_duration, serving_version
+from kubetune_operator.settings import Settings
+
+MD: dict[str, Any] = {
+    "apiVersion": "kubetune.io/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "chat", "namespace": "ml", "uid": "uid-9", "generation": 1},
+    "spec": {"baseModel": {"uri": "pvc://models/base"}, "adapter": {"fineTuneJobRef": {"name": "support"}}},
+}
+
+
+@pytest.fixture
+def md() -> dict[str, Any]:
+    return copy.deepcopy(MD)
+
+
+def container(dep: dict[str, Any]) -> dict[str, Any]:
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_builtin_deployment(md):
+    dep = build_deployment(md, "canary", "v2", "pvc://adapters/run-3/artifact", 1, Settings(server_image="srv:1"))
+    c = container(dep)
+    assert dep["metadata"]["name"] == "chat-canary" and dep["spec"]["replicas"] == 1
+    assert c["image"] == "srv:1" and c["command"] == ["python", "-m", "kubetune_server"]
+    args = c["args"]
+    assert args[args.index("--model") + 1] == "/mnt/pvc/models/base"
+    assert args[args.index("--adapter") + 1] == "/mnt/pvc/adapters/run-3/artifact"
+    assert args[args.index("--version") + 1] == "v2"
+    assert args[args.index("--adapter-name") + 1] == "support"
+    claims = sorted(
+        v["persistentVolumeClaim"]["claimName"]
+        for v in dep["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    )
+    assert claims == ["adapters", "models"]
+    assert dep["spec"]["selector"]["matchLabels"] == track_selector("chat", "canary")
+    assert dep["spec"]["template"]["metadata"]["labels"]["kubetune.io/version"] == "v2"
+    assert c["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "uid-9"
+
+
+def test_vllm_deployment_enables_lora(md):
+    md["spec"].update(
+        runtime="vllm", vllm={"gpuMemoryUtilization": 0.85, "maxModelLen": 4096, "extraArgs": ["--enforce-eager"]}
+    )
+    md["spec"]["resources"] = {"gpus": 2}
+    c = container(build_deployment(md, "stable", "v1", "s3://bucket/adapter", 2, Settings(vllm_image="vllm:x")))
+    assert c["image"] == "vllm:x" and c["command"] == ["vllm", "serve"]
+    args = c["args"]
+    assert args[0] == "/mnt/pvc/models/base"
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.85"
+    assert args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert args[args.index("--max-model-len") + 1] == "4096"
+    assert "--enable-lora" in args and args[args.index("--lora-modules") + 1] == "support=s3://bucket/adapter"
+    assert args[-1] == "--enforce-eager"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_services_select_both_tracks_and_each(md):
+    main, stable, canary = build_services(md)
+    assert main["metadata"]["name"] == "chat" and "kubetune.io/track" not in main["spec"]["selector"]
+    assert stable["spec"]["selector"]["kubetune.io/track"] == "stable"
+    assert canary["spec"]["selector"]["kubetune.io/track"] == "canary"
+
+
+def test_httproute_weights(md):
+    md["spec"]["gateway"] = {"parentRefs": [{"name": "gw"}], "hostnames": ["chat.example"]}
+    route = build_httproute(md, 25)
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["weight"]) for r in refs] == [("chat-stable", 75), ("chat-canary", 25)]
+    assert route["spec"]["parentRefs"] == [{"name": "gw"}] and route["spec"]["hostnames"] == ["chat.example"]
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "expected"), [(2, 5, 1), (2, 50, 1), (4, 25, 1), (4, 75, 3), (10, 100, 10)]
+)
+def test_canary_replicas(total, weight, expected):
+    assert canary_replicas(total, weight) == expected
+
+
+def test_version_ignores_rollout_settings(md):
+    v = serving_version(md["spec"], "/a")
+    assert serving_version({**md["spec"], "canary": {"steps": [50, 100]}, "replicas": 7}, "/a") == v
+    assert serving_version({**md["spec"], "runtime": "vllm"}, "/a") != v
+
+
+def test_spec_defaults_and_durations(md):
+    spec = ModelDeploymentSpec.from_dict(md["spec"])
+    assert spec.canary.steps == (5, 25, 50, 100) and spec.canary.interval_seconds == 60
+    assert spec.canary.analysis.enabled is False  # no analysis block: steps advance on time
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration("5 minutes")
