@@ -24,7 +24,8 @@ LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 class ServerProcess:
     def __init__(self, model: Path, *args: str, version: str = "test", adapter: Path | None = None) -> None:
         self.argv = [sys.executable, "-m", "kubetune_server", "--model", str(model), "--port", "0"]
-        self.argv += ["--version", version, "--max-new-tokens", "8", *args]
+        # One torch thread: the servers, Prometheus and pytest share two cores; more threads only contend.
+        self.argv += ["--version", version, "--max-new-tokens", "8", "--torch-threads", "1", *args]
         if adapter is not None:
             self.argv += ["--adapter", str(adapter), "--adapter-name", "lora"]
         self.log = Path(tempfile.mkstemp(prefix=f"kubetune-server-{version}-", suffix=".log")[1])

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from kubetune_server import protocol
+from kubetune_server.app import ErrorInjector
 from kubetune_server.metrics import ServerMetrics
 from kubetune_server.protocol import RequestError
 from kubetune_server.settings import SettingsError, parse
@@ -161,6 +162,12 @@ def test_gpu_gauges_read_at_scrape_time() -> None:
     assert metric_value(text, "kubetune_gpu_memory_total_bytes", version="v") == 8.0
 
 
+@pytest.mark.parametrize(("rate", "failures"), [(0.0, 0), (0.2, 20), (0.25, 25), (1 / 3, 33), (0.999, 99), (1.0, 100)])
+def test_error_injection_fails_exactly_the_rate(rate: float, failures: int) -> None:
+    injector = ErrorInjector(rate)
+    assert sum(injector.should_fail() for _ in range(100)) == failures
+
+
 @pytest.mark.parametrize("url", ["http://10.0.0.1:80", "http://example.com", "http://0.0.0.0:8000"])
 def test_loadgen_refuses_non_loopback(url: str) -> None:
     with pytest.raises(ValueError, match="loopback"):
@@ -170,6 +177,7 @@ def test_loadgen_refuses_non_loopback(url: str) -> None:
 @pytest.mark.parametrize(
     "module",
     [
+        "kubetune_server.app",
         "kubetune_server.protocol",
         "kubetune_server.settings",
         "tests.support.loadgen",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
+import math
 import socket
 import threading
 import time
@@ -28,6 +28,31 @@ log = logging.getLogger("kubetune_server")
 MAX_BODY_BYTES = 1 << 20
 
 
+class ErrorInjector:
+    """Fail exactly ``rate`` of the requests, spread evenly: request k fails when floor(k * rate) steps up.
+
+    Deterministic rather than random, so a test (or a rollout rehearsal) knows the error ratio it
+    will see after N requests instead of a sample of it.
+
+    >>> e = ErrorInjector(0.25)
+    >>> [e.should_fail() for _ in range(8)]
+    [False, False, False, True, False, False, False, True]
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def should_fail(self) -> bool:
+        if self.rate <= 0:
+            return False
+        with self._lock:
+            before = math.floor(self._count * self.rate + 1e-9)
+            self._count += 1
+            return math.floor(self._count * self.rate + 1e-9) > before
+
+
 @dataclass
 class ServerState:
     settings: ServerSettings
@@ -35,7 +60,7 @@ class ServerState:
     model: LoadedModel | None = None  # set by the loader thread; None while loading
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
-    rng: random.Random = field(default_factory=random.Random)  # error injection only
+    errors: ErrorInjector = field(default_factory=lambda: ErrorInjector(0.0))
 
 
 class KubetuneHTTPServer(ThreadingHTTPServer):
@@ -54,6 +79,7 @@ class Handler(BaseHTTPRequestHandler):
     server: KubetuneHTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive: load generators and Prometheus reuse connections
     server_version = "kubetune-server"
+    timeout = 60  # seconds a client may stall mid-request (or idle on keep-alive) before its thread is freed
 
     # -- routing -----------------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -116,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
             else protocol.completion_request(body, s.max_new_tokens)
         )
         name = model.resolve(req.model)
-        if s.inject_error_rate and state.rng.random() < s.inject_error_rate:
+        if state.errors.should_fail():
             return 500, protocol.error_body("injected error (--inject-error-rate)", "server_error")
         prompt = model.render_chat(req.messages) if req.messages is not None else req.prompt or ""
         gen = model.generate(prompt, req, name)
@@ -157,10 +183,3 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             log.debug("client went away before the response was sent")
             self.close_connection = True
-
-
-def serve_in_background(server: KubetuneHTTPServer) -> threading.Thread:
-    """For tests and embedding: serve_forever on a daemon thread."""
-    thread = threading.Thread(target=server.serve_forever, name="kubetune-server", daemon=True)
-    thread.start()
-    return thread

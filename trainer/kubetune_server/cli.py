@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from kubetune_server import model
-from kubetune_server.app import KubetuneHTTPServer, ServerState
+from kubetune_server.app import ErrorInjector, KubetuneHTTPServer, ServerState
 from kubetune_server.metrics import ServerMetrics
 from kubetune_server.settings import SettingsError, check_paths, parse
 
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    state = ServerState(settings, ServerMetrics(settings.version))
+    state = ServerState(settings, ServerMetrics(settings.version), errors=ErrorInjector(settings.inject_error_rate))
     try:
         server = KubetuneHTTPServer(state)
     except OSError as e:

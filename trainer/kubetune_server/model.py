@@ -132,6 +132,8 @@ def load(settings: ServerSettings) -> LoadedModel:
     adapter_dir = Path(settings.adapter) if settings.adapter else None
     device = pick_device(settings.device)
     torch.manual_seed(settings.seed)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     started = time.monotonic()
     # The trainer saves the tokenizer beside the adapter (pad token and all); prefer that copy.
     tok_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer_config.json").is_file() else model_dir

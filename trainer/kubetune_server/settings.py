@@ -33,6 +33,7 @@ class ServerSettings:
     max_new_tokens: int = 64
     device: str = "auto"
     seed: int = 0
+    torch_threads: int = 0  # 0: torch's default
 
     @property
     def served_model_name(self) -> str:
@@ -49,10 +50,12 @@ FLAGS: list[tuple[str, type, str]] = [
     ("port", int, "port to listen on; 0 picks a free one (the log line 'listening on' names it)"),
     ("version", str, "value of the 'version' label on every kubetune_* metric, e.g. stable or canary"),
     ("inject-latency-ms", float, "sleep this long in every completion request (to test a slow canary)"),
-    ("inject-error-rate", float, "answer this fraction (0..1) of completion requests with HTTP 500"),
+    ("inject-error-rate", float, "answer this fraction (0..1) of valid completion requests with HTTP 500"),
     ("max-new-tokens", int, "upper bound on a request's max_tokens (larger requests are clamped)"),
     ("device", str, "auto (cuda if available, else cpu), cpu or cuda"),
     ("seed", int, "torch seed, so sampled (temperature > 0) output is reproducible across restarts"),
+    # torch sizes its pool by the host's cores, not the pod's CPU limit; oversubscribed threads are slower.
+    ("torch-threads", int, "CPU threads for torch (0: torch's default, one per host core)"),
 ]
 
 
@@ -102,6 +105,8 @@ def check(s: ServerSettings) -> None:
         raise SettingsError(f"--inject-latency-ms must be >= 0, got {s.inject_latency_ms}")
     if s.max_new_tokens < 1:
         raise SettingsError(f"--max-new-tokens must be >= 1, got {s.max_new_tokens}")
+    if s.torch_threads < 0:
+        raise SettingsError(f"--torch-threads must be >= 0, got {s.torch_threads}")
     if not 0 <= s.port <= 65535:
         raise SettingsError(f"--port must be 0..65535, got {s.port}")
     if s.device not in ("auto", "cpu", "cuda"):
