@@ -126,7 +126,9 @@ def pick_device(setting: str) -> str:
 def load(settings: ServerSettings) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # pod logs are not terminals
     check_paths(settings)
     model_dir = Path(settings.model)
     adapter_dir = Path(settings.adapter) if settings.adapter else None
