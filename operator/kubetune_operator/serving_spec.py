@@ -50,6 +50,7 @@ class ModelDeploymentSpec:
     memory: str | None
     node_selector: dict[str, str]
     tolerations: list[dict[str, Any]]
+    builtin: dict[str, Any]
     vllm: dict[str, Any]
     traffic: str
     gateway: dict[str, Any] | None
@@ -91,6 +92,7 @@ class ModelDeploymentSpec:
             memory=None if res.get("memory") is None else str(res["memory"]),
             node_selector=dict(res.get("nodeSelector") or {}),
             tolerations=list(res.get("tolerations") or []),
+            builtin=dict(spec.get("builtin") or {}),
             vllm=dict(spec.get("vllm") or {}),
             traffic=spec.get("traffic", "replicas"),
             gateway=spec.get("gateway"),

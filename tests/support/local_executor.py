@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,45 @@ class Running:
     proc: subprocess.Popen[bytes]
     output_dir: Path | None
     log_path: Path
+    endpoint: str | None = None  # host:port when the container serves on a port
+    labels: dict[str, str] | None = None
+    readiness_path: str | None = None
+    ready: bool = False
+
+
+Targets = list[tuple[str, dict[str, str]]]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class LocalExecutor:
     def __init__(
-        self, api: client.ApiClient, workdir: Path, pvc_root: Path, kubeconfig: Path, node: str = "local"
+        self,
+        api: client.ApiClient,
+        workdir: Path,
+        pvc_root: Path,
+        kubeconfig: Path,
+        node: str = "local",
+        on_targets: Callable[[Targets], None] | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.workdir, self.pvc_root, self.kubeconfig, self.node = workdir, pvc_root, kubeconfig, node
         self.running: dict[str, Running] = {}
         self.stop = threading.Event()
+        # Called with every serving endpoint (host:port + pod labels) whenever the set changes: the
+        # stand-in for Prometheus' Kubernetes service discovery and for a Service's endpoints.
+        self.on_targets = on_targets
+        self._published: Targets = []
+
+    def targets(self) -> Targets:
+        # Like a Service's endpoints: only pods that passed their readiness probe get traffic.
+        return [(r.endpoint, dict(r.labels or {})) for r in self.running.values() if r.endpoint and r.ready]
 
     def register_node(self) -> None:
         body = {
@@ -82,12 +112,25 @@ class LocalExecutor:
                 self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
             elif key not in self.running and pod.status.phase == "Pending":
                 self._start(pod, key)
+        live = {f"{p.metadata.namespace}/{p.metadata.name}" for p in pods}
         for key, run in list(self.running.items()):
+            if key not in live:  # deleted while we looked away
+                run.proc.terminate()
+                del self.running[key]
+                continue
             code = run.proc.poll()
+            ns, name = key.split("/", 1)
             if code is not None:
-                ns, name = key.split("/", 1)
                 self._finish(ns, name, code, run)
                 del self.running[key]
+            elif not run.ready and run.endpoint and self._probe(run):
+                run.ready = True
+                pod = self.core.read_namespaced_pod(name, ns)
+                self._patch(ns, name, "Running", pod.spec.containers[0], {"running": {"startedAt": _now()}}, ready=True)
+        targets = sorted(self.targets())
+        if self.on_targets is not None and targets != self._published:
+            self._published = targets
+            self.on_targets(targets)
 
     def _start(self, pod: Any, key: str) -> None:
         ns, name = pod.metadata.namespace, pod.metadata.name
@@ -105,12 +148,42 @@ class LocalExecutor:
         command = [self._local_path(arg, mounts) for arg in (container.command or []) + (container.args or [])]
         if command and command[0] in ("python", "python3"):
             command[0] = sys.executable
+        endpoint = None
+        if "--port" in command:
+            # Every pod has its own network namespace; processes here share one: give each a port.
+            port = _free_port()
+            command[command.index("--port") + 1] = str(port)
+            if "--host" in command:
+                command[command.index("--host") + 1] = "127.0.0.1"
+            endpoint = f"127.0.0.1:{port}"
         log_path = root / "container.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(command, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         out = env.get("KUBETUNE_OUTPUT_DIR")
-        self.running[key] = Running(proc, Path(out) if out else None, log_path)
-        self._patch(ns, name, "Running", container, {"running": {"startedAt": _now()}}, ready=True)
+        labels = {
+            "namespace": ns,
+            "pod": name,
+            **{
+                k.replace(".", "_").replace("/", "_").replace("-", "_"): v
+                for k, v in (pod.metadata.labels or {}).items()
+            },
+        }
+        probe = container.readiness_probe
+        path = probe.http_get.path if probe is not None and probe.http_get is not None else None
+        self.running[key] = Running(
+            proc, Path(out) if out else None, log_path, endpoint, labels, path, ready=path is None
+        )
+        self._patch(ns, name, "Running", container, {"running": {"startedAt": _now()}}, ready=path is None)
+
+    @staticmethod
+    def _probe(run: Running) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{run.endpoint}{run.readiness_path or '/'}", timeout=0.5) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def _finish(self, ns: str, name: str, code: int, run: Running) -> None:
         message = ""
@@ -139,8 +212,9 @@ class LocalExecutor:
         now = _now()
         status = {
             "phase": phase,
-            "hostIP": "127.0.0.1",
-            "podIP": "127.0.0.1",
+            # Bookkeeping addresses only (EndpointSlices refuse loopback); traffic uses the executor's targets.
+            "hostIP": "10.250.0.1",
+            "podIP": f"10.250.{(hash(name) >> 8) % 250}.{hash(name) % 250 + 1}",
             "startTime": now,
             "conditions": [
                 {"type": "Ready", "status": str(ready), "lastTransitionTime": now},

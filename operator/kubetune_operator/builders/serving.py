@@ -152,6 +152,7 @@ def _builtin_container(
     args = ["--model", model, "--host", "0.0.0.0", "--port", str(spec.port), "--version", version]
     if adapter:
         args += ["--adapter", adapter, "--adapter-name", spec.adapter_name]
+    args += list(spec.builtin.get("extraArgs") or [])
     return {
         "name": COMPONENT,
         "image": spec.image or settings.server_image,
