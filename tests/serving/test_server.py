@@ -55,6 +55,16 @@ def test_adapter_changes_the_output(server: ServerProcess) -> None:
     assert adapted != base
 
 
+def test_sampling_and_stop_sequences(server: ServerProcess) -> None:
+    status, body = completion(server, temperature=0.9, top_p=0.9, max_tokens=6)
+    assert status == 200 and 1 <= body["usage"]["completion_tokens"] <= 6
+    greedy = completion(server, max_tokens=6)[1]["choices"][0]["text"]
+    if len(greedy) > 1:  # stop at the greedy text's second character: the text is cut before it
+        cut = completion(server, max_tokens=6, stop=[greedy[1]])[1]["choices"][0]
+        assert cut["text"] == greedy[: greedy.index(greedy[1])]
+        assert cut["finish_reason"] == "stop"
+
+
 def test_chat_completion(server: ServerProcess) -> None:
     status, body = server.post(
         "/v1/chat/completions",
@@ -135,6 +145,19 @@ def test_injected_errors_are_500s_counted_by_status(tiny_model_dir: Path) -> Non
     assert metric_value(text, "kubetune_requests_total", version="broken", status="500") == 3
     assert metric_value(text, "kubetune_requests_total", version="broken", status="200") == 0
     assert metric_value(text, "kubetune_generation_tokens_total", version="broken") == 0
+
+
+@pytest.mark.gpu
+def test_gpu_memory_gauges_on_cuda(tiny_model_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the GPU memory gauges are only registered for a model on CUDA")
+    with ServerProcess(tiny_model_dir, "--device", "cuda", version="gpu") as s:
+        assert completion(s)[0] == 200
+        text = s.metrics()
+    used = metric_value(text, "kubetune_gpu_memory_used_bytes", version="gpu")
+    total = metric_value(text, "kubetune_gpu_memory_total_bytes", version="gpu")
+    assert used is not None and total is not None and 0 < used <= total
 
 
 def test_sigterm_exits_cleanly(tiny_model_dir: Path) -> None:
