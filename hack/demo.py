@@ -6,7 +6,12 @@
    PersistentVolume `demo` (a local folder);
 4. apply examples/finetunejob.yaml: the operator creates the trainer Job, the scheduler binds its pod,
    the executor runs the trainer (LoRA on CPU), progress shows in the FineTuneJob status;
-5. print the outcome (phase, EvalPassed, metrics, artifact) and stop everything it started.
+5. start Prometheus, apply examples/modeldeployment.yaml: the adapter is served by two stable
+   `kubetune_server` processes while a bounded load generator sends completions;
+6. retrain (a spec change starts run 2): its adapter passes evaluation and rolls out as a canary,
+   analysed by Prometheus at each step and promoted; then a deliberately slow version (injected
+   latency) is rolled back, with the reason;
+7. print a summary and stop everything it started.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes import config  # noqa: E402
 from tests.support.controlplane import running_control_plane  # noqa: E402
+from tests.support.loadgen import completion_body, run_load  # noqa: E402
 from tests.support.local_executor import LocalExecutor  # noqa: E402
+from tests.support.prometheus import PrometheusServer, find_prometheus  # noqa: E402
 
 CACHE = Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
 TIMEOUT_S = float(os.environ.get("KUBETUNE_DEMO_TIMEOUT", "900"))
@@ -84,7 +91,8 @@ def main() -> int:
     with running_control_plane(workdir / "cp", fake_gpu_node=False) as cp:
         say(f"control plane up in {time.time() - started:.0f}s; KUBECONFIG={cp.kubeconfig}")
         api = config.new_client_from_config(str(cp.kubeconfig))
-        executor = LocalExecutor(api, workdir / "pods", pvc_root, cp.kubeconfig)
+        prometheus = PrometheusServer(find_prometheus(install=True), scrape_interval="1s").start()
+        executor = LocalExecutor(api, workdir / "pods", pvc_root, cp.kubeconfig, on_targets=prometheus.set_targets)
         executor.register_node()
         thread = threading.Thread(target=executor.serve, daemon=True)
         thread.start()
@@ -93,16 +101,20 @@ def main() -> int:
         operator = subprocess.Popen(
             [sys.executable, "-m", "kubetune_operator"], env=env, stdout=oplog, stderr=subprocess.STDOUT
         )
+        decisions: list[str] = []
         try:
             cp.kubectl("apply", "-f", "-", input=volume_manifests(pvc_root))
             say("kubectl apply -f examples/finetunejob.yaml")
             print(cp.kubectl("apply", "-f", str(REPO / "examples" / "finetunejob.yaml")).stdout, end="")
             status = watch(cp, "glossary-lora")
+            if status.get("phase") == "Succeeded":
+                decisions = rollouts(cp, executor, prometheus)
         finally:
             operator.send_signal(signal.SIGTERM)
             operator.wait(timeout=30)
             executor.stop.set()
             thread.join(timeout=10)
+            prometheus.stop()
         print(cp.kubectl("get", "ftj,jobs,pods", "-o", "wide").stdout)
         say("summary")
         conditions = {c["type"]: c for c in status.get("conditions", [])}
@@ -112,12 +124,88 @@ def main() -> int:
         for key, value in sorted((status.get("metrics") or {}).items()):
             print(f"  {key:<28} {value:.4g}")
         print(f"  artifact:    {(status.get('artifact') or {}).get('uri')}")
+        for line in decisions:
+            print(f"  rollout:     {line}")
         print(f"  local path:  {pvc_root / 'demo' / 'runs'}")
         print(f"  total time:  {time.time() - started:.0f}s")
         return 0 if status.get("phase") == "Succeeded" else 1
 
 
-def watch(cp, name: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+def md_status(cp, name: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    import json
+
+    out = cp.kubectl("get", "mdep", name, "-o", "json", check=False)
+    return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+
+
+def wait_md(cp, name: str, phases: tuple[str, ...], timeout: float = 300) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """Print canary weight changes until the ModelDeployment reaches one of `phases`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        st = md_status(cp, name)
+        now = (st.get("phase"), st.get("canaryWeight"))
+        if now != last:
+            print(
+                f"  {time.strftime('%H:%M:%S')} mdep/{name} phase={now[0]} canary={now[1]}% {st.get('message', '')}",
+                flush=True,
+            )
+            last = now
+        if st.get("phase") in phases:
+            return st
+        time.sleep(1)
+    raise SystemExit(f"mdep/{name} did not reach {phases} within {timeout:.0f}s")
+
+
+class Load(threading.Thread):
+    """Completions to every ready serving pod, in small bounded batches, until stopped (loopback only)."""
+
+    def __init__(self, executor: LocalExecutor) -> None:
+        super().__init__(daemon=True)
+        self.executor, self.halt, self.sent = executor, threading.Event(), 0
+
+    def run(self) -> None:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            urls = {f"http://{ep}": 1.0 for ep, _ in self.executor.targets()}
+            if not urls:
+                time.sleep(0.5)
+                continue
+            result = run_load(urls, max_requests=16, max_duration=2.0, body=completion_body(max_tokens=4), timeout=20)
+            self.sent += len(result.records)
+
+
+def rollouts(cp, executor: LocalExecutor, prometheus: PrometheusServer) -> list[str]:  # type: ignore[no-untyped-def]
+    import yaml
+
+    md = yaml.safe_load((REPO / "examples" / "modeldeployment.yaml").read_text())
+    md["spec"]["canary"]["analysis"]["prometheus"]["address"] = prometheus.url
+    say(f"kubectl apply -f examples/modeldeployment.yaml (Prometheus at {prometheus.url})")
+    print(cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(md)).stdout, end="")
+    st = wait_md(cp, "glossary-chat", ("Stable",))
+    decisions = [f"stable {st['stableVersion']} serves {st.get('stableAdapterUri')}"]
+    load = Load(executor)
+    load.start()
+    try:
+        say("retraining: a spec change starts run 2; a passing run rolls out as a canary")
+        cp.kubectl("patch", "ftj", "glossary-lora", "--type=merge", "-p", '{"spec":{"training":{"seed":7}}}')
+        watch(cp, "glossary-lora", run=2)
+        st = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
+        decisions.append(f"run 2 canary -> {st['phase']}: {st.get('message')}")
+        say("a deliberately slow version (1.5 s injected latency) rolls out as a canary")
+        cp.kubectl("patch", "mdep", "glossary-chat", "--type=merge", "-p",
+                   '{"spec":{"builtin":{"extraArgs":["--inject-latency-ms","1500"]}}}')  # fmt: skip
+        time.sleep(2)
+        st = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
+        decisions.append(f"slow canary -> {st['phase']}: {st.get('message')}")
+    finally:
+        load.halt.set()
+        load.join(timeout=30)
+    decisions.append(f"{load.sent} completions sent by the load generator")
+    return decisions
+
+
+def watch(cp, name: str, run: int = 1) -> dict:  # type: ignore[no-untyped-def,type-arg]
     """Print progress as the trainer reports it, until the run ends (like `kubectl get ftj -w`)."""
     import json
 
@@ -135,7 +223,7 @@ def watch(cp, name: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
             if line != last:
                 print(f"  {time.strftime('%H:%M:%S')} {line}", flush=True)
                 last = line
-            if status.get("phase") in ("Succeeded", "Failed"):
+            if status.get("phase") in ("Succeeded", "Failed") and status.get("run") == run:
                 return status
         time.sleep(1)
     raise SystemExit(f"the demo did not finish within {TIMEOUT_S:.0f}s (KUBETUNE_DEMO_TIMEOUT)")

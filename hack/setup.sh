@@ -31,4 +31,6 @@ fi
 log "virtualenv: $venv"
 
 bash hack/build-control-plane.sh >/dev/null
+# Canary analysis tests and the demo scrape real server processes with a real Prometheus.
+bash hack/install-prometheus.sh >/dev/null
 echo "$venv"

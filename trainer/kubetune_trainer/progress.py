@@ -59,7 +59,13 @@ class StatusReporter:
             try:
                 from kubernetes import client, config
 
-                config.load_incluster_config()
+                try:
+                    config.load_incluster_config()
+                except config.ConfigException:
+                    # Outside a pod (the demo's local executor, a laptop): an explicit kubeconfig only.
+                    if not os.environ.get("KUBECONFIG"):
+                        raise
+                    config.load_kube_config()
                 self.api = client.CustomObjectsApi()
             except Exception as e:  # not in a pod, or no service account: print-only mode
                 log.info("status patches disabled (%s)", e)

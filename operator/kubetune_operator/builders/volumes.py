@@ -6,7 +6,9 @@ from typing import Any
 
 
 def claim_of(pvc_uri: str) -> str:
-    """>>> claim_of("pvc://models/llama/v1")
+    """The claim a pvc:// location lives on.
+
+    >>> claim_of("pvc://models/llama/v1")
     'models'
     """
     return pvc_uri.removeprefix("pvc://").split("/", 1)[0]
