@@ -109,6 +109,7 @@ def main() -> int:
             status = watch(cp, "glossary-lora")
             if status.get("phase") == "Succeeded":
                 decisions = rollouts(cp, executor, prometheus)
+                status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
         finally:
             operator.send_signal(signal.SIGTERM)
             operator.wait(timeout=30)
