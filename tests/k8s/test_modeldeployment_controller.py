@@ -163,3 +163,36 @@ def test_operator_restart_mid_rollout_continues_from_status(k8s, operator):
     weights = watch_weights(k8s, "resilient", "Promoted", 60)
     assert weights == sorted(weights) and weights[0] >= before["canaryWeight"]  # never restarted from step 0
     assert k8s.get_md("resilient")["status"]["stableVersion"] == before["canaryVersion"]
+
+
+def test_manual_gate_and_manual_promotion_wait_for_annotations(k8s, operator):
+    spec = md_spec(canary={"steps": [30, 100], "interval": "1s", "manualGate": True, "autoPromote": False})
+    k8s.create_md("gated", spec)
+    wait_for(md_phase(k8s, "gated", "Stable"), 30, "Stable")
+    k8s.patch_md("gated", {"adapter": {"uri": "/adapters/v2"}})
+    status = wait_for(md_phase(k8s, "gated", "Paused"), 30, "Paused at the gate")
+    assert "kubetune.io/approve-step=100" in status["message"] and status["canaryWeight"] == 30
+    time.sleep(3)
+    assert k8s.get_md("gated")["status"]["canaryWeight"] == 30  # no approval, no progress
+
+    def annotate(key: str, value: str) -> None:
+        k8s.custom.patch_namespaced_custom_object(
+            "kubetune.io", "v1alpha1", k8s.ns, "modeldeployments", "gated", {"metadata": {"annotations": {key: value}}}
+        )
+
+    annotate("kubetune.io/approve-step", "100")
+    status = wait_for(
+        lambda: k8s.get_md("gated")["status"].get("awaitingPromotion") and k8s.get_md("gated")["status"],
+        30,
+        "all steps done",
+    )
+    assert (
+        status["phase"] == "Paused"
+        and status["canaryWeight"] == 100
+        and "kubetune.io/promote=true" in status["message"]
+    )
+    time.sleep(2)
+    assert k8s.get_md("gated")["status"]["phase"] == "Paused"
+    annotate("kubetune.io/promote", "true")
+    status = wait_for(md_phase(k8s, "gated", "Promoted"), 30, "Promoted by annotation")
+    assert "/adapters/v2" in args_of(k8s.deployment("gated-stable"))
