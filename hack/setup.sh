@@ -30,7 +30,7 @@ fi
 "$venv/bin/pip" install -q --no-deps --no-build-isolation -e . >&2
 log "virtualenv: $venv"
 
-bash hack/build-control-plane.sh >/dev/null
+bash hack/build-control-plane.sh --with-helm >/dev/null
 # Canary analysis tests and the demo scrape real server processes with a real Prometheus.
 bash hack/install-prometheus.sh >/dev/null
 echo "$venv"
