@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import api
+from kubetune_operator import api, metrics
 from kubetune_operator.kube import Kube, load_credentials
 from kubetune_operator.reconcile import finetunejob, modeldeployment
 from kubetune_operator.settings import Settings
@@ -20,6 +20,7 @@ TRAINER_JOBS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_COMPONENT: "trai
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     load_credentials()
+    metrics.serve(SETTINGS.metrics_port)
     settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's are noise
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)

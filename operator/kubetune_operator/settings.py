@@ -26,6 +26,8 @@ class Settings:
     rollout_check_seconds: float = 5.0
     #: Timeout (seconds) of one Prometheus query.
     prometheus_timeout_seconds: float = 5.0
+    #: Port of the operator's Prometheus metrics (/metrics); 0 turns the endpoint off.
+    metrics_port: int = 8080
     #: Namespace to watch; empty means all namespaces.
     watch_namespace: str = ""
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from tests.support.controlplane import ControlPlane, running_control_plane
+from tests.support.controlplane import ControlPlane, free_port, running_control_plane
 
 GROUP, VERSION = "kubetune.io", "v1alpha1"
 
@@ -119,6 +119,7 @@ class OperatorProcess:
         self.logdir = logdir
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.metrics_port = free_port()
 
     def start(self) -> None:
         self.starts += 1
@@ -128,6 +129,7 @@ class OperatorProcess:
             "KUBETUNE_TRAINER_IMAGE": "kubetune.test/trainer:kwok-succeed",
             "KUBETUNE_SCHEDULE_CHECK_SECONDS": "2",
             "KUBETUNE_ROLLOUT_CHECK_SECONDS": "1",
+            "KUBETUNE_METRICS_PORT": str(self.metrics_port),
         }
         log = open(self.logdir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(

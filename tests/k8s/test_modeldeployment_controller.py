@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 from typing import Any
 
 from tests.k8s.conftest import wait_for
@@ -82,6 +83,17 @@ def test_new_adapter_rolls_out_step_by_step_and_is_promoted(k8s, operator):
     )
     reasons = [e.reason for e in k8s.events_for("chat")]
     assert reasons.count("StepAdvanced") == 2 and "Promoted" in reasons and "CanaryStarted" in reasons
+    # The operator's own metrics count the decisions (dashboards and alerts read these).
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as resp:
+        families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+    decisions = {
+        s.labels["decision"]: s.value
+        for s in families["kubetune_rollouts"].samples
+        if s.name == "kubetune_rollouts_total" and s.labels["namespace"] == k8s.ns and s.labels["name"] == "chat"
+    }
+    assert decisions == {"start": 1.0, "advance": 2.0, "promote": 1.0}
 
 
 def test_abort_rolls_back_and_keeps_stable(k8s, operator):

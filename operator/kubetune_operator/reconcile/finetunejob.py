@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator import api, job_state, specs
+from kubetune_operator import api, job_state, metrics, specs
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job, run_labels
 from kubetune_operator.conditions import set_condition
@@ -162,6 +162,7 @@ def _mirror(kube: Kube, ftj: dict[str, Any], job: dict[str, Any]) -> None:
         return
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
     if status.get("phase") != state.phase:
+        metrics.RUN_TRANSITIONS.labels(meta["namespace"], state.phase).inc()
         kind = "Warning" if state.phase == job_state.FAILED else "Normal"
         kube.event(ftj, kind, state.reason, f"run {status.get('run')}: {state.message}")
 

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from kubetune_operator import analysis, api, canary
+from kubetune_operator import analysis, api, canary, metrics
 from kubetune_operator.builders import serving
 from kubetune_operator.conditions import get_condition, set_condition
 from kubetune_operator.kube import Kube
@@ -131,6 +131,7 @@ class _Context:
             },
             ("Progressing", True, "CanaryStarted", f"canary {version} at {weight}%"),
         )
+        self._count("start", weight)
         reason = "CanaryRestarted" if restarted else "CanaryStarted"
         self.kube.event(
             self.md,
@@ -176,6 +177,7 @@ class _Context:
                     "analysis": history,
                 }
             )
+            self._count("hold", None)
             self.kube.event(
                 self.md, "Warning" if nd.failures > r.failures else "Normal", "AnalysisHold", decision.reason
             )
@@ -204,6 +206,7 @@ class _Context:
                     "analysis": history,
                 }
             )
+            self._count("advance", nxt)
             self.kube.event(self.md, "Normal", "StepAdvanced", decision.reason)
 
     def _promote(self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None) -> None:
@@ -228,6 +231,7 @@ class _Context:
         if history is not None:
             patch["analysis"] = history
         self._patch(patch, ("Progressing", False, "Promoted", f"version {version} is stable"))
+        self._count("promote", 0)
         self.kube.event(self.md, "Normal", "Promoted", f"version {version} promoted: {reason}")
 
     def _rollback(self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None) -> None:
@@ -247,6 +251,7 @@ class _Context:
         if history is not None:
             patch["analysis"] = history
         self._patch(patch, ("Progressing", False, "RolledBack", reason))
+        self._count("rollback", 0)
         self.kube.event(self.md, "Warning", "RolledBack", f"version {r.canary_version} rolled back: {reason}")
 
     def _end_canary(self, phase: str, message: str, r: canary.Rollout) -> None:
@@ -264,6 +269,7 @@ class _Context:
             },
             ("Progressing", False, "CanaryCancelled", message),
         )
+        self._count("cancel", 0)
         self.kube.event(self.md, "Normal", "CanaryCancelled", message)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -272,6 +278,11 @@ class _Context:
         self.kube.apply(serving.build_deployment(self.md, serving.CANARY, version, adapter, replicas, self.settings))
         if self.spec.traffic == "gatewayAPI":
             self.kube.apply(serving.build_httproute(self.md, weight))
+
+    def _count(self, decision: str, weight: int | None) -> None:
+        metrics.ROLLOUTS.labels(self.ns, self.name, decision).inc()
+        if weight is not None:
+            metrics.CANARY_WEIGHT.labels(self.ns, self.name).set(weight)
 
     def _analyse(self, r: canary.Rollout) -> list[analysis.Verdict]:
         a = self.spec.canary.analysis
@@ -299,6 +310,8 @@ class _Context:
                     " ; ".join(check.queries.values()),
                     f"Prometheus unavailable: {err}",
                 )
+            if verdict.value is not None:
+                metrics.ANALYSIS_VALUE.labels(self.ns, self.name, check.name).set(verdict.value)
             verdicts.append(canary.apply_policy(verdict, check.policy))
         return verdicts
 
