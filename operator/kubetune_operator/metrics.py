@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, disable_created_metrics, start_http_server
 
-disable_created_metrics()  # *_created series double every counter and no dashboard reads them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double every counter and no dashboard reads them
 
 ROLLOUTS = Counter(
     "kubetune_rollouts_total",
