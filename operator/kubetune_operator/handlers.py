@@ -41,6 +41,12 @@ def mirror_trainer_job(body: kopf.Body, type: str | None, **_: Any) -> None:
     finetunejob.sync_from_job(Kube(), dict(body))
 
 
+@kopf.on.event("v1", "pods", labels=TRAINER_JOBS)
+def explain_pending_trainer_pod(body: kopf.Body, type: str | None, **_: Any) -> None:
+    if type != "DELETED":
+        finetunejob.sync_from_pod(Kube(), dict(body))
+
+
 @kopf.timer(
     api.GROUP,
     api.VERSION,

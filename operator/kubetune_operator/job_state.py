@@ -50,6 +50,27 @@ def read_job(job: dict[str, Any]) -> RunState:
     return RunState(PENDING, "JobCreated", "the trainer Job was created", start)
 
 
+WAITING_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError")
+
+
+def read_pod_blocker(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """Why a trainer pod cannot start, in words a user can act on (None when nothing blocks it).
+
+    >>> read_pod_blocker({"status": {"conditions": [
+    ...     {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}]}})
+    ('Unschedulable', 'the trainer pod cannot be scheduled: 0/3 nodes')
+    """
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return "Unschedulable", f"the trainer pod cannot be scheduled: {cond.get('message', '')}"
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in WAITING_REASONS:
+            return str(waiting["reason"]), f"the trainer container cannot start: {waiting.get('message', '')}"
+    return None
+
+
 def read_termination_result(pod: dict[str, Any]) -> dict[str, Any] | None:
     """The trainer's result JSON from its container's termination message, if it wrote one."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:

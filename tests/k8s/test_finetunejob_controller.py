@@ -268,3 +268,18 @@ def test_status_subresource_rejects_unknown_phase(k8s, operator):
             "kubetune.io", "v1alpha1", k8s.ns, "finetunejobs", "guarded", {"status": {"phase": "Exploded"}}
         )
     assert err.value.status == 422
+
+
+def test_a_pod_that_cannot_be_scheduled_is_explained_in_the_status(k8s, operator):
+    k8s.create_ftj("stuck", spec(dataset={"uri": "pvc://missing-claim/support.jsonl"}))
+    status = wait_for(
+        lambda: (
+            (st := k8s.get_ftj("stuck").get("status") or {}).get("message", "").startswith("the trainer pod cannot")
+            and st
+        ),
+        30,
+        "the scheduling problem in the status",
+    )
+    assert status["phase"] == "Pending" and 'persistentvolumeclaim "missing-claim" not found' in status["message"]
+    assert condition(status, "Running")["reason"] == "Unschedulable"
+    assert any(e.reason == "Unschedulable" and e.type == "Warning" for e in k8s.events_for("stuck"))

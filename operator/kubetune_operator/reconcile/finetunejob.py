@@ -74,6 +74,35 @@ def sync_from_job(kube: Kube, job: dict[str, Any]) -> None:
     _mirror(kube, ftj, job)
 
 
+def sync_from_pod(kube: Kube, pod: dict[str, Any]) -> None:
+    """On trainer pod events: say why a pending run cannot start (no node fits, missing claim, bad image)."""
+    labels = pod["metadata"].get("labels") or {}
+    ns, job_name = pod["metadata"]["namespace"], labels.get("job-name") or labels.get("batch.kubernetes.io/job-name")
+    owner = labels.get(api.LABEL_FINETUNEJOB)
+    blocker = job_state.read_pod_blocker(pod)
+    if not owner or not job_name or blocker is None:
+        return
+    job = kube.get_job(ns, job_name)
+    ftj_ref = next(
+        (o for o in (job or {}).get("metadata", {}).get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"),
+        None,
+    )
+    if ftj_ref is None:
+        return
+    ftj = kube.get_custom(api.FINETUNEJOBS, ns, ftj_ref["name"])
+    status = (ftj or {}).get("status") or {}
+    if ftj is None or status.get("jobName") != job_name or status.get("phase") != job_state.PENDING:
+        return
+    reason, message = blocker
+    generation = int(ftj["metadata"].get("generation", 1))
+    conditions = set_condition(status.get("conditions"), "Running", False, reason, message, generation, now_iso())
+    patch = {"message": message, "conditions": conditions}
+    if _same(status, patch):
+        return
+    kube.patch_status(api.FINETUNEJOBS, ns, ftj["metadata"]["name"], patch)
+    kube.event(ftj, "Warning", reason, message)
+
+
 def start_scheduled_run(kube: Kube, ftj: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
     """Timer: start a new run when the cron schedule has a slot due and no run is live."""
     status, meta = ftj.get("status") or {}, ftj["metadata"]

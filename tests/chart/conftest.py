@@ -1,0 +1,15 @@
+"""Chart and image tests. Fast ones render with helm; those marked k8s reuse the suite's control plane."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chart.helm import helm_binary
+from tests.k8s.conftest import api, control_plane  # noqa: F401  (session fixtures reused here)
+
+
+@pytest.fixture(autouse=True)
+def _needs_helm(request: pytest.FixtureRequest) -> None:
+    # Modules that need no helm (the image tests) set NEEDS_HELM = False.
+    if getattr(request.module, "NEEDS_HELM", True) and helm_binary() is None:
+        pytest.skip("helm not built: run `bash hack/build-control-plane.sh --with-helm` (hack/setup.sh does)")
