@@ -177,7 +177,11 @@ def test_trainer_rbac() -> None:
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml-research", "ml-team"]
     for b in bindings:
         ns = b["metadata"]["namespace"]
-        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{RELEASE}-trainer"}
+        assert b["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": f"{RELEASE}-trainer",
+        }
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "kubetune-trainer", "namespace": ns}]
 
 
@@ -220,11 +224,13 @@ def test_metrics_service_and_service_monitor() -> None:
     monitor = one(objects, "ServiceMonitor", RELEASE)
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}
+    ]
 
 
 def test_service_monitor_without_service_fails_clearly() -> None:
-    with pytest.raises(HelmError, match="needs metrics.service.enabled"):
+    with pytest.raises(HelmError, match=r"needs metrics\.service\.enabled"):
         render("monitoring", "--set", "metrics.service.enabled=false")
 
 

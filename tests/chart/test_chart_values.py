@@ -72,7 +72,7 @@ def test_key_lines_cover_every_value() -> None:
         out = set()
         if isinstance(node, dict):
             for k, v in node.items():
-                out |= {prefix + (k,)} | paths(v, prefix + (k,))
+                out |= {(*prefix, k)} | paths(v, (*prefix, k))
         return out
 
     assert paths(VALUES) == {p for p, _ in key_lines()}
