@@ -7,8 +7,10 @@
 #
 # Python 3.11 on the CUDA base comes from uv's standalone CPython builds: Ubuntu 24.04 ships
 # 3.12 only, and a portable build avoids a third-party apt repository.
+# torch==2.15.0 from PyPI is a CUDA 13 build that brings its own CUDA libraries (nvidia-*-cu13
+# wheels), so the base image only needs the same CUDA major; GPU nodes need a CUDA 13 driver.
 
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.8
 ARG PYTHON_VERSION=3.11.14
 
@@ -28,7 +30,7 @@ RUN uv python install "${PYTHON_VERSION}" \
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer/ trainer/
-# Versions are pinned in pyproject.toml's extras; torch's PyPI wheels bring their CUDA 12 libraries.
+# Versions are pinned in pyproject.toml's extras.
 RUN uv pip install --python /opt/venv/bin/python ".[trainer,qlora]"
 
 # --- runtime: CUDA runtime + the virtualenv, as a non-root user ------------------------------

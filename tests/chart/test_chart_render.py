@@ -117,7 +117,7 @@ def test_custom_images_resources_and_scheduling() -> None:
     e = env(objects)
     assert container(objects)["image"] == "registry.example.com/kubetune/operator:0.1.0-rc1"
     assert container(objects)["imagePullPolicy"] == "Always"
-    assert e["KUBETUNE_TRAINER_IMAGE"] == "registry.example.com/kubetune/trainer:0.1.0-cuda12.8"
+    assert e["KUBETUNE_TRAINER_IMAGE"] == "registry.example.com/kubetune/trainer:0.1.0-cuda13"
     assert e["KUBETUNE_SERVER_IMAGE"] == "registry.example.com/kubetune/server:0.1.0"
     assert e["KUBETUNE_VLLM_IMAGE"] == "registry.example.com/vllm/vllm-openai:v0.11.0"
     assert e["KUBETUNE_TRAINER_SERVICE_ACCOUNT"] == "ml-trainer"
