@@ -5,7 +5,7 @@ import torch
 
 from kubetune_trainer.formatting import instruction_prompt
 from kubetune_trainer.loss import token_losses
-from kubetune_trainer.packing import IGNORE, collate, pack, tokenize_pair
+from kubetune_trainer.packing import IGNORE, collate, pack, rows_for, token_batches, tokenize_pair
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,35 @@ def test_padded_batch_of_packed_rows_matches_too(tiny):
     batched = per_example_losses(model, rows, tok)
     one_by_one = torch.cat([per_example_losses(model, [r], tok) for r in rows])
     torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_right_padded_batch_needs_no_mask(tiny):
+    """Unpacked rows of different lengths in one batch, no attention mask: causal attention never sees
+    the right padding, so every example's loss is its loss alone."""
+    tok, model = tiny
+    ex = examples(tok)
+    batch = collate(ex, tok.pad_token_id)
+    assert set(batch) == {"input_ids", "labels"}  # no mask, no position ids
+    assert len({len(e["input_ids"]) for e in ex}) > 1  # so there is padding
+    with torch.no_grad():
+        batched = token_losses(model, batch)
+    alone = torch.cat([per_example_losses(model, [e], tok) for e in ex])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [1, 7, 16, 40, 1000])
+def test_token_batches_cover_every_row_once_within_the_budget(budget):
+    lengths = [5, 1, 4, 2, 2, 9, 3, 12, 1, 6]
+    rows = [{"input_ids": [0] * n} for n in lengths]
+    batches = token_batches(rows, budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+    for b in batches:
+        padded = len(b) * max(lengths[i] for i in b)
+        assert padded <= budget or len(b) == 1  # a row longer than the budget goes alone
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths)  # neighbours in length
+
+
+def test_rows_for_packs_only_for_a_varlen_kernel():
+    ex = [{"input_ids": [1] * n, "labels": [1] * n} for n in (3, 2, 2, 1)]
+    assert rows_for(ex, 4, varlen=False) == ex
+    assert rows_for(ex, 4, varlen=True) == pack(ex, 4)

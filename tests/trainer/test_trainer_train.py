@@ -8,7 +8,8 @@ import torch
 from kubetune_trainer import model as model_lib
 from kubetune_trainer import pipeline, splits
 from kubetune_trainer.cli import load_config
-from kubetune_trainer.train import param_groups, train
+from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.train import micro_batches, param_groups, train
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +146,14 @@ def test_layerwise_lr_decay_groups():
     groups = param_groups(wrapper, 1.0, 0.5)
     assert [g["lr"] for g in groups] == [0.125, 0.25, 0.5, 1.0]  # embeddings, layers 0-2 (+ head)
     assert len(groups[-1]["params"]) == 4  # the LM head shares the top layer's rate
+
+
+def test_micro_batches_by_tokens_unless_rows_are_packed_or_packing_is_off():
+    rows = [{"input_ids": [0] * n} for n in (30, 10, 10, 60, 20)]
+    cfg = TrainingConfig(batch_size=2, max_seq_length=30, packing=True)  # a budget of 60 tokens
+    assert micro_batches(rows, cfg, prompt_learning=False) == [[1, 2, 4], [0], [3]]
+    assert micro_batches(rows, cfg, prompt_learning=True) == [[1, 2], [4, 0], [3]]  # virtual tokens: by rows
+    unpacked = TrainingConfig(batch_size=2, max_seq_length=30, packing=False)
+    assert micro_batches(rows, unpacked, prompt_learning=False) == [[1, 2], [4, 0], [3]]
+    packed = [{**r, "position_ids": list(range(len(r["input_ids"])))} for r in rows]
+    assert micro_batches(packed, cfg, prompt_learning=False) == [[1, 2], [4, 0], [3]]

@@ -4,9 +4,14 @@ Each example becomes ``input_ids`` plus ``labels`` that are *already shifted*: `
 to predict from position ``i``, or -100. Pre-shifting means the last token of one packed example never
 learns to predict the first token of the next.
 
-A packed row carries ``position_ids`` that restart at 0 for every example. With no attention mask and no
-cache, transformers (>= 5) turns restarting positions into a block-diagonal causal mask (sdpa/eager) or
-variable-length flash attention on GPU, so no padding is computed within a row.
+Two layouts keep attention inside each example (``rows_for`` picks one):
+
+- packed rows (``pack``) for variable-length flash attention on GPU: a row carries ``position_ids`` that
+  restart at 0 for every example, and transformers (>= 5) turns them into one varlen kernel call, so a
+  row costs what its examples cost alone;
+- one example per row, batched by length (``token_batches``) everywhere else: sdpa/eager would turn a
+  packed row into a full row x row masked square (on CPU the attention of a 512-token row then costs more
+  than the rest of the model), while right-padded rows of similar length need no mask at all.
 """
 
 from __future__ import annotations
@@ -68,6 +73,12 @@ def pack(examples: list[dict[str, list[int]]], max_len: int) -> list[dict[str, l
     return rows
 
 
+def rows_for(examples: list[dict[str, list[int]]], max_len: int, varlen: bool) -> list[dict[str, list[int]]]:
+    """Training rows with packing on: packed rows for a varlen attention kernel, else the examples as they
+    are (``token_batches`` then groups them by length)."""
+    return pack(examples, max_len) if varlen else examples
+
+
 def batch_indices(rows: list[dict[str, list[int]]], batch_size: int) -> list[list[int]]:
     """Group rows of similar length into batches (little padding); batch order is shuffled per epoch.
 
@@ -78,6 +89,26 @@ def batch_indices(rows: list[dict[str, list[int]]], batch_size: int) -> list[lis
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def token_batches(rows: list[dict[str, list[int]]], max_tokens: int) -> list[list[int]]:
+    """Rows sorted by length, cut into batches of at most ``max_tokens`` tokens *including padding*.
+
+    Neighbours in length order pad each other little, and the budget keeps memory and tokens per batch
+    steady: many short rows or a few long ones (a row longer than the budget gets a batch of its own).
+
+    >>> token_batches([{"input_ids": [0] * n} for n in (5, 1, 4, 2, 2)], 8)
+    [[1, 3, 4], [2], [0]]
+    """
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    batches: list[list[int]] = []
+    for i in order:
+        width = len(rows[i]["input_ids"])  # the longest so far, since rows come in length order
+        if batches and (len(batches[-1]) + 1) * width <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def epoch_order(n_batches: int, seed: int, epoch: int) -> list[int]:
     """A deterministic batch order per epoch, so a resumed run replays exactly the same data."""
     order = list(range(n_batches))
@@ -86,11 +117,12 @@ def epoch_order(n_batches: int, seed: int, epoch: int) -> list[int]:
 
 
 def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
-    """Right-pad a batch into tensors.
+    """Right-pad a batch into tensors, with no attention mask.
 
-    Packed rows (they have ``position_ids``) get no attention mask: the restarting positions define it,
-    and padding continues as its own short "example" that predicts nothing. Unpacked rows get the usual
-    2D padding mask.
+    Causal attention never looks right, so right padding is invisible to every real token: a mask would
+    only cost time (and stop sdpa from using its causal kernel). Padding predicts nothing (labels -100).
+    Packed rows (they have ``position_ids``) carry restarting positions, which is how the model knows
+    where examples start; their padding continues as its own short "example".
     """
     import torch
 
@@ -102,9 +134,5 @@ def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
     if "position_ids" in rows[0]:
         out["position_ids"] = torch.tensor(
             [r["position_ids"] + list(range(width - len(r["position_ids"]))) for r in rows]
-        )
-    else:
-        out["attention_mask"] = torch.tensor(
-            [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
         )
     return out

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from kubetune_trainer import scoring
+from kubetune_trainer import distributed, scoring
 from kubetune_trainer.config import JobConfig, to_dict
 from kubetune_trainer.export import library_versions
 from kubetune_trainer.formatting import to_pair
 from kubetune_trainer.loss import mean_loss
-from kubetune_trainer.model import uses_prompt_learning
-from kubetune_trainer.packing import pack, tokenize_pair
+from kubetune_trainer.model import attn_implementation, uses_prompt_learning
+from kubetune_trainer.packing import rows_for, tokenize_pair
 from kubetune_trainer.splits import PreparedData
 from kubetune_trainer.train import TrainResult, autocast_factory, resolve_precision
 
@@ -32,8 +32,10 @@ class TokenizedData:
     dropped: int  # examples where not even one response token fit in maxSeqLength
 
 
-def tokenize_splits(prepared: PreparedData, cfg: JobConfig, tokenizer: Any) -> TokenizedData:
+def tokenize_splits(prepared: PreparedData, cfg: JobConfig, tokenizer: Any, device: str | None = None) -> TokenizedData:
+    """``device`` (default: the one this process trains on) decides how packing lays out the rows."""
     d, t = cfg.dataset, cfg.training
+    device = device or distributed.device_for(distributed.World())
     dropped = 0
 
     def tokenize(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, list[int]]]:
@@ -55,8 +57,11 @@ def tokenize_splits(prepared: PreparedData, cfg: JobConfig, tokenizer: Any) -> T
         raise DataError(f"no training example fits in maxSeqLength {t.max_seq_length} tokens")
     if t.packing and not uses_prompt_learning(cfg.method):
         n = len(train)
-        train = pack(train, t.max_seq_length)
-        log.info("packed %d examples into %d rows of <= %d tokens", n, len(train), t.max_seq_length)
+        train = rows_for(train, t.max_seq_length, varlen=attn_implementation(device) == "flash_attention_2")
+        if len(train) < n:
+            log.info("packed %d examples into %d rows of <= %d tokens", n, len(train), t.max_seq_length)
+        else:
+            log.info("%d examples in length-grouped batches of <= %d tokens", n, t.batch_size * t.max_seq_length)
     # Validation/test rows stay one example per row: their loss is the same either way.
     golden_rows, golden_fmt = (
         (prepared.golden, "instruction") if prepared.golden else (prepared.splits["test"], d.format)

@@ -31,7 +31,7 @@ from kubetune_trainer import checkpoint, distributed
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.distributed import World
 from kubetune_trainer.loss import mean_loss, token_losses
-from kubetune_trainer.packing import IGNORE, batch_indices, collate, epoch_order
+from kubetune_trainer.packing import IGNORE, batch_indices, collate, epoch_order, token_batches
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -91,6 +91,19 @@ def param_groups(model: Any, lr: float, decay: float | None) -> list[dict[str, A
     return [{"params": ps, "lr": lr * decay ** (n_layers - 1 - lvl)} for lvl, ps in sorted(groups.items())]
 
 
+def micro_batches(rows: list[dict[str, list[int]]], cfg: TrainingConfig, prompt_learning: bool) -> list[list[int]]:
+    """Row indices of each micro-batch.
+
+    With packing on and rows left unpacked (no varlen kernel, see packing.py), a micro-batch holds up to
+    ``batchSize x maxSeqLength`` tokens, as ``batchSize`` packed rows would, made of examples of similar
+    length. Otherwise ``batchSize`` rows of similar length.
+    """
+    packed = any("position_ids" in r for r in rows)
+    if cfg.packing and not packed and not prompt_learning:
+        return token_batches(rows, cfg.batch_size * cfg.max_seq_length)
+    return batch_indices(rows, cfg.batch_size)
+
+
 def plan_steps(n_batches: int, cfg: TrainingConfig, world_size: int = 1) -> tuple[int, int]:
     """(steps per epoch, total steps)."""
     per_epoch = math.ceil(n_batches / (cfg.gradient_accumulation_steps * world_size))
@@ -137,7 +150,7 @@ def train(
     world = world or World()
     torch.manual_seed(cfg.seed)
     autocast = autocast_factory(device, resolve_precision(cfg.precision, device))
-    batches = batch_indices(rows, cfg.batch_size)
+    batches = micro_batches(rows, cfg, prompt_learning)
     per_step = cfg.gradient_accumulation_steps * world.size  # micro-batches per optimizer step, all ranks
     per_epoch, total = plan_steps(len(batches), cfg, world.size)
     targets = [sum(t != IGNORE for t in r["labels"]) for r in rows]
