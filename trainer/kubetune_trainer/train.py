@@ -155,7 +155,11 @@ def train(
     per_epoch, total = plan_steps(len(batches), cfg, world.size)
     targets = [sum(t != IGNORE for t in r["labels"]) for r in rows]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.learning_rate, cfg.layerwise_lr_decay), weight_decay=0.0)
+    # Fused AdamW: one kernel per parameter instead of a dozen small ops each (CPU and CUDA both have it).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.learning_rate, cfg.layerwise_lr_decay), weight_decay=0.0, fused=fused or None
+    )
     from transformers import get_scheduler
 
     scheduler = get_scheduler(cfg.scheduler, optimizer, math.ceil(cfg.warmup_ratio * total), total)
@@ -192,7 +196,7 @@ def train(
             n_targets = sum(targets[i] for b in group for i in batches[b])
             window_tokens += sum(len(rows[i]["input_ids"]) for b in group for i in batches[b])  # no padding
             mine = group[world.rank :: world.size]
-            step_loss = 0.0
+            summed = torch.zeros((), device=device)  # on the device: one .item() per step, not per micro-batch
             for j, b in enumerate(mine):
                 mb = {key: v.to(device) for key, v in collate([rows[i] for i in batches[b]], pad_id).items()}
                 # DDP all-reduces gradients on the last micro-batch of the step only.
@@ -202,8 +206,8 @@ def train(
                         losses = token_losses(runner, mb, prompt_learning)
                     loss = losses.sum() / max(n_targets, 1)
                     scaler.scale(loss * world.size).backward()
-                step_loss += loss.item()
-            step_loss = distributed.sum_across(world, step_loss)
+                summed += loss.detach()
+            step_loss = distributed.sum_across(world, summed.item())
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             scaler.step(optimizer)
