@@ -3,8 +3,11 @@
 Both train the same tiny model with the same LoRA config on the same long-tailed instruction data
 (lengths roughly log-normal, as real instruction sets are) for one epoch, each in its own process so
 peak RSS is its own. Reported per side: non-padding tokens per second, peak RSS, and validation loss
-after the same tokens (one epoch). Tokens per optimizer step are matched: HF uses 8 examples per step,
-ours packs rows of ``--max-len`` tokens and uses as many rows as hold the same average token count.
+after the same tokens (one epoch). Optimizer steps (and so tokens per step, on average) are matched: HF
+uses 8 examples per step; ours lays rows out as the trainer does on this device (CPU: one example per
+row, length-grouped micro-batches of up to batchSize x maxSeqLength tokens) with the smallest budget
+that needs no more steps than HF.
+``--threads N`` sets torch's intra-op threads on both sides alike (default: torch's own choice).
 
     python bench/bench_trainer.py                  # both, prints a table and the ratio
     python bench/bench_trainer.py --side ours      # one side, prints one JSON line
@@ -56,6 +59,9 @@ def load(args: argparse.Namespace):
 
     from kubetune_trainer.tiny_model import ensure_tiny_model
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
     path = ensure_tiny_model(Path(args.model) if args.model else None)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
@@ -106,21 +112,23 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
 
 def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     from kubetune_trainer.config import TrainingConfig
-    from kubetune_trainer.packing import pack
+    from kubetune_trainer.model import attn_implementation
+    from kubetune_trainer.packing import rows_for
     from kubetune_trainer.train import train
 
     tok, model = load(args)
     train_ex, val = tokenized(args, tok)
-    avg = sum(len(e["input_ids"]) for e in train_ex) / len(train_ex)
-    rows = pack(train_ex, args.max_len)
-    batch = max(1, round(8 * avg / args.max_len))  # rows per step holding ~ the tokens of 8 examples
+    rows = rows_for(train_ex, args.max_len, varlen=attn_implementation("cpu") == "flash_attention_2")
+    budget = step_budget(rows, math.ceil(len(train_ex) / 8))
     cfg = TrainingConfig(
         epochs=1,
         learning_rate=args.lr,
         scheduler="constant",
         warmup_ratio=0.0,
-        batch_size=batch,
-        max_seq_length=args.max_len,
+        # Examples were truncated to --max-len when tokenised; here batchSize x maxSeqLength is only the
+        # token budget of a micro-batch (= one step), chosen so that ours takes as many steps as HF.
+        batch_size=1,
+        max_seq_length=budget,
         precision=args.precision,
         eval_steps=10_000,
         logging_steps=10_000,
@@ -132,7 +140,20 @@ def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     return finish(args, model, tok, val, sum(len(e["input_ids"]) for e in train_ex), seconds, result.steps)
 
 
+def step_budget(rows: list[dict], hf_steps: int) -> int:
+    """The smallest micro-batch token budget giving no more steps than HF's, so steps and tokens match."""
+    from kubetune_trainer.packing import token_batches
+
+    lo, hi = 1, sum(len(r["input_ids"]) for r in rows)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if len(token_batches(rows, mid)) <= hf_steps else (mid + 1, hi)
+    return lo
+
+
 def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> dict[str, Any]:
+    import torch
+
     from kubetune_trainer.loss import mean_loss
     from kubetune_trainer.train import autocast_factory, resolve_precision
 
@@ -146,6 +167,7 @@ def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> di
         "steps": steps,
         "evalLoss": round(eval_loss, 4),
         "peakRssMb": round(rss_mb, 1),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -157,6 +179,7 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads, both sides (default: torch's)")
     parser.add_argument("--model", help="tiny model dir (default: the cached one)")
     parser.add_argument("--workdir", default="/tmp/kubetune-bench")
     args = parser.parse_args()
@@ -170,10 +193,10 @@ def main() -> None:
         if out.returncode != 0:
             sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
         results[side] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{'':6}{'tokens/s':>10}{'seconds':>9}{'steps':>7}{'evalLoss':>10}{'peakRSS MB':>12}")
+    print(f"{'':6}{'tokens/s':>10}{'seconds':>9}{'steps':>7}{'evalLoss':>10}{'peakRSS MB':>12}{'threads':>9}")
     for side, r in results.items():
-        row = (r["tokensPerSecond"], r["seconds"], r["steps"], r["evalLoss"], r["peakRssMb"])
-        print(f"{side:6}{row[0]:>10.0f}{row[1]:>9.1f}{row[2]:>7}{row[3]:>10.4f}{row[4]:>12.0f}")
+        row = (r["tokensPerSecond"], r["seconds"], r["steps"], r["evalLoss"], r["peakRssMb"], r["threads"])
+        print(f"{side:6}{row[0]:>10.0f}{row[1]:>9.1f}{row[2]:>7}{row[3]:>10.4f}{row[4]:>12.0f}{row[5]:>9}")
     ratio = results["ours"]["tokensPerSecond"] / results["hf"]["tokensPerSecond"]
     print(f"throughput ratio ours/hf: {ratio:.2f}x (non-padding tokens/s, {results['hf']['tokens']} tokens each)")
 
