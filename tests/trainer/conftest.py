@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,22 @@ GLOSSARY = REPO / "examples" / "data" / "glossary.jsonl"
 GOLDEN = REPO / "examples" / "data" / "golden.jsonl"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The tiny model's ops are too small to gain from intra-op threads, and on a shared CPU the threads'
+    synchronisation costs far more than the ops (this tier took ~5x longer with 2 threads than with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBETUNE_METRICS_PORT", "0")  # no HTTP server per test
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # trainer subprocesses too (see _one_torch_thread)
     monkeypatch.delenv("KUBETUNE_FINETUNEJOB_NAME", raising=False)
     monkeypatch.delenv("KUBETUNE_OUTPUT_DIR", raising=False)
 
