@@ -2,13 +2,17 @@
 SHELL := /bin/bash
 VENV = $(shell bash hack/setup.sh | tail -1)
 
-.PHONY: test lint demo setup control-plane
+.PHONY: test lint demo setup control-plane chart-crds
 
 setup:
 	@bash hack/setup.sh
 
 control-plane:
-	@bash hack/build-control-plane.sh
+	@bash hack/build-control-plane.sh --with-helm
+
+# crds/ is the single source of truth; the chart carries a copy (a test fails when they differ).
+chart-crds:
+	@bash hack/sync-chart-crds.sh
 
 lint:
 	@venv="$(VENV)"; set -e; \

@@ -1,7 +1,8 @@
 """`make demo`: the whole FineTuneJob loop on one machine, with real parts.
 
 1. start etcd, kube-apiserver, controller-manager and scheduler (cached binaries), install the CRDs;
-2. start the operator, and a local executor that plays the kubelet for one node (pods run as processes);
+2. start the operator with its local executor on (KUBETUNE_LOCAL_EXECUTOR_NODE): a development setting
+   in which the operator also plays the kubelet for one node, running pods as local processes;
 3. build a tiny Llama-shaped model and tokenizer locally, and put the bundled glossary data on a
    PersistentVolume `demo` (a local folder);
 4. apply examples/finetunejob.yaml: the operator creates the trainer Job, the scheduler binds its pod,
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -29,10 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kubernetes import config  # noqa: E402
 from tests.support.controlplane import running_control_plane  # noqa: E402
 from tests.support.loadgen import completion_body, run_load  # noqa: E402
-from tests.support.local_executor import LocalExecutor  # noqa: E402
 from tests.support.prometheus import PrometheusServer, find_prometheus  # noqa: E402
 
 CACHE = Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
@@ -90,13 +90,19 @@ def main() -> int:
     say("starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler)")
     with running_control_plane(workdir / "cp", fake_gpu_node=False) as cp:
         say(f"control plane up in {time.time() - started:.0f}s; KUBECONFIG={cp.kubeconfig}")
-        api = config.new_client_from_config(str(cp.kubeconfig))
         prometheus = PrometheusServer(find_prometheus(install=True), scrape_interval="1s").start()
-        executor = LocalExecutor(api, workdir / "pods", pvc_root, cp.kubeconfig, on_targets=prometheus.set_targets)
-        executor.register_node()
-        thread = threading.Thread(target=executor.serve, daemon=True)
-        thread.start()
-        env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:dev"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cp.kubeconfig),
+            "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:dev",
+            "KUBETUNE_SERVER_IMAGE": "kubetune/server:dev",
+            "KUBETUNE_METRICS_PORT": "0",
+            "KUBETUNE_LOCAL_EXECUTOR_NODE": "local",
+            "KUBETUNE_LOCAL_EXECUTOR_PVC_ROOT": str(pvc_root),
+            "KUBETUNE_LOCAL_EXECUTOR_WORKDIR": str(workdir / "pods"),
+            # Prometheus discovers the serving pods the executor runs through this file.
+            "KUBETUNE_LOCAL_EXECUTOR_TARGETS_FILE": str(prometheus.targets_file),
+        }
         oplog = open(workdir / "operator.log", "wb")  # noqa: SIM115
         operator = subprocess.Popen(
             [sys.executable, "-m", "kubetune_operator"], env=env, stdout=oplog, stderr=subprocess.STDOUT
@@ -108,13 +114,11 @@ def main() -> int:
             print(cp.kubectl("apply", "-f", str(REPO / "examples" / "finetunejob.yaml")).stdout, end="")
             status = watch(cp, "glossary-lora")
             if status.get("phase") == "Succeeded":
-                decisions = rollouts(cp, executor, prometheus)
+                decisions = rollouts(cp, prometheus)
                 status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
         finally:
             operator.send_signal(signal.SIGTERM)
             operator.wait(timeout=30)
-            executor.stop.set()
-            thread.join(timeout=10)
             prometheus.stop()
         print(cp.kubectl("get", "ftj,jobs,pods", "-o", "wide").stdout)
         say("summary")
@@ -161,14 +165,15 @@ def wait_md(cp, name: str, phases: tuple[str, ...], timeout: float = 300) -> dic
 class Load(threading.Thread):
     """Completions to every ready serving pod, in small bounded batches, until stopped (loopback only)."""
 
-    def __init__(self, executor: LocalExecutor) -> None:
+    def __init__(self, targets_file: Path) -> None:
         super().__init__(daemon=True)
-        self.executor, self.halt, self.sent = executor, threading.Event(), 0
+        self.targets_file, self.halt, self.sent = targets_file, threading.Event(), 0
 
     def run(self) -> None:
         deadline = time.monotonic() + TIMEOUT_S
         while not self.halt.is_set() and time.monotonic() < deadline:
-            urls = {f"http://{ep}": 1.0 for ep, _ in self.executor.targets()}
+            groups = json.loads(self.targets_file.read_text() or "[]")
+            urls = {f"http://{ep}": 1.0 for g in groups for ep in g["targets"]}
             if not urls:
                 time.sleep(0.5)
                 continue
@@ -176,7 +181,7 @@ class Load(threading.Thread):
             self.sent += len(result.records)
 
 
-def rollouts(cp, executor: LocalExecutor, prometheus: PrometheusServer) -> list[str]:  # type: ignore[no-untyped-def]
+def rollouts(cp, prometheus: PrometheusServer) -> list[str]:  # type: ignore[no-untyped-def]
     import yaml
 
     md = yaml.safe_load((REPO / "examples" / "modeldeployment.yaml").read_text())
@@ -185,12 +190,13 @@ def rollouts(cp, executor: LocalExecutor, prometheus: PrometheusServer) -> list[
     print(cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(md)).stdout, end="")
     st = wait_md(cp, "glossary-chat", ("Stable",))
     decisions = [f"stable {st['stableVersion']} serves {st.get('stableAdapterUri')}"]
-    load = Load(executor)
+    say("retraining: a spec change starts run 2; a passing run rolls out as a canary")
+    cp.kubectl("patch", "ftj", "glossary-lora", "--type=merge", "-p", '{"spec":{"training":{"seed":7}}}')
+    watch(cp, "glossary-lora", run=2)
+    # Traffic from here on: the canary needs requests to be judged (and the CPU is the trainer's until now).
+    load = Load(prometheus.targets_file)
     load.start()
     try:
-        say("retraining: a spec change starts run 2; a passing run rolls out as a canary")
-        cp.kubectl("patch", "ftj", "glossary-lora", "--type=merge", "-p", '{"spec":{"training":{"seed":7}}}')
-        watch(cp, "glossary-lora", run=2)
         st = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
         decisions.append(f"run 2 canary -> {st['phase']}: {st.get('message')}")
         say("a deliberately slow version (1.5 s injected latency) rolls out as a canary")

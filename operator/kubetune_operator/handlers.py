@@ -21,6 +21,19 @@ TRAINER_JOBS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_COMPONENT: "trai
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     load_credentials()
     metrics.serve(SETTINGS.metrics_port)
+    if SETTINGS.local_executor_node:
+        # Development mode: this process also plays the kubelet for one node (make demo).
+        from kubernetes import client
+
+        from kubetune_operator.local_executor import start_in_background
+
+        start_in_background(
+            client.ApiClient(),
+            SETTINGS.local_executor_node,
+            SETTINGS.local_executor_pvc_root,
+            SETTINGS.local_executor_workdir,
+            SETTINGS.local_executor_targets_file,
+        )
     settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's are noise
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)

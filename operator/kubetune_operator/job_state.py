@@ -44,6 +44,9 @@ def read_job(job: dict[str, Any]) -> RunState:
         return RunState(RUNNING, "TrainerRunning", "the trainer pod is running", start)
     if status.get("active"):
         return RunState(PENDING, "PodPending", "the trainer pod is waiting to be scheduled or to start", start)
+    if status.get("succeeded"):
+        # The pod is done but the Job has not written Complete yet (SuccessCriteriaMet comes first).
+        return RunState(RUNNING, "TrainerFinishing", "the trainer exited; the Job is completing", start)
     if status.get("failed"):
         failed = status["failed"]
         return RunState(RUNNING, "TrainerRetrying", f"{failed} trainer pod(s) failed; the Job retries", start)

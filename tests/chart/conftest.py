@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tests.chart.helm import helm_binary
-from tests.k8s.conftest import api, control_plane  # noqa: F401  (session fixtures reused here)
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
-from tests.support.controlplane import ControlPlane, free_port, running_control_plane
+from tests.support.controlplane import ControlPlane, free_port
 
 GROUP, VERSION = "kubetune.io", "v1alpha1"
 
@@ -25,17 +25,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.k8s)
-
-
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    with running_control_plane(tmp_path_factory.mktemp("controlplane")) as cp:
-        yield cp
-
-
-@pytest.fixture(scope="session")
-def api(control_plane: ControlPlane) -> client.ApiClient:
-    return config.new_client_from_config(str(control_plane.kubeconfig))
 
 
 class Api:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from kubetune_operator.local_executor import LocalExecutor, Targets
 from tests.k8s.conftest import wait_for
 from tests.support.loadgen import completion_body, run_load
-from tests.support.local_executor import LocalExecutor, Targets
 from tests.support.prometheus import PrometheusServer, prometheus_binary_or_skip
 
 pytestmark = pytest.mark.slow

@@ -17,6 +17,12 @@ from kubetune_operator.job_state import read_job, read_termination_result, statu
         ({"spec": {}, "status": {"active": 1}}, "Pending", "PodPending"),
         ({"spec": {}, "status": {"active": 1, "ready": 1}}, "Running", "TrainerRunning"),
         ({"spec": {}, "status": {"failed": 1}}, "Running", "TrainerRetrying"),
+        ({"spec": {}, "status": {"succeeded": 1}}, "Running", "TrainerFinishing"),  # never back to Pending
+        (
+            {"spec": {}, "status": {"succeeded": 1, "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}]}},
+            "Running",
+            "TrainerFinishing",
+        ),
         ({"spec": {"suspend": True}, "status": {}}, "Suspended", "JobSuspended"),
         (
             {"spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}},

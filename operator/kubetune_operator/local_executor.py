@@ -1,4 +1,5 @@
-"""A kubelet stand-in for development: runs pods bound to one node as local processes.
+"""A kubelet stand-in for development (KUBETUNE_LOCAL_EXECUTOR_NODE): runs pods bound to one node as
+local processes.
 
 The demo has a real control plane but no container runtime. This executor registers a Node, and for
 every pod the scheduler binds to it: materialises the pod's ConfigMap volumes, maps `/mnt/pvc/<claim>`
@@ -42,6 +43,28 @@ class Running:
 Targets = list[tuple[str, dict[str, str]]]
 
 
+def write_file_sd(path: Path, targets: Targets) -> None:
+    """Prometheus file-based service discovery: one group per endpoint, written atomically."""
+    groups = [{"targets": [endpoint], "labels": labels} for endpoint, labels in targets]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups, indent=1))
+    tmp.replace(path)
+
+
+def start_in_background(
+    api: client.ApiClient, settings_node: str, pvc_root: str, workdir: str, targets_file: str
+) -> LocalExecutor:
+    """What the operator calls at startup when KUBETUNE_LOCAL_EXECUTOR_NODE is set."""
+    kubeconfig = Path(os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")))
+    executor = LocalExecutor(api, Path(workdir), Path(pvc_root), kubeconfig, node=settings_node)
+    if targets_file:
+        executor.targets_file = Path(targets_file)
+        write_file_sd(executor.targets_file, [])
+    executor.register_node()
+    threading.Thread(target=executor.serve, name="local-executor", daemon=True).start()
+    return executor
+
+
 def _free_port() -> int:
     import socket
 
@@ -67,6 +90,7 @@ class LocalExecutor:
         # Called with every serving endpoint (host:port + pod labels) whenever the set changes: the
         # stand-in for Prometheus' Kubernetes service discovery and for a Service's endpoints.
         self.on_targets = on_targets
+        self.targets_file: Path | None = None
         self._published: Targets = []
 
     def targets(self) -> Targets:
@@ -128,9 +152,12 @@ class LocalExecutor:
                 pod = self.core.read_namespaced_pod(name, ns)
                 self._patch(ns, name, "Running", pod.spec.containers[0], {"running": {"startedAt": _now()}}, ready=True)
         targets = sorted(self.targets())
-        if self.on_targets is not None and targets != self._published:
+        if targets != self._published:
             self._published = targets
-            self.on_targets(targets)
+            if self.on_targets is not None:
+                self.on_targets(targets)
+            if self.targets_file is not None:
+                write_file_sd(self.targets_file, targets)
 
     def _start(self, pod: Any, key: str) -> None:
         ns, name = pod.metadata.namespace, pod.metadata.name
