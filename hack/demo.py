@@ -82,6 +82,8 @@ metadata: {{name: kubetune-trainer, namespace: default}}
 
 
 def main() -> int:
+    # A SIGTERM (Ctrl-C's cousin, e.g. from `timeout`) must still stop everything the demo started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-demo-"))
     pvc_root = CACHE / "demo" / "pvc"
