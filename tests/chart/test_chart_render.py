@@ -30,7 +30,7 @@ OPERATOR_NAMESPACED = triples(
         ("kubetune.io", "modeldeployments/status"): "get patch",
         ("batch", "jobs"): "create get list watch patch delete",
         ("", "configmaps"): "create get",
-        ("", "pods"): "get list",
+        ("", "pods"): "get list watch",
         ("", "services"): "create get",
         ("", "events"): "create",
         ("events.k8s.io", "events"): "create",

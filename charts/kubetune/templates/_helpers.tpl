@@ -105,7 +105,7 @@ plus what Kopf does on the watched resources (patch for its finalizer and progre
   verbs: [create, get]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [services]
   verbs: [create, get]
