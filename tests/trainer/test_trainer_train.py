@@ -157,3 +157,15 @@ def test_micro_batches_by_tokens_unless_rows_are_packed_or_packing_is_off():
     assert micro_batches(rows, unpacked, prompt_learning=False) == [[1, 2], [4, 0], [3]]
     packed = [{**r, "position_ids": list(range(len(r["input_ids"])))} for r in rows]
     assert micro_batches(packed, cfg, prompt_learning=False) == [[1, 2], [4, 0], [3]]
+
+
+def test_packing_packs_rows_only_for_flash_attention(write_spec, tmp_path, monkeypatch):
+    cfg = load_config(str(write_spec()))
+    prepared = splits.prepare(cfg, tmp_path)
+    tok = model_lib.load_tokenizer(model_lib.resolve_model_source(cfg), cfg)
+    on_cpu = pipeline.tokenize_splits(prepared, cfg, tok, device="cpu")
+    assert not any("position_ids" in r for r in on_cpu.train)  # sdpa: length-grouped, unpacked
+    monkeypatch.setattr(pipeline, "attn_implementation", lambda device: "flash_attention_2")
+    on_gpu = pipeline.tokenize_splits(prepared, cfg, tok, device="cuda")
+    assert all("position_ids" in r for r in on_gpu.train) and len(on_gpu.train) < len(on_cpu.train)
+    assert sum(len(r["input_ids"]) for r in on_gpu.train) == sum(len(r["input_ids"]) for r in on_cpu.train)

@@ -57,8 +57,9 @@ def tokenize_splits(prepared: PreparedData, cfg: JobConfig, tokenizer: Any, devi
         raise DataError(f"no training example fits in maxSeqLength {t.max_seq_length} tokens")
     if t.packing and not uses_prompt_learning(cfg.method):
         n = len(train)
-        train = rows_for(train, t.max_seq_length, varlen=attn_implementation(device) == "flash_attention_2")
-        if len(train) < n:
+        varlen = attn_implementation(device) == "flash_attention_2"
+        train = rows_for(train, t.max_seq_length, varlen)
+        if varlen:
             log.info("packed %d examples into %d rows of <= %d tokens", n, len(train), t.max_seq_length)
         else:
             log.info("%d examples in length-grouped batches of <= %d tokens", n, t.batch_size * t.max_seq_length)
