@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kubetune_trainer.packing import IGNORE, collate
+from kubetune_trainer.packing import IGNORE, batch_indices, collate
 
 
 def token_losses(model: Any, batch: dict[str, torch.Tensor], prompt_learning: bool = False) -> torch.Tensor:
@@ -39,15 +39,18 @@ def mean_loss(
     autocast: Callable[[], AbstractContextManager[Any]],
     prompt_learning: bool = False,
 ) -> float:
-    """Token-weighted mean loss over ``rows`` (perplexity is its exp)."""
+    """Token-weighted mean loss over ``rows`` (perplexity is its exp).
+
+    Batches group rows of similar length (less padding); a token-weighted mean does not depend on order.
+    """
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size], pad_id).items()}
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for group in batch_indices(rows, batch_size):
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in group], pad_id).items()}
         with autocast():
             losses = token_losses(model, batch, prompt_learning)
-        total += losses.sum().item()
+        total += losses.sum()  # on the device: no sync per batch
         count += losses.numel()
     model.train(was_training)
-    return total / max(count, 1)
+    return total.item() / max(count, 1)
