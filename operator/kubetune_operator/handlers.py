@@ -65,6 +65,17 @@ def explain_pending_trainer_pod(body: kopf.Body, type: str | None, **_: Any) -> 
     api.VERSION,
     api.FINETUNEJOBS,
     interval=SETTINGS.schedule_check_seconds,
+    when=lambda status, **_: status.get("phase") == "Pending",
+)
+def explain_pending_run(body: kopf.Body, **_: Any) -> None:
+    finetunejob.explain_pending(Kube(), _fresh(body))
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.FINETUNEJOBS,
+    interval=SETTINGS.schedule_check_seconds,
     when=lambda spec, **_: bool(spec.get("schedule")),
 )
 def scheduled_run(body: kopf.Body, **_: Any) -> None:

@@ -65,5 +65,8 @@ def test_operator_runs_on_the_charts_rbac(k8s, chart_operator):
     wait_for(lambda: (k8s.get_md("rbac-md").get("status") or {}).get("phase") == "Stable", 30, "Stable")
     k8s.patch_md("rbac-md", {"adapter": {"fineTuneJobRef": None, "uri": "/adapters/v2"}})
     wait_for(lambda: k8s.get_md("rbac-md")["status"].get("phase") == "Promoted", 60, "Promoted")
-    log = chart_operator.log_text()
-    assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+    # RBAC denials name the user; other 403s (e.g. an earlier test's namespace terminating) are not ours.
+    denials = [
+        line for line in chart_operator.log_text().splitlines() if 'forbidden: User "system:serviceaccount' in line
+    ]
+    assert denials == [], denials[:3]

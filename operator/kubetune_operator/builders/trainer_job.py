@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from kubetune_operator import api
-from kubetune_operator.builders.labels import child_labels, owner_reference
+from kubetune_operator.builders.labels import child_labels, label_value, owner_reference
 from kubetune_operator.builders.names import spec_configmap_name, trainer_job_name
 from kubetune_operator.builders.volumes import claim_of, pvc_volumes
 from kubetune_operator.settings import Settings
@@ -18,7 +18,7 @@ COMPONENT = "trainer"
 
 def run_labels(finetunejob: dict[str, Any], run: int) -> dict[str, str]:
     name = finetunejob["metadata"]["name"]
-    return child_labels(name, COMPONENT, {api.LABEL_FINETUNEJOB: name[:63], api.LABEL_RUN: str(run)})
+    return child_labels(name, COMPONENT, {api.LABEL_FINETUNEJOB: label_value(name), api.LABEL_RUN: str(run)})
 
 
 def build_spec_configmap(finetunejob: dict[str, Any], run: int) -> dict[str, Any]:

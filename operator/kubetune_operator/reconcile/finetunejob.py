@@ -14,6 +14,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_operator import api, job_state, metrics, specs
+from kubetune_operator.builders.labels import label_value
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job, run_labels
 from kubetune_operator.conditions import set_condition
@@ -77,30 +78,42 @@ def sync_from_job(kube: Kube, job: dict[str, Any]) -> None:
 def sync_from_pod(kube: Kube, pod: dict[str, Any]) -> None:
     """On trainer pod events: say why a pending run cannot start (no node fits, missing claim, bad image)."""
     labels = pod["metadata"].get("labels") or {}
-    ns, job_name = pod["metadata"]["namespace"], labels.get("job-name") or labels.get("batch.kubernetes.io/job-name")
-    owner = labels.get(api.LABEL_FINETUNEJOB)
-    blocker = job_state.read_pod_blocker(pod)
-    if not owner or not job_name or blocker is None:
+    ns = pod["metadata"]["namespace"]
+    job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+    if not job_name or job_state.read_pod_blocker(pod) is None:
         return
     job = kube.get_job(ns, job_name)
-    ftj_ref = next(
-        (o for o in (job or {}).get("metadata", {}).get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"),
-        None,
-    )
-    if ftj_ref is None:
+    owners = ((job or {}).get("metadata") or {}).get("ownerReferences") or []
+    owner = next((o for o in owners if o.get("kind") == "FineTuneJob"), None)
+    ftj = kube.get_custom(api.FINETUNEJOBS, ns, owner["name"]) if owner else None
+    if ftj is not None and (ftj.get("status") or {}).get("jobName") == job_name:
+        explain_pending(kube, ftj, [pod])
+
+
+def explain_pending(kube: Kube, ftj: dict[str, Any], pods: list[dict[str, Any]] | None = None) -> None:
+    """Put the first blocker of the current run's pods into the status (also run by a timer while
+    Pending: a pod event can arrive before the run is recorded, and a stuck pod sends no more)."""
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    run = status.get("run")
+    if status.get("phase") != job_state.PENDING or not run:
         return
-    ftj = kube.get_custom(api.FINETUNEJOBS, ns, ftj_ref["name"])
-    status = (ftj or {}).get("status") or {}
-    if ftj is None or status.get("jobName") != job_name or status.get("phase") != job_state.PENDING:
+    if pods is None:
+        selector = f"{api.LABEL_FINETUNEJOB}={label_value(meta['name'])},{api.LABEL_RUN}={run}"
+        pods = kube.list_pods(meta["namespace"], selector)
+    for pod in pods:
+        if (pod["metadata"].get("labels") or {}).get(api.LABEL_RUN) != str(run):
+            continue
+        blocker = job_state.read_pod_blocker(pod)
+        if blocker is None:
+            continue
+        reason, message = blocker
+        generation = int(meta.get("generation", 1))
+        conditions = set_condition(status.get("conditions"), "Running", False, reason, message, generation, now_iso())
+        patch = {"message": message, "conditions": conditions}
+        if not _same(status, patch):
+            kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
+            kube.event(ftj, "Warning", reason, message)
         return
-    reason, message = blocker
-    generation = int(ftj["metadata"].get("generation", 1))
-    conditions = set_condition(status.get("conditions"), "Running", False, reason, message, generation, now_iso())
-    patch = {"message": message, "conditions": conditions}
-    if _same(status, patch):
-        return
-    kube.patch_status(api.FINETUNEJOBS, ns, ftj["metadata"]["name"], patch)
-    kube.event(ftj, "Warning", reason, message)
 
 
 def start_scheduled_run(kube: Kube, ftj: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
