@@ -14,12 +14,17 @@ from kubetune_operator.reconcile import finetunejob, modeldeployment
 from kubetune_operator.settings import Settings
 
 SETTINGS = Settings.from_env()
+EXECUTORS: list[Any] = []  # development mode only (KUBETUNE_LOCAL_EXECUTOR_NODE)
 TRAINER_JOBS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_COMPONENT: "trainer"}
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     load_credentials()
+    settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's are noise
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
     metrics.serve(SETTINGS.metrics_port)
     if SETTINGS.local_executor_node:
         # Development mode: this process also plays the kubelet for one node (make demo).
@@ -27,17 +32,21 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
         from kubetune_operator.local_executor import start_in_background
 
-        start_in_background(
-            client.ApiClient(),
-            SETTINGS.local_executor_node,
-            SETTINGS.local_executor_pvc_root,
-            SETTINGS.local_executor_workdir,
-            SETTINGS.local_executor_targets_file,
+        EXECUTORS.append(
+            start_in_background(
+                client.ApiClient(),
+                SETTINGS.local_executor_node,
+                SETTINGS.local_executor_pvc_root,
+                SETTINGS.local_executor_workdir,
+                SETTINGS.local_executor_targets_file,
+            )
         )
-    settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's are noise
-    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
+
+
+@kopf.on.cleanup()
+def stop_local_executor(**_: Any) -> None:
+    for executor in EXECUTORS:
+        executor.shutdown()
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, api.FINETUNEJOBS)

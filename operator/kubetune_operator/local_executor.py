@@ -10,6 +10,7 @@ termination message) the way a kubelet would. The Job controller and the operato
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -63,6 +64,16 @@ def start_in_background(
     executor.register_node()
     threading.Thread(target=executor.serve, name="local-executor", daemon=True).start()
     return executor
+
+
+def _die_with_parent() -> None:
+    """Linux: a pod process gets SIGTERM when the executor's thread goes away, even on SIGKILL."""
+    import ctypes
+    import signal as _signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, _signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -126,6 +137,18 @@ class LocalExecutor:
         for run in self.running.values():
             run.proc.terminate()
 
+    def shutdown(self, timeout: float = 10) -> None:
+        """Stop serving and end every process this executor started (what a drained node does)."""
+        self.stop.set()
+        runs = list(self.running.values())
+        for run in runs:
+            run.proc.terminate()
+        for run in runs:
+            try:
+                run.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                run.proc.kill()
+
     def _tick(self) -> None:
         pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}").items
         for pod in pods:
@@ -185,7 +208,13 @@ class LocalExecutor:
             endpoint = f"127.0.0.1:{port}"
         log_path = root / "container.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(command, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=open(log_path, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
         out = env.get("KUBETUNE_OUTPUT_DIR")
         labels = {
             "namespace": ns,
