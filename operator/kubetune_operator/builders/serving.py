@@ -8,6 +8,7 @@ from typing import Any
 from kubetune_operator import api
 from kubetune_operator.builders.labels import child_labels, owner_reference
 from kubetune_operator.builders.names import bounded
+from kubetune_operator.builders.resources import container_resources
 from kubetune_operator.builders.trainer_job import resolve_uri
 from kubetune_operator.builders.volumes import pvc_volumes
 from kubetune_operator.serving_spec import ModelDeploymentSpec
@@ -51,7 +52,7 @@ def build_deployment(
     else:
         container = _builtin_container(spec, model, adapter, version, settings)
     container["volumeMounts"] = [*mounts, {"name": "tmp", "mountPath": "/tmp"}]
-    container["resources"] = _resources(spec)
+    container["resources"] = container_resources(spec.cpu, spec.memory, spec.gpus, spec.gpu_resource_name)
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": [*volumes, {"name": "tmp", "emptyDir": {}}],
@@ -198,15 +199,3 @@ def _vllm_container(spec: ModelDeploymentSpec, model: str, adapter: str | None, 
         "env": [{"name": "HF_HOME", "value": "/tmp/hf"}],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
-
-
-def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if spec.cpu:
-        requests["cpu"] = spec.cpu
-    if spec.memory:
-        requests["memory"] = limits["memory"] = spec.memory
-    if spec.gpus > 0:
-        limits[spec.gpu_resource_name] = str(spec.gpus)
-    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}

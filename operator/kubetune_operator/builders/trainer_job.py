@@ -9,6 +9,7 @@ import yaml
 from kubetune_operator import api
 from kubetune_operator.builders.labels import child_labels, label_value, owner_reference
 from kubetune_operator.builders.names import spec_configmap_name, trainer_job_name
+from kubetune_operator.builders.resources import container_resources
 from kubetune_operator.builders.volumes import claim_of, pvc_volumes
 from kubetune_operator.settings import Settings
 from kubetune_operator.specs import FineTuneJobSpec
@@ -56,7 +57,9 @@ def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings)
         "command": ["python", "-m", "kubetune_trainer", "train", "--spec", f"{api.SPEC_MOUNT_DIR}/{api.SPEC_FILE}"],
         "env": _env(finetunejob, spec, run, settings),
         "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
-        "resources": _resources(spec),
+        "resources": container_resources(
+            spec.resources.cpu, spec.resources.memory, spec.resources.gpus, spec.resources.gpu_resource_name
+        ),
         "volumeMounts": mounts,
         # The trainer writes its result JSON here; the operator reads it from the pod status.
         "terminationMessagePath": "/dev/termination-log",
@@ -135,24 +138,6 @@ def _env(finetunejob: dict[str, Any], spec: FineTuneJobSpec, run: int, settings:
             }
         )
     return env
-
-
-def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if spec.resources.cpu:
-        requests["cpu"] = spec.resources.cpu
-    if spec.resources.memory:
-        requests["memory"] = limits["memory"] = spec.resources.memory
-    if spec.resources.gpus > 0:
-        # Extended resources must have requests == limits; setting limits alone implies it.
-        limits[spec.resources.gpu_resource_name] = str(spec.resources.gpus)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
 
 
 def _volumes(
