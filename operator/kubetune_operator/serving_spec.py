@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune_operator.specs import PodResources
+
 DEFAULT_STEPS = (5, 25, 50, 100)
 
 
@@ -44,12 +46,7 @@ class ModelDeploymentSpec:
     image: str | None
     port: int
     replicas: int
-    gpus: int
-    gpu_resource_name: str
-    cpu: str | None
-    memory: str | None
-    node_selector: dict[str, str]
-    tolerations: list[dict[str, Any]]
+    resources: PodResources
     builtin: dict[str, Any]
     vllm: dict[str, Any]
     traffic: str
@@ -60,7 +57,6 @@ class ModelDeploymentSpec:
     def from_dict(cls, spec: dict[str, Any]) -> ModelDeploymentSpec:
         base = spec.get("baseModel") or {}
         adapter = spec.get("adapter") or {}
-        res = spec.get("resources") or {}
         c = spec.get("canary") or {}
         a = c.get("analysis")
         analysis = Analysis()
@@ -86,12 +82,7 @@ class ModelDeploymentSpec:
             image=spec.get("image"),
             port=int(spec.get("port", 8000)),
             replicas=int(spec.get("replicas", 2)),
-            gpus=int(res.get("gpus", 1)),
-            gpu_resource_name=res.get("gpuResourceName", "nvidia.com/gpu"),
-            cpu=None if res.get("cpu") is None else str(res["cpu"]),
-            memory=None if res.get("memory") is None else str(res["memory"]),
-            node_selector=dict(res.get("nodeSelector") or {}),
-            tolerations=list(res.get("tolerations") or []),
+            resources=PodResources.from_dict(spec.get("resources")),
             builtin=dict(spec.get("builtin") or {}),
             vllm=dict(spec.get("vllm") or {}),
             traffic=spec.get("traffic", "replicas"),

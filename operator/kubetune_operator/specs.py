@@ -25,7 +25,9 @@ class SecretKeyRef:
 
 
 @dataclass(frozen=True)
-class TrainerResources:
+class PodResources:
+    """`spec.resources` of both kinds: what a trainer or server pod asks for and where it may run."""
+
     gpus: int = 1
     gpu_resource_name: str = "nvidia.com/gpu"
     cpu: str | None = None
@@ -34,6 +36,20 @@ class TrainerResources:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     affinity: dict[str, Any] | None = None
     priority_class_name: str | None = None
+
+    @classmethod
+    def from_dict(cls, res: dict[str, Any] | None) -> PodResources:
+        res = res or {}
+        return cls(
+            gpus=int(res.get("gpus", 1)),
+            gpu_resource_name=res.get("gpuResourceName", "nvidia.com/gpu"),
+            cpu=None if res.get("cpu") is None else str(res["cpu"]),
+            memory=None if res.get("memory") is None else str(res["memory"]),
+            node_selector=dict(res.get("nodeSelector") or {}),
+            tolerations=list(res.get("tolerations") or []),
+            affinity=res.get("affinity"),
+            priority_class_name=res.get("priorityClassName"),
+        )
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,7 @@ class FineTuneJobSpec:
     golden_dataset_uri: str | None
     mix_uri: str | None
     token_secret: SecretKeyRef | None
-    resources: TrainerResources
+    resources: PodResources
     image: str | None
     service_account_name: str | None
     backoff_limit: int
@@ -57,7 +73,6 @@ class FineTuneJobSpec:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FineTuneJobSpec:
-        res = spec.get("resources") or {}
         secret = (spec.get("baseModel") or {}).get("tokenSecretRef")
         return cls(
             method=spec.get("method", "lora"),
@@ -67,16 +82,7 @@ class FineTuneJobSpec:
             golden_dataset_uri=(spec.get("evaluation") or {}).get("goldenDatasetUri"),
             mix_uri=((spec.get("dataset") or {}).get("mix") or {}).get("uri"),
             token_secret=SecretKeyRef(secret["name"], secret.get("key", "token")) if secret else None,
-            resources=TrainerResources(
-                gpus=int(res.get("gpus", 1)),
-                gpu_resource_name=res.get("gpuResourceName", "nvidia.com/gpu"),
-                cpu=None if res.get("cpu") is None else str(res["cpu"]),
-                memory=None if res.get("memory") is None else str(res["memory"]),
-                node_selector=dict(res.get("nodeSelector") or {}),
-                tolerations=list(res.get("tolerations") or []),
-                affinity=res.get("affinity"),
-                priority_class_name=res.get("priorityClassName"),
-            ),
+            resources=PodResources.from_dict(spec.get("resources")),
             image=spec.get("image"),
             service_account_name=spec.get("serviceAccountName"),
             backoff_limit=int(spec.get("backoffLimit", 2)),

@@ -52,16 +52,18 @@ def build_deployment(
     else:
         container = _builtin_container(spec, model, adapter, version, settings)
     container["volumeMounts"] = [*mounts, {"name": "tmp", "mountPath": "/tmp"}]
-    container["resources"] = container_resources(spec.cpu, spec.memory, spec.gpus, spec.gpu_resource_name)
+    container["resources"] = container_resources(
+        spec.resources.cpu, spec.resources.memory, spec.resources.gpus, spec.resources.gpu_resource_name
+    )
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": [*volumes, {"name": "tmp", "emptyDir": {}}],
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
     }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = spec.node_selector
-    if spec.tolerations:
-        pod_spec["tolerations"] = spec.tolerations
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = spec.resources.node_selector
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = spec.resources.tolerations
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -176,8 +178,8 @@ def _vllm_container(spec: ModelDeploymentSpec, model: str, adapter: str | None, 
         "--gpu-memory-utilization",
         str(vllm.get("gpuMemoryUtilization", 0.9)),
     ]
-    if spec.gpus > 1:
-        args += ["--tensor-parallel-size", str(spec.gpus)]
+    if spec.resources.gpus > 1:
+        args += ["--tensor-parallel-size", str(spec.resources.gpus)]
     if vllm.get("maxModelLen"):
         args += ["--max-model-len", str(vllm["maxModelLen"])]
     if adapter:
