@@ -21,6 +21,14 @@ from kubetune_operator.settings import Settings
 
 QueryFn = Callable[[str, str], float | None]
 HISTORY = 50
+# Status fields of a canary in flight; cleared together whenever it ends (promoted, rolled back, cancelled).
+CANARY_ENDED: dict[str, Any] = {
+    "canaryVersion": None,
+    "canaryAdapterUri": None,
+    "canaryWeight": 0,
+    "currentStep": None,
+    "awaitingPromotion": None,
+}
 APPROVE = f"{api.GROUP}/approve-step"
 PROMOTE = f"{api.GROUP}/promote"
 
@@ -221,11 +229,7 @@ class _Context:
             "phase": canary.PROMOTED,
             "stableVersion": version,
             "stableAdapterUri": adapter,
-            "canaryVersion": None,
-            "canaryAdapterUri": None,
-            "canaryWeight": 0,
-            "currentStep": None,
-            "awaitingPromotion": None,
+            **CANARY_ENDED,
             "message": f"promoted {version}: {reason}",
         }
         if history is not None:
@@ -241,11 +245,7 @@ class _Context:
         patch: dict[str, Any] = {
             "phase": canary.ROLLED_BACK,
             "rolledBackVersion": r.canary_version,
-            "canaryVersion": None,
-            "canaryAdapterUri": None,
-            "canaryWeight": 0,
-            "currentStep": None,
-            "awaitingPromotion": None,
+            **CANARY_ENDED,
             "message": f"rolled back: {reason}",
         }
         if history is not None:
@@ -261,10 +261,7 @@ class _Context:
         self._patch(
             {
                 "phase": phase,
-                "canaryVersion": None,
-                "canaryAdapterUri": None,
-                "canaryWeight": 0,
-                "currentStep": None,
+                **CANARY_ENDED,
                 "message": message,
             },
             ("Progressing", False, "CanaryCancelled", message),
@@ -294,7 +291,7 @@ class _Context:
         )
         budget = float(self.spec.vllm.get("gpuMemoryUtilization", 0.9))
         verdicts = []
-        for check in analysis.build_checks(a, self.spec.runtime, sel, window, self.spec.gpus, budget):
+        for check in analysis.build_checks(a, self.spec.runtime, sel, window, self.spec.resources.gpus, budget):
             try:
                 answers = {
                     role: query_value(a.prometheus, q, self.settings.prometheus_timeout_seconds)
