@@ -19,5 +19,5 @@ def test_readme_api_reference_matches_the_crds():
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     lines = (REPO / "README.md").read_text().splitlines()
     block = lines[lines.index("```bash") + 1 : lines.index("```bash") + 3]
-    assert [line.split("#")[0].strip() for line in block] == ["make demo", "make test"]
-    assert "make test" in (REPO / ".ci" / "run").read_text()
+    assert block == ["make demo", "make test"]
+    assert "make test" in (REPO / ".ci" / "run").read_text().splitlines()
