@@ -88,6 +88,22 @@ BAD_FINETUNEJOBS = [
     ("unknown field", {"epochs": 3}, 'unknown field "spec.epochs"'),
     ("prompt tuning on lora", {"promptTuning": {"numVirtualTokens": 8}}, "spec.promptTuning is only valid"),
     ("maxChars below minChars", {"dataset": {"cleaning": {"minChars": 10, "maxChars": 5}}}, "cleaning.maxChars"),
+    (
+        "fsdp with prefix tuning",
+        {"method": "prefix", "training": {"distributed": {"strategy": "fsdp"}}},
+        "strategy fsdp supports method lora, full or ia3",
+    ),
+    (
+        "fsdp with merged weights",
+        {"training": {"distributed": {"strategy": "fsdp"}}, "output": {"uri": "/out", "mergeWeights": True}},
+        "output.mergeWeights is not available with training.distributed.strategy fsdp",
+    ),
+    (
+        "more processes than gpus",
+        {"resources": {"gpus": 2}, "training": {"distributed": {"processesPerNode": 4}}},
+        "processesPerNode cannot exceed resources.gpus",
+    ),
+    ("unknown strategy", {"training": {"distributed": {"strategy": "zero3"}}}, 'Unsupported value: "zero3"'),
 ]
 
 
@@ -110,6 +126,8 @@ def test_table_is_big_enough():
         {"method": "prefix", "promptTuning": {"numVirtualTokens": 8}},
         {"dataset": {"format": "text", "mix": {"uri": "/g", "fraction": 0.3}}},
         {"baseModel": {"name": None, "uri": "s3://bucket/llama"}, "schedule": "0 3 * * 1"},
+        {"resources": {"gpus": 8}, "training": {"distributed": {"strategy": "fsdp", "processesPerNode": 8}}},
+        {"resources": {"gpus": 0}, "training": {"distributed": {"processesPerNode": 2}}},
     ],
 )
 def test_good_finetunejob_accepted_with_defaults(k8s, patch):

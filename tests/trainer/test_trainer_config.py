@@ -65,6 +65,10 @@ def test_camel_snake_round_trip():
         ({"baseModel": {"name": "a", "uri": "/b"}}, "spec.baseModel"),
         ({"baseModel": {}}, "spec.baseModel"),
         ({"method": "prompt", "output": {"mergeWeights": True}}, "spec.output.mergeWeights"),
+        ({"training": {"distributed": {"strategy": "zero3"}}}, "spec.training.distributed.strategy"),
+        ({"method": "prefix", "training": {"distributed": {"strategy": "fsdp"}}}, "fsdp supports method"),
+        ({"training": {"distributed": {"strategy": "fsdp"}}, "output": {"mergeWeights": True}}, "mergeWeights"),
+        ({"training": {"distributed": {"processesPerNode": 0}}}, "spec.training.distributed.processesPerNode"),
     ],
 )
 def test_bad_specs_name_the_field(spec, field):

@@ -2,7 +2,11 @@
 
     python -m kubetune_trainer train SPEC.yaml [--output DIR]     # also: --spec SPEC.yaml
     python -m kubetune_trainer make-tiny-model OUT                # a local test model, no downloads
-    torchrun --nproc-per-node N -m kubetune_trainer train ...     # data parallel
+    torchrun --nproc-per-node N -m kubetune_trainer train ...     # several processes, by hand
+
+With several GPUs visible (or spec.training.distributed.processesPerNode > 1) `train` relaunches itself
+under torchrun, one process per GPU: ddp (replicas) or fsdp (sharded weights, for models that do not
+fit one GPU), as spec.training.distributed.strategy says.
 
 Environment (set by the operator's Job; all optional locally):
     KUBETUNE_FINETUNEJOB_NAME, KUBETUNE_NAMESPACE  which FineTuneJob's status to patch (in-cluster only)

@@ -104,6 +104,8 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, model.uses_prompt_learning(cfg.method), samples)
     passed, reasons = pipeline.gates(metrics, cfg)
     outcome: dict[str, Any] = {"phase": "Succeeded", "metrics": metrics, "evalPassed": passed}
+    # Under fsdp the trained weights are sharded: gather them (every rank takes part) for rank 0 to save.
+    gathered = distributed.full_state_dict(lm) if distributed.is_sharded(lm) else None
     if not main_rank:
         distributed.shutdown(world)
         return outcome
@@ -119,7 +121,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     }
     export.write_json(out_dir / "eval.json", eval_report)
     card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, started)
-    artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir)
+    artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir, state_dict=gathered)
     if cfg.output.merge_weights and cfg.method != "full":
         export.write_merged(lm, tokenizer, out_dir)
     artifact = {"uri": export.artifact_uri(remote, out_dir), "digest": digest}
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from kubetune_trainer.train import Preempted
 
     try:
+        relaunch_under_torchrun(spec, list(sys.argv[1:] if argv is None else argv))
         run(spec, args.output)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -179,6 +182,27 @@ def main(argv: list[str] | None = None) -> int:
         _record_failure(spec, args.output, f"{type(e).__name__}: {e}")
         return 1
     return 0
+
+
+def relaunch_under_torchrun(spec: str, argv: list[str]) -> None:
+    """With several GPUs in the pod (or ``training.distributed.processesPerNode`` > 1), become torchrun
+    running one trainer per process; return (and train here) when one process is all there is to run."""
+    from kubetune_trainer import distributed
+
+    if distributed.under_torchrun():
+        return
+    requested = load_config(spec).training.distributed.processes_per_node
+    nproc = distributed.processes_wanted(requested)
+    import torch
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"spec.training.distributed.processesPerNode: {nproc} processes, but only "
+            f"{torch.cuda.device_count()} GPUs are visible (request them in spec.resources.gpus)"
+        )
+    if nproc > 1:
+        log.info("launching %d training processes under torchrun", nproc)
+        distributed.launch(nproc, argv)
 
 
 def _record_failure(spec: str, output: str | None, message: str) -> None:

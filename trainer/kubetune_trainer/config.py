@@ -115,6 +115,25 @@ class EarlyStoppingConfig:
     min_delta: float = _f(0.0, "Smallest drop in validation loss that counts as an improvement.")
 
 
+STRATEGIES = ("ddp", "fsdp")
+# FSDP shards what sits inside the transformers model; prompt-learning parameters live outside it
+# (they would never be synchronised), and 4-bit bitsandbytes weights need a quant-storage setup.
+FSDP_METHODS = ("lora", "full", "ia3")
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str = _f(
+        "ddp",
+        "ddp: every process holds the whole model (data parallel); fsdp: weights, gradients and optimizer "
+        "state are sharded across processes, for models that do not fit one GPU.",
+        choices=STRATEGIES,
+    )
+    processes_per_node: int | None = _f(
+        None, "Training processes in the pod; one per visible GPU by default (1 without a GPU)."
+    )
+
+
 @dataclass
 class TrainingConfig:
     epochs: float = _f(1, "Passes over the training split (ignored when maxSteps is set).")
@@ -139,6 +158,7 @@ class TrainingConfig:
     eval_steps: int = _f(50, "Validation loss every N steps.")
     logging_steps: int = _f(10, "Progress line and status patch every N steps.")
     checkpoint_steps: int = _f(100, "Checkpoint every N steps (and on SIGTERM).")
+    distributed: DistributedConfig = _sub(DistributedConfig, "Several processes in the pod (torchrun).")
 
 
 @dataclass
@@ -333,6 +353,17 @@ def validate(cfg: JobConfig, present: set[str], cuda_available: bool | None = No
         raise ConfigError("spec.evaluation.maxNewTokens: must be >= 1")
     if cfg.output.merge_weights and m in ("prefix", "prompt"):
         raise ConfigError(f"spec.output.mergeWeights: {m} tuning adds virtual tokens and cannot be merged")
+    if t.distributed.strategy == "fsdp":
+        if m not in FSDP_METHODS:
+            raise ConfigError(
+                f"spec.training.distributed.strategy: fsdp supports method {', '.join(FSDP_METHODS)}, not {m} "
+                "(use strategy ddp)"
+            )
+        if cfg.output.merge_weights:
+            raise ConfigError(
+                "spec.output.mergeWeights: not available with training.distributed.strategy fsdp "
+                "(the weights are sharded; merge the adapter afterwards)"
+            )
     needs_cuda = m == "qlora" or t.precision == "fp16"
     if needs_cuda:
         if cuda_available is None:
@@ -370,6 +401,9 @@ def _validate_training(t: TrainingConfig) -> None:
         raise ConfigError(f"{p}.warmupRatio: {t.warmup_ratio} is outside [0, 1)")
     if t.layerwise_lr_decay is not None and not 0 < t.layerwise_lr_decay <= 1:
         raise ConfigError(f"{p}.layerwiseLrDecay: {t.layerwise_lr_decay} is outside (0, 1]")
+    n = t.distributed.processes_per_node
+    if n is not None and not 1 <= n <= 64:
+        raise ConfigError(f"{p}.distributed.processesPerNode: {n} is outside [1, 64]")
     if t.early_stopping.patience < 0:
         raise ConfigError(f"{p}.earlyStopping.patience: must be >= 0")
     if t.early_stopping.min_delta < 0:

@@ -1,4 +1,11 @@
-"""Data parallelism under ``torchrun``: one process per GPU (or per CPU worker with gloo).
+"""Several training processes in one pod under ``torchrun``: one per GPU (or per CPU worker with gloo).
+
+``launch`` re-runs the trainer under torchrun when the pod has more than one GPU (or the spec asks for
+several processes), so the operator's pod command stays the same for one GPU or eight. Two strategies:
+
+- ``ddp``: every rank holds the whole model; gradients are averaged (DistributedDataParallel);
+- ``fsdp``: every decoder layer and the model around them are sharded with FSDP2 (``fully_shard``), so
+  weights, gradients and optimizer state are split across ranks, for models that do not fit one GPU.
 
 Without ``WORLD_SIZE`` (the usual single-process run) every helper here is a no-op, so the training
 loop reads the same either way. Rank 0 alone writes files and talks to Kubernetes.
@@ -6,7 +13,10 @@ loop reads the same either way. Rank 0 alone writes files and talks to Kubernete
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,13 +76,102 @@ def any_across(world: World, flag: bool) -> bool:
     return sum_across(world, float(flag)) > 0
 
 
-def wrap(model: Any, world: World, device: str) -> Any:
-    """The module to run forward/backward through: DDP-wrapped when there are several ranks."""
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def processes_wanted(requested: int | None) -> int:
+    """Processes for this pod: the spec's number, else one per visible GPU (1 on CPU)."""
+    if requested is not None:
+        return requested
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """This trainer's own command line, under torchrun on one node (``--standalone`` picks a free port).
+
+    >>> torchrun_command(2, ["train", "--spec", "s.yaml"])[1:6]
+    ['-m', 'torch.distributed.run', '--standalone', '--nproc-per-node=2', '-m']
+    """
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*launcher, "-m", "kubetune_trainer", *argv]
+
+
+def launch(nproc: int, argv: list[str]) -> None:
+    """Replace this process with torchrun running ``nproc`` copies of the trainer.
+
+    exec, not a child: the kubelet's SIGTERM then reaches torchrun, which passes it to every rank, and
+    each rank checkpoints as it would alone.
+    """
+    cmd = torchrun_command(nproc, argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
+
+
+def wrap(model: Any, world: World, device: str, strategy: str = "ddp") -> Any:
+    """The module to run forward/backward through.
+
+    ddp: a DistributedDataParallel wrapper. fsdp: the model itself, sharded in place; the root FSDP
+    module is the transformers model inside any peft wrapper, because ``generate`` calls that one.
+    """
     if not world.active:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        from transformers import PreTrainedModel
+
+        inner = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+        layer_classes = set(getattr(inner, "_no_split_modules", None) or ())
+        for module in inner.modules():
+            if type(module).__name__ in layer_classes:
+                fully_shard(module)
+        fully_shard(inner)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[world.local_rank] if device.startswith("cuda") else None)
+
+
+def is_sharded(model: Any) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+@contextlib.contextmanager
+def gradient_sync(runner: Any, world: World, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on all but the last micro-batch of a step (accumulation)."""
+    if enabled or not world.active:
+        yield
+    elif hasattr(runner, "no_sync"):  # DDP
+        with runner.no_sync():
+            yield
+    else:  # FSDP2: gradients stay unsharded and accumulate locally until the last micro-batch
+        roots = [m for m in runner.modules() if hasattr(m, "set_requires_gradient_sync")]
+        for m in roots:
+            m.set_requires_gradient_sync(False, recurse=False)
+        try:
+            yield
+        finally:
+            for m in roots:
+                m.set_requires_gradient_sync(True, recurse=False)
+
+
+def full_state_dict(model: Any, trainable_only: bool = True) -> dict[str, Any]:
+    """The whole (unsharded) state on CPU, on rank 0; a collective under FSDP, so every rank calls it.
+
+    Other ranks get an empty dict. Keys are the usual parameter names (FSDP2 does not rename).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    if not trainable_only:
+        return state
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in names}
 
 
 def shutdown(world: World) -> None:

@@ -36,11 +36,17 @@ def directory_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def write_artifact(model: Any, tokenizer: Any, card: dict[str, Any], out_dir: Path) -> tuple[Path, str]:
-    """Save into ``out_dir/artifact`` atomically (temp dir + rename); return (path, digest)."""
+def write_artifact(
+    model: Any, tokenizer: Any, card: dict[str, Any], out_dir: Path, state_dict: dict[str, Any] | None = None
+) -> tuple[Path, str]:
+    """Save into ``out_dir/artifact`` atomically (temp dir + rename); return (path, digest).
+
+    ``state_dict``: the gathered weights when the model itself is sharded (fsdp); else the model's own.
+    """
     final, tmp = out_dir / "artifact", out_dir / f".artifact-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(tmp, safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp)
     (tmp / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
     digest = directory_digest(tmp)

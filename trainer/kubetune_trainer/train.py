@@ -9,7 +9,8 @@ run resumed from ``step-N`` sees exactly the batches it would have seen.
 
 Under torchrun each step takes ``accumulation * world`` micro-batches and rank r trains on every r-th;
 the loss is still divided by the step's total target tokens (over all ranks), scaled by the world size
-because DDP averages gradients. So 2 ranks x 1 micro-batch == 1 rank x 2 accumulated micro-batches.
+because DDP (and FSDP's reduce-scatter) averages gradients. So 2 ranks x 1 micro-batch == 1 rank x 2
+accumulated micro-batches, for either strategy.
 """
 
 from __future__ import annotations
@@ -154,6 +155,9 @@ def train(
     per_step = cfg.gradient_accumulation_steps * world.size  # micro-batches per optimizer step, all ranks
     per_epoch, total = plan_steps(len(batches), cfg, world.size)
     targets = [sum(t != IGNORE for t in r["labels"]) for r in rows]
+    # DDP wrapper, or (fsdp) the model sharded in place, or the model itself; before the optimizer,
+    # which must hold the sharded parameters under FSDP.
+    runner = distributed.wrap(model, world, device, cfg.distributed.strategy)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # Fused AdamW: one kernel per parameter instead of a dozen small ops each (CPU and CUDA both have it).
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable)
@@ -174,7 +178,6 @@ def train(
     history: list[dict[str, Any]] = state.get("history", [])
     if step:
         log.info("resumed from %s (step %d/%d)", state["path"], step, total)
-    runner = distributed.wrap(model, world, device)  # DDP under torchrun, else the model itself
 
     def evaluate() -> float:
         return mean_loss(model, val_rows, cfg.batch_size, pad_id, device, autocast, prompt_learning)
@@ -199,9 +202,8 @@ def train(
             summed = torch.zeros((), device=device)  # on the device: one .item() per step, not per micro-batch
             for j, b in enumerate(mine):
                 mb = {key: v.to(device) for key, v in collate([rows[i] for i in batches[b]], pad_id).items()}
-                # DDP all-reduces gradients on the last micro-batch of the step only.
-                sync = contextlib.nullcontext() if j == len(mine) - 1 or not world.active else runner.no_sync()
-                with sync:
+                # Gradients are all-reduced (ddp) or reduce-scattered (fsdp) on the last micro-batch only.
+                with distributed.gradient_sync(runner, world, enabled=j == len(mine) - 1):
                     with autocast():
                         losses = token_losses(runner, mb, prompt_learning)
                     loss = losses.sum() / max(n_targets, 1)
@@ -248,11 +250,12 @@ def train(
                     metrics.update(p)
                 window_loss, window_tokens, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
             stop = distributed.any_across(world, sigterm.set) if world.active else sigterm.set
-            if (step % cfg.checkpoint_steps == 0 or stop) and world.is_main:
-                saved = checkpoint.save(ckpt_dir, step, model, optimizer, scheduler, snapshot())
-                if reporter is not None:
-                    reporter.checkpoint(str(saved))
             if step % cfg.checkpoint_steps == 0 or stop:
+                captured = checkpoint.capture(model, optimizer, world.is_main)  # all ranks: a collective in fsdp
+                if captured is not None:
+                    saved = checkpoint.save(ckpt_dir, step, captured, scheduler, snapshot())
+                    if reporter is not None:
+                        reporter.checkpoint(str(saved))
                 distributed.barrier(world)  # nobody runs ahead (or exits) while rank 0 writes
             if after_step is not None:
                 after_step(step)
