@@ -27,7 +27,10 @@ def resolve_model_source(cfg: JobConfig) -> str:
         if not path.is_dir():
             raise ConfigError(f"spec.baseModel.uri: {b.uri} -> {path} is not a directory")
         return str(path)
-    return str(uris.fetch_remote(b.uri, uris.cache_dir() / "models"))
+    try:
+        return str(uris.fetch_remote(b.uri, uris.cache_dir() / "models"))
+    except OSError as e:
+        raise ConfigError(f"spec.baseModel.uri: {e}") from e
 
 
 def _hub_kwargs(cfg: JobConfig) -> dict[str, Any]:

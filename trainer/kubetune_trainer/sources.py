@@ -27,7 +27,10 @@ def load_rows(uri: str) -> list[dict[str, Any]]:
         local = uris.hf_local_copy(uri)
         return _load_with_datasets(str(local) if local else uri.removeprefix("hf://"), uri)
     remote = kind not in ("file", "pvc")
-    path = uris.fetch_remote(uri, uris.cache_dir() / "data") if remote else uris.local_path(uri)
+    try:
+        path = uris.fetch_remote(uri, uris.cache_dir() / "data") if remote else uris.local_path(uri)
+    except OSError as e:
+        raise DataError(str(e)) from e
     if not path.exists():
         raise DataError(f"{uri}: no such file or directory ({path})")
     if path.is_file():

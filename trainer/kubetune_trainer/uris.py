@@ -8,6 +8,7 @@ copies (``<root>/org/name``), which is how tests stand in for the hub.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -73,12 +74,41 @@ def hf_local_copy(uri: str) -> Path | None:
 
 
 def fetch_remote(uri: str, dest: Path) -> Path:
-    """Copy an ``s3://`` (or any fsspec) file or folder to ``dest`` and return the local path."""
+    """Copy an ``s3://`` (or any fsspec) file or folder to ``dest`` and return the local path.
+
+    A copy that completed is reused (a retried pod starts faster); one cut short by a crash is not,
+    because the copy lands under a temporary name and is renamed into place only when whole. Errors
+    (missing key, no access, no endpoint) come out as ``OSError`` naming the URI.
+    """
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(uri)
+    # One folder per URI: s3://a/data.jsonl and s3://b/data.jsonl must not share a cached copy.
+    dest = dest / hashlib.sha256(uri.encode()).hexdigest()[:16]
     target = dest / Path(path).name
-    if not target.exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        fs.get(path, str(target), recursive=fs.isdir(path))
+    if target.exists():
+        return target
+    dest.mkdir(parents=True, exist_ok=True)
+    partial = dest / f".partial-{target.name}-{os.getpid()}"
+    try:
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{uri}: no such object or prefix")
+        if fs.isdir(path):
+            partial.mkdir()
+            for remote in fs.find(path):  # every object under the prefix, keeping relative paths
+                local = partial / Path(remote).relative_to(path.rstrip("/"))
+                local.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(remote, str(local))
+        else:
+            fs.get_file(path, str(partial))
+        os.rename(partial, target)
+    except OSError as e:
+        raise OSError(f"{uri}: cannot fetch ({e})") from e
+    except Exception as e:  # botocore/aiohttp errors that s3fs does not translate (e.g. no endpoint)
+        raise OSError(f"{uri}: cannot fetch ({type(e).__name__}: {e})") from e
+    finally:
+        if partial.exists():
+            import shutil
+
+            shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
     return target
