@@ -61,6 +61,7 @@ class FineTuneJobSpec:
     golden_dataset_uri: str | None
     mix_uri: str | None
     token_secret: SecretKeyRef | None
+    env_from: list[dict[str, Any]]  # core/v1 EnvFromSource entries, e.g. S3 credentials from a Secret
     resources: PodResources
     image: str | None
     service_account_name: str | None
@@ -82,6 +83,7 @@ class FineTuneJobSpec:
             golden_dataset_uri=(spec.get("evaluation") or {}).get("goldenDatasetUri"),
             mix_uri=((spec.get("dataset") or {}).get("mix") or {}).get("uri"),
             token_secret=SecretKeyRef(secret["name"], secret.get("key", "token")) if secret else None,
+            env_from=list(spec.get("envFrom") or []),
             resources=PodResources.from_dict(spec.get("resources")),
             image=spec.get("image"),
             service_account_name=spec.get("serviceAccountName"),

@@ -104,6 +104,11 @@ BAD_FINETUNEJOBS = [
         "processesPerNode cannot exceed resources.gpus",
     ),
     ("unknown strategy", {"training": {"distributed": {"strategy": "zero3"}}}, 'Unsupported value: "zero3"'),
+    (
+        "envFrom with both refs",
+        {"envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]},
+        "each envFrom entry needs exactly one of secretRef or configMapRef",
+    ),
 ]
 
 
@@ -128,6 +133,7 @@ def test_table_is_big_enough():
         {"baseModel": {"name": None, "uri": "s3://bucket/llama"}, "schedule": "0 3 * * 1"},
         {"resources": {"gpus": 8}, "training": {"distributed": {"strategy": "fsdp", "processesPerNode": 8}}},
         {"resources": {"gpus": 0}, "training": {"distributed": {"processesPerNode": 2}}},
+        {"envFrom": [{"secretRef": {"name": "s3-keys"}}, {"configMapRef": {"name": "s3"}, "prefix": "S3_"}]},
     ],
 )
 def test_good_finetunejob_accepted_with_defaults(k8s, patch):

@@ -115,6 +115,13 @@ def test_token_secret_by_reference_only(ftj):
     assert "tok" not in yaml.safe_dump(container(job)["command"])
 
 
+def test_env_from_secrets_by_reference(ftj):
+    assert "envFrom" not in container(build_trainer_job(ftj, 1, SETTINGS))
+    refs = [{"secretRef": {"name": "s3-keys"}}, {"configMapRef": {"name": "s3-endpoint"}, "prefix": "X_"}]
+    ftj["spec"]["envFrom"] = refs
+    assert container(build_trainer_job(ftj, 1, SETTINGS))["envFrom"] == refs
+
+
 def test_env_tells_trainer_who_it_is(ftj):
     e = env(build_trainer_job(ftj, 7, SETTINGS))
     assert e["KUBETUNE_FINETUNEJOB_NAME"] == "support-bot"

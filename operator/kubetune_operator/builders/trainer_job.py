@@ -56,6 +56,8 @@ def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings)
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "kubetune_trainer", "train", "--spec", f"{api.SPEC_MOUNT_DIR}/{api.SPEC_FILE}"],
         "env": _env(finetunejob, spec, run, settings),
+        # Secrets and ConfigMaps by reference (S3 keys, AWS_ENDPOINT_URL, proxies): never copied here.
+        **({"envFrom": spec.env_from} if spec.env_from else {}),
         "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
         "resources": container_resources(
             spec.resources.cpu, spec.resources.memory, spec.resources.gpus, spec.resources.gpu_resource_name
