@@ -7,8 +7,10 @@ import torch
 
 from kubetune_trainer import model as model_lib
 from kubetune_trainer import pipeline, splits
+from kubetune_trainer import train as train_lib
 from kubetune_trainer.cli import load_config
 from kubetune_trainer.config import TrainingConfig
+from kubetune_trainer.loss import mean_loss
 from kubetune_trainer.train import micro_batches, param_groups, train
 
 pytestmark = pytest.mark.slow
@@ -117,6 +119,21 @@ def test_early_stopping_stops_when_validation_stalls(write_spec, tmp_path):
     lm = model_lib.apply_method(lm, cfg)
     result = run_training(cfg, tok, data, lm, tmp_path)
     assert result.stopped_early and result.steps == 3  # best at step 1, no improvement at 2 and 3
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_evaluation(write_spec, tmp_path):
+    # A learning rate this large overshoots after a first gain: validation loss goes up again.
+    training = {"maxSteps": 40, "learningRate": 0.2, "evalSteps": 1, "scheduler": "constant", "warmupRatio": 0.0}
+    spec = write_spec({"training": {**training, "earlyStopping": {"patience": 3}}, "lora": {"dropout": 0.0}})
+    cfg, tok, data, lm = prepare(spec, tmp_path)
+    lm = model_lib.apply_method(lm, cfg)
+    result = run_training(cfg, tok, data, lm, tmp_path)
+    evals = [h["evalLoss"] for h in result.history if h["evalLoss"] is not None]
+    assert result.stopped_early and result.best_step is not None and result.best_step < result.steps, evals
+    assert evals[-1] > result.best_eval_loss  # the stop point is worse than the best ...
+    autocast = train_lib.autocast_factory("cpu", torch.float32)
+    now = mean_loss(lm, data.validation, cfg.training.batch_size, tok.pad_token_id, "cpu", autocast)
+    assert now == pytest.approx(result.best_eval_loss, rel=1e-6)  # ... and the model holds the best
 
 
 def test_gradient_accumulation_weights_tokens_like_a_bigger_batch(write_spec, tmp_path):

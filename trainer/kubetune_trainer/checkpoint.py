@@ -27,17 +27,71 @@ def capture(model: Any, optimizer: Any, is_main: bool = True) -> dict[str, Any] 
     """
     from kubetune_trainer import distributed
 
+    trainable = trainable_weights(model, is_main)
     if distributed.is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        trainable = distributed.full_state_dict(model)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         optim = get_optimizer_state_dict(model, optimizer, options=options)
         return {"trainable": trainable, "optimizer": optim, "optimizerKeys": "names"} if is_main else None
     if not is_main:
         return None
-    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
     return {"trainable": trainable, "optimizer": optimizer.state_dict(), "optimizerKeys": "indices"}
+
+
+def trainable_weights(model: Any, is_main: bool = True) -> dict[str, torch.Tensor] | None:
+    """Whole trainable tensors on CPU, by parameter name, on rank 0 (a collective under FSDP)."""
+    from kubetune_trainer import distributed
+
+    if distributed.is_sharded(model):
+        gathered = distributed.full_state_dict(model)
+        return gathered if is_main else None
+    if not is_main:
+        return None
+    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_weights(model: Any, weights: dict[str, torch.Tensor]) -> None:
+    """Load whole tensors into the model; under FSDP every rank passes them and keeps its own shard."""
+    from kubetune_trainer import distributed
+
+    if distributed.is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def save_best(ckpt_dir: Path, weights: dict[str, torch.Tensor], step: int, eval_loss: float) -> Path:
+    """The trainable weights of the best evaluation so far, in ``best/``, replaced atomically."""
+    final = ckpt_dir / "best"
+    tmp = ckpt_dir / f".tmp-best-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(weights, tmp / "trainable.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "evalLoss": eval_loss}))
+    _fsync_dir(tmp)
+    old = ckpt_dir / f".old-best-{os.getpid()}"
+    if final.exists():
+        os.rename(final, old)  # two renames: a crash leaves either the old best or the new, never half
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_best(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(weights, {"step", "evalLoss"}) of the best evaluation, or None when none was saved."""
+    path = ckpt_dir / "best"
+    if not (path / "state.json").exists():  # a crash between save_best's two renames: the old one
+        path = next((p for p in sorted(ckpt_dir.glob(".old-best-*")) if (p / "state.json").exists()), path)
+    if not (path / "state.json").exists():
+        return None
+    weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+    return weights, json.loads((path / "state.json").read_text())
 
 
 def save(ckpt_dir: Path, step: int, captured: dict[str, Any], scheduler: Any, state: dict[str, Any]) -> Path:
@@ -85,7 +139,7 @@ def complete(ckpt_dir: Path) -> list[Path]:
 
 def load_latest(ckpt_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any] | None:
     """Restore the newest complete checkpoint into the given objects; return its state (None if none)."""
-    for leftover in ckpt_dir.glob(".tmp-step-*") if ckpt_dir.is_dir() else []:
+    for leftover in ckpt_dir.glob(".tmp-*") if ckpt_dir.is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)
     found = complete(ckpt_dir)
     if not found:
@@ -98,24 +152,17 @@ def load_latest(ckpt_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> d
     from kubetune_trainer import distributed
 
     if distributed.is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         if keys != "names":
             raise RuntimeError(f"{path} was written by a run without fsdp; resume it with the same strategy")
-        options = StateDictOptions(full_state_dict=True, strict=False)  # every rank shards its own copy
-        set_model_state_dict(model, trainable, options=options)
+        restore_weights(model, trainable)
+        options = StateDictOptions(full_state_dict=True)  # every rank shards its own copy
         set_optimizer_state_dict(model, optimizer, opt["optimizer"], options=options)
     else:
         if keys != "indices":
             raise RuntimeError(f"{path} was written by an fsdp run; resume it with strategy fsdp")
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in trainable.items():
-                params[name].copy_(value)
+        restore_weights(model, trainable)
         optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     torch.set_rng_state(opt["rng"])

@@ -150,7 +150,7 @@ class TrainingConfig:
     precision: str = _f("auto", "auto | bf16 | fp16 | fp32.", choices=("auto", "bf16", "fp16", "fp32"))
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     early_stopping: EarlyStoppingConfig = _sub(
-        EarlyStoppingConfig, "Stop when validation loss stalls (the weights at the stop are exported)."
+        EarlyStoppingConfig, "Stop when validation loss stalls; the weights of the best evaluation are exported."
     )
     seed: int = _f(42, "Seed for initialisation, dropout and batch order.")
     prompt_loss: bool = _f(False, "Also learn to predict the prompt tokens.")

@@ -161,6 +161,7 @@ def model_card(
             "finalTrainLoss": result.train_loss,
             "bestEvalLoss": result.best_eval_loss,
             "stoppedEarly": result.stopped_early,
+            "weightsFromStep": result.best_step or result.steps,
             "resumedFrom": result.resumed_from,
         },
         "metrics": {"base": base_metrics, "tuned": metrics},

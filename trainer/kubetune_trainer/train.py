@@ -49,6 +49,7 @@ class TrainResult:
     stopped_early: bool
     resumed_from: str | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_step: int | None = None  # with early stopping: the step whose weights are the result
 
 
 def cpu_supports_bf16() -> bool:
@@ -185,6 +186,9 @@ def train(
     def snapshot() -> dict[str, Any]:
         return {"bestEvalLoss": best, "badEvals": bad_evals, "history": history}
 
+    # With early stopping the weights of the best evaluation are the result (as with HF's
+    # load_best_model_at_end), not those of the last, worse, evaluations before the stop.
+    keep_best = cfg.early_stopping.patience > 0 and bool(val_rows)
     model.train()
     stopped_early, eval_loss = False, None
     window_loss, window_tokens, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
@@ -226,6 +230,10 @@ def train(
                 if eval_loss is not None:
                     if best is None or eval_loss < best - cfg.early_stopping.min_delta:
                         best, bad_evals = eval_loss, 0
+                        if keep_best:  # all ranks: gathering the weights is a collective under fsdp
+                            weights = checkpoint.trainable_weights(model, world.is_main)
+                            if weights is not None:
+                                checkpoint.save_best(ckpt_dir, weights, step, eval_loss)
                     else:
                         bad_evals += 1
                     patience = cfg.early_stopping.patience
@@ -264,4 +272,14 @@ def train(
             if stopped_early:
                 log.info("early stopping at step %d: no validation improvement in %d evaluations", step, bad_evals)
                 break
-    return TrainResult(step, last_loss, best, stopped_early, state.get("path"), history)
+    best_step = None
+    if keep_best:
+        distributed.barrier(world)  # rank 0 has written best/ before anyone reads it
+        saved_best = checkpoint.load_best(ckpt_dir)
+        if saved_best is not None:
+            weights, meta = saved_best
+            best_step = meta["step"]
+            if best_step != step:
+                checkpoint.restore_weights(model, weights)
+                log.info("restored the weights of step %d (best eval loss %.4f)", best_step, meta["evalLoss"])
+    return TrainResult(step, last_loss, best, stopped_early, state.get("path"), history, best_step)
