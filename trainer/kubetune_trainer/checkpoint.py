@@ -51,7 +51,7 @@ def trainable_weights(model: Any, is_main: bool = True) -> dict[str, torch.Tenso
     return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def restore_weights(model: Any, weights: dict[str, torch.Tensor]) -> None:
+def restore_weights(model: Any, weights: dict[str, Any]) -> None:
     """Load whole tensors into the model; under FSDP every rank passes them and keeps its own shard."""
     from kubetune_trainer import distributed
 
