@@ -186,3 +186,34 @@ def test_packing_packs_rows_only_for_flash_attention(write_spec, tmp_path, monke
     on_gpu = pipeline.tokenize_splits(prepared, cfg, tok, device="cuda")
     assert all("position_ids" in r for r in on_gpu.train) and len(on_gpu.train) < len(on_cpu.train)
     assert sum(len(r["input_ids"]) for r in on_gpu.train) == sum(len(r["input_ids"]) for r in on_cpu.train)
+
+
+def test_token_ids_are_cached_next_to_the_splits(write_spec, tmp_path, monkeypatch):
+    cfg = load_config(str(write_spec()))
+    prepared = splits.prepare(cfg, tmp_path)
+    tok = model_lib.load_tokenizer(model_lib.resolve_model_source(cfg), cfg)
+    first = pipeline.tokenize_splits(prepared, cfg, tok, device="cpu", cache_dir=tmp_path / "data")
+    assert len(list((tmp_path / "data").glob("tokenized-*.json"))) == 1
+
+    def no_tokenizing(*_args, **_kwargs):
+        raise AssertionError("tokenised again although the cache holds these ids")
+
+    real_tokenize_pair = pipeline.tokenize_pair
+    monkeypatch.setattr(pipeline, "tokenize_pair", no_tokenizing)
+    again = pipeline.tokenize_splits(prepared, cfg, tok, device="cpu", cache_dir=tmp_path / "data")
+    assert (again.train, again.validation, again.test, again.dropped) == (
+        first.train,
+        first.validation,
+        first.test,
+        first.dropped,
+    )
+    # Anything that changes ids or labels (here: learning the prompt too) is a different cache entry.
+    monkeypatch.setattr(pipeline, "tokenize_pair", real_tokenize_pair)
+    cfg.training.prompt_loss = True
+    with_prompt = pipeline.tokenize_splits(prepared, cfg, tok, device="cpu", cache_dir=tmp_path / "data")
+    assert len(list((tmp_path / "data").glob("tokenized-*.json"))) == 2
+
+    def targets(rows):
+        return sum(label != -100 for r in rows for label in r["labels"])
+
+    assert targets(with_prompt.train) > targets(first.train)

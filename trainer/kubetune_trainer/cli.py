@@ -78,7 +78,12 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     device = distributed.device_for(world)
     source = model.resolve_model_source(cfg)
     tokenizer = model.load_tokenizer(source, cfg)
-    data = pipeline.tokenize_splits(prepared, cfg, tokenizer)
+    # Token ids are cached next to the splits: rank 0 writes them, the other ranks and retries read them.
+    if not main_rank:
+        distributed.barrier(world)
+    data = pipeline.tokenize_splits(prepared, cfg, tokenizer, cache_dir=out_dir / "data")
+    if main_rank:
+        distributed.barrier(world)
     lm = model.load_model(source, cfg, device, pipeline.storage_dtype(cfg, device))
     base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, prompt_learning=False)
     torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,25 +35,18 @@ class TokenizedData:
     dropped: int  # examples where not even one response token fit in maxSeqLength
 
 
-def tokenize_splits(prepared: PreparedData, cfg: JobConfig, tokenizer: Any, device: str | None = None) -> TokenizedData:
-    """``device`` (default: the one this process trains on) decides how packing lays out the rows."""
+def tokenize_splits(
+    prepared: PreparedData, cfg: JobConfig, tokenizer: Any, device: str | None = None, cache_dir: Path | None = None
+) -> TokenizedData:
+    """``device`` (default: the one this process trains on) decides how packing lays out the rows.
+
+    With ``cache_dir`` the token ids are written there once (next to the splits) and read back by a
+    resumed run or the other torchrun ranks, keyed by everything that decides them.
+    """
     d, t = cfg.dataset, cfg.training
     device = device or distributed.device_for(distributed.World())
-    dropped = 0
-
-    def tokenize(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, list[int]]]:
-        nonlocal dropped
-        out = []
-        for row in rows:
-            prompt, response = to_pair(row, fmt, d.fields, tokenizer)
-            ex = tokenize_pair(prompt, response, tokenizer, t.max_seq_length, t.prompt_loss or fmt == "text")
-            if ex is None:
-                dropped += 1
-            else:
-                out.append(ex)
-        return out
-
-    train = tokenize(prepared.splits["train"], d.format)
+    examples = _tokenized_examples(prepared, cfg, tokenizer, cache_dir)
+    train, dropped = examples["train"], examples["dropped"]
     if not train:
         from kubetune_trainer.sources import DataError
 
@@ -68,13 +64,58 @@ def tokenize_splits(prepared: PreparedData, cfg: JobConfig, tokenizer: Any, devi
         (prepared.golden, "instruction") if prepared.golden else (prepared.splits["test"], d.format)
     )
     golden = [] if golden_fmt == "text" else [to_pair(r, golden_fmt, d.fields, tokenizer) for r in golden_rows]
-    return TokenizedData(
-        train,
-        tokenize(prepared.splits["validation"], d.format),
-        tokenize(prepared.splits["test"], d.format),
-        golden,
-        dropped,
-    )
+    return TokenizedData(train, examples["validation"], examples["test"], golden, dropped)
+
+
+def tokenization_key(prepared: PreparedData, cfg: JobConfig, tokenizer: Any) -> str:
+    """A digest of what decides the token ids: split rows, tokenizer, template, length and loss settings."""
+    d, t = cfg.dataset, cfg.training
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h = hashlib.sha256()
+    for part in (
+        json.dumps({k: prepared.splits[k] for k in ("train", "validation", "test")}, sort_keys=True, default=str),
+        backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True),
+        str(getattr(tokenizer, "chat_template", None)),
+        json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, d.format, to_dict(d.fields)]),
+        json.dumps([t.max_seq_length, t.prompt_loss]),
+    ):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _tokenized_examples(
+    prepared: PreparedData, cfg: JobConfig, tokenizer: Any, cache_dir: Path | None
+) -> dict[str, Any]:
+    """{"train", "validation", "test": examples, "dropped": count}, from the cache when it has them."""
+    d, t = cfg.dataset, cfg.training
+    path = cache_dir / f"tokenized-{tokenization_key(prepared, cfg, tokenizer)}.json" if cache_dir else None
+    if path is not None and path.exists():
+        log.info("token ids from %s", path)
+        cached: dict[str, Any] = json.loads(path.read_text())
+        return cached
+    dropped = 0
+
+    def tokenize(rows: list[dict[str, Any]]) -> list[dict[str, list[int]]]:
+        nonlocal dropped
+        out = []
+        for row in rows:
+            prompt, response = to_pair(row, d.format, d.fields, tokenizer)
+            ex = tokenize_pair(prompt, response, tokenizer, t.max_seq_length, t.prompt_loss or d.format == "text")
+            if ex is None:
+                dropped += 1
+            else:
+                out.append(ex)
+        return out
+
+    examples: dict[str, Any] = {k: tokenize(prepared.splits[k]) for k in ("train", "validation", "test")}
+    examples["dropped"] = dropped
+    if path is not None:  # compact (token ids), and renamed into place so no reader sees half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(examples, separators=(",", ":")))
+        os.replace(tmp, path)
+    return examples
 
 
 def storage_dtype(cfg: JobConfig, device: str) -> torch.dtype:
