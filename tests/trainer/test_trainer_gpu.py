@@ -51,3 +51,23 @@ def test_flash_attention_packing_matches_examples_alone(tiny_model_dir):
     order = sorted(range(len(ex)), key=lambda i: -len(ex[i]["input_ids"]))
     alone = torch.cat([losses([ex[i]]) for i in order])
     torch.testing.assert_close(losses(pack(ex, 256)), alone, atol=2e-2, rtol=2e-2)  # bf16 kernels
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_one_process_per_gpu_with_nccl(write_spec, tmp_path, strategy):
+    """No processesPerNode: the trainer counts the GPUs and relaunches itself under torchrun."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = write_spec({"training": {"precision": "bf16", "maxSteps": 4, "distributed": {"strategy": strategy}}})
+    env = dict(os.environ, KUBETUNE_METRICS_PORT="0", PYTHONPATH=str(repo / "trainer"))
+    cmd = [sys.executable, "-m", "kubetune_trainer", "train", "--spec", str(spec), "--output", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert result["phase"] == "Succeeded" and result["worldSize"] == torch.cuda.device_count()
