@@ -188,6 +188,7 @@ class LocalExecutor:
         root = self.workdir / ns / name
         mounts = self._materialise_volumes(pod, container, root)
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_PVC_ROOT": str(self.pvc_root)}
+        env.update(self._env_from(ns, container))  # as the kubelet does: envFrom first, env overrides it
         for var in container.env or []:
             env[var.name] = self._env_value(ns, var)
         env["KUBETUNE_PVC_ROOT"] = str(self.pvc_root)  # claims live in local folders here
@@ -288,6 +289,27 @@ class LocalExecutor:
             ],
         }
         self.core.patch_namespaced_pod_status(name, ns, {"status": status})
+
+    def _env_from(self, ns: str, container: Any) -> dict[str, str]:
+        """Every key of the Secrets / ConfigMaps named in envFrom, with its prefix (optional ones may be absent)."""
+        import base64
+
+        out: dict[str, str] = {}
+        for source in container.env_from or []:
+            try:
+                if source.secret_ref is not None:
+                    ref = source.secret_ref
+                    data = self.core.read_namespaced_secret(ref.name, ns).data or {}
+                    values = {k: base64.b64decode(v).decode() for k, v in data.items()}
+                else:
+                    ref = source.config_map_ref
+                    values = dict(self.core.read_namespaced_config_map(ref.name, ns).data or {})
+            except ApiException as e:
+                if e.status == 404 and ref.optional:
+                    continue
+                raise
+            out.update({f"{source.prefix or ''}{k}": v for k, v in values.items()})
+        return out
 
     def _env_value(self, ns: str, var: Any) -> str:
         if var.value is not None:
