@@ -255,7 +255,8 @@ def test_cron_schedule_starts_new_runs(k8s, operator):
 
     status = wait_for(run_two, 80, "run 2")
     assert status["lastScheduleTime"]
-    assert any(e.reason == "Scheduled" for e in k8s.events_for("nightly"))
+    # The event is posted right after the status patch that starts the run, so it may trail it.
+    wait_for(lambda: any(e.reason == "Scheduled" for e in k8s.events_for("nightly")), 15, "a Scheduled event")
     wait_for(phase_is(k8s, "nightly", "Succeeded"), 60, "run 2 Succeeded")
     assert k8s.get_ftj("nightly")["metadata"]["generation"] == 1
 
