@@ -185,7 +185,8 @@ def test_slow_canary_is_rolled_back_at_the_first_step(k8s, operator, executor, p
         and failed[0]["threshold"] == "<= 2"
     )
     assert k8s.deployment("slow-canary").spec.replicas == 0
-    assert any(e.reason == "RolledBack" for e in k8s.events_for("slow"))
+    # Posted right after the status patch, so it may trail the status this test just read.
+    wait_for(lambda: any(e.reason == "RolledBack" for e in k8s.events_for("slow")), 15, "a RolledBack event")
 
 
 def test_canary_without_traffic_pauses_and_never_promotes(k8s, operator, executor, prometheus, models):
