@@ -2,7 +2,6 @@ import csv
 import doctest
 import importlib
 import json
-import os
 
 import pytest
 
@@ -61,11 +60,6 @@ def test_hf_uri_uses_a_local_dataset_repo(tmp_path, monkeypatch):
     (repo / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     monkeypatch.setenv("KUBETUNE_HF_ROOT", str(tmp_path))
     assert load_rows("hf://acme/glossary") == ROWS
-
-
-@pytest.mark.skipif(not os.environ.get("KUBETUNE_TEST_S3_URI"), reason="set KUBETUNE_TEST_S3_URI to an s3:// jsonl")
-def test_s3_via_fsspec():
-    assert load_rows(os.environ["KUBETUNE_TEST_S3_URI"])
 
 
 def test_unreadable_and_missing_files_name_the_location(tmp_path):
