@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.support.controlplane import ControlPlane, free_port
+from tests.support.controlplane import ControlPlane
+from tests.support.processes import free_port
 
 GROUP, VERSION = "kubetune.io", "v1alpha1"
 

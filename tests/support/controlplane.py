@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from tests.support.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KWOK_STAGES = Path(__file__).with_name("kwok") / "stages.yaml"
@@ -46,12 +47,6 @@ def asset_dir() -> Path:
     if proc.returncode != 0:
         raise ControlPlaneError(f"building the control plane failed:\n{proc.stderr[-4000:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _openssl(*args: str, cwd: Path) -> None:

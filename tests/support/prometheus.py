@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.support.processes import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO / "hack" / "install-prometheus.sh"
@@ -63,12 +64,6 @@ def prometheus_binary_or_skip() -> Path:
         return find_prometheus()
     except PrometheusError as e:
         pytest.skip(f"no Prometheus binary: {e}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(targets_file: Path, scrape_interval: str = "1s") -> dict[str, Any]:
@@ -143,13 +138,8 @@ class PrometheusServer:
         raise PrometheusError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 15) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
         self.proc = None
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -11,7 +11,6 @@ and so s3fs, reads them).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -19,11 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.processes import free_port, stop_process
 
 
 class S3Server:
@@ -54,13 +49,8 @@ class S3Server:
         raise RuntimeError("moto server did not answer within 60 s")
 
     def __exit__(self, *_: Any) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop_process(self._proc, timeout=10)
 
     def client(self) -> Any:
         """An s3fs filesystem talking to this server (a fresh instance: no fsspec cache)."""
