@@ -18,6 +18,11 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
+def trainer_env() -> dict[str, str]:
+    """Trainer subprocesses: no metrics server, one thread per rank, this checkout's package."""
+    return dict(os.environ, KUBETUNE_METRICS_PORT="0", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "trainer"))
+
+
 def step_losses(text: str) -> list[float]:
     return [float(x) for x in re.findall(r"step \d+/\d+ epoch \S+ loss (\S+)", text)]
 
@@ -27,10 +32,9 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(write_spec, tmp_path
     ddp_spec = write_spec({"training": {**training, "gradientAccumulationSteps": 1}}, name="ddp.yaml")
     one_spec = write_spec({"training": {**training, "gradientAccumulationSteps": 2}}, name="one.yaml")
 
-    env = dict(os.environ, KUBETUNE_METRICS_PORT="0", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "trainer"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd += ["-m", "kubetune_trainer", "train", "--spec", str(ddp_spec), "--output", str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert result["phase"] == "Succeeded" and result["worldSize"] == 2 and result["steps"] == 4
@@ -49,9 +53,8 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(write_spec, tmp_path
 
 def trainer_cli(spec: Path, out: Path) -> subprocess.CompletedProcess[str]:
     """The pod's own command line: the trainer itself decides to relaunch under torchrun."""
-    env = dict(os.environ, KUBETUNE_METRICS_PORT="0", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "trainer"))
     cmd = [sys.executable, "-m", "kubetune_trainer", "train", "--spec", str(spec), "--output", str(out)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    return subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=400)
 
 
 def test_fsdp_relaunches_itself_shards_and_resumes_like_one_process(write_spec, tmp_path, caplog):

@@ -66,11 +66,12 @@ def write_merged(model: Any, tokenizer: Any, out_dir: Path) -> Path:
     return path
 
 
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write-then-rename, so a reader never sees half a file."""
+def write_json(path: Path, data: dict[str, Any], compact: bool = False) -> Path:
+    """Write-then-rename, so a reader never sees half a file. ``compact`` for bulk data (token ids)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    text = json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=1, default=str)
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
 

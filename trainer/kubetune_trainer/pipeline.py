@@ -15,7 +15,7 @@ import torch
 
 from kubetune_trainer import distributed, scoring
 from kubetune_trainer.config import JobConfig, to_dict
-from kubetune_trainer.export import library_versions
+from kubetune_trainer.export import library_versions, write_json
 from kubetune_trainer.formatting import to_pair
 from kubetune_trainer.loss import mean_loss
 from kubetune_trainer.model import attn_implementation, uses_prompt_learning
@@ -110,11 +110,8 @@ def _tokenized_examples(
 
     examples: dict[str, Any] = {k: tokenize(prepared.splits[k]) for k in ("train", "validation", "test")}
     examples["dropped"] = dropped
-    if path is not None:  # compact (token ids), and renamed into place so no reader sees half a file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(examples, separators=(",", ":")))
-        os.replace(tmp, path)
+    if path is not None:
+        write_json(path, examples, compact=True)
     return examples
 
 
