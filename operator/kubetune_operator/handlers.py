@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import api, metrics
+from kubetune_operator import api, metrics, specs
 from kubetune_operator.kube import Kube, load_credentials
 from kubetune_operator.reconcile import finetunejob, modeldeployment
 from kubetune_operator.settings import Settings
@@ -49,11 +49,37 @@ def stop_local_executor(**_: Any) -> None:
         executor.shutdown()
 
 
+@kopf.index(api.GROUP, api.VERSION, api.FINETUNEJOBS)
+def ftj_outputs(body: kopf.Body, **_: Any) -> dict[str, specs.OutputClaim] | None:
+    """Every FineTuneJob's output location: one FineTuneJob owns a location (see specs.output_owner)."""
+    claim = specs.output_claim(dict(body))
+    return {OUTPUTS: claim} if claim is not None else None
+
+
+OUTPUTS = "outputs"
+
+
 @kopf.on.resume(api.GROUP, api.VERSION, api.FINETUNEJOBS)
 @kopf.on.create(api.GROUP, api.VERSION, api.FINETUNEJOBS)
 @kopf.on.update(api.GROUP, api.VERSION, api.FINETUNEJOBS, field="spec")
-def reconcile_finetunejob(body: kopf.Body, **_: Any) -> None:
-    finetunejob.reconcile_spec(Kube(), _fresh(body), SETTINGS)
+def reconcile_finetunejob(body: kopf.Body, **kwargs: Any) -> None:
+    finetunejob.reconcile_spec(Kube(), _fresh(body), SETTINGS, _outputs(kwargs))
+
+
+def _outputs(kwargs: dict[str, Any]) -> list[specs.OutputClaim]:
+    # Kopf passes every index as a keyword named after its function (its handler protocols cannot say so).
+    index: kopf.Index[str, specs.OutputClaim] = kwargs["ftj_outputs"]
+    return list(index.get(OUTPUTS, []))
+
+
+def _waits_for_output(status: kopf.Status, **_: Any) -> bool:
+    return any(c.get("type") == "Failed" and c.get("reason") == "OutputInUse" for c in status.get("conditions") or [])
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.FINETUNEJOBS, interval=SETTINGS.schedule_check_seconds, when=_waits_for_output)
+def retry_when_output_is_free(body: kopf.Body, **kwargs: Any) -> None:
+    # Refused because another FineTuneJob owns the output: start once that one is deleted or moved.
+    finetunejob.reconcile_spec(Kube(), _fresh(body), SETTINGS, _outputs(kwargs))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_JOBS)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubetune_operator.conditions import set_condition
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
 TERMINAL = (SUCCEEDED, FAILED)
+# Within one run a phase only moves forward; Suspended sits beside the line (see `moves_forward`).
+RANK = {PENDING: 0, RUNNING: 1, SUCCEEDED: 2, FAILED: 2}
+# How a run's evaluation decides EvalPassed (FineTuneJobSpec.gate_mode): its gates, nothing, or an opt-out.
+GATED, NO_GATES, UNGATED = "gated", "noGates", "ungated"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,27 @@ def read_pod_blocker(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def moves_forward(current: str | None, new: str) -> bool:
+    """Whether news of phase `new` may replace `current` within the same run.
+
+    Pending -> Running -> Succeeded | Failed, never back: a late event must not undo newer news. A
+    finished run stays finished. Suspended is the one way back: suspending a live run and resuming a
+    suspended one (Suspended -> Pending -> Running) are both moves the user asked for.
+
+    >>> moves_forward("Running", "Pending"), moves_forward("Pending", "Running"), moves_forward("Failed", "Running")
+    (False, True, False)
+    >>> moves_forward("Running", "Suspended"), moves_forward("Suspended", "Pending")
+    (True, True)
+    """
+    if current is None or current == new:
+        return True
+    if current in TERMINAL:
+        return False
+    if SUSPENDED in (current, new):
+        return True
+    return RANK.get(new, 0) >= RANK.get(current, 0)
+
+
 def read_termination_result(pod: dict[str, Any]) -> dict[str, Any] | None:
     """The trainer's result JSON from its container's termination message, if it wrote one."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -88,10 +113,71 @@ def read_termination_result(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _terminated(pod: dict[str, Any]) -> dict[str, Any]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return {}
+
+
+def latest_result(pods: list[dict[str, Any]], job_uid: str) -> dict[str, Any] | None:
+    """What the last finished pod of the Job with `job_uid` said: its result JSON, or for a plain-text
+    termination message (a crash, a log tail) {"message": its last line}. Pods of other Jobs are ignored.
+
+    >>> pod = {"metadata": {"ownerReferences": [{"uid": "j1"}]},
+    ...        "status": {"containerStatuses": [{"state": {"terminated": {"message": "boom\\nOSError: disk"}}}]}}
+    >>> latest_result([pod], "j1"), latest_result([pod], "other")
+    ({'message': 'OSError: disk'}, None)
+    """
+    ours = [
+        p
+        for p in pods
+        if any(o.get("uid") == job_uid for o in (p.get("metadata") or {}).get("ownerReferences") or [])
+        and _terminated(p)
+    ]
+    ours.sort(key=lambda p: (str(_terminated(p).get("finishedAt") or ""), str(p["metadata"].get("creationTimestamp"))))
+    for pod in reversed(ours):
+        result = read_termination_result(pod)
+        if result is not None:
+            return result
+        lines = [line.strip() for line in str(_terminated(pod).get("message") or "").splitlines() if line.strip()]
+        if lines:
+            return {"message": lines[-1][:1000]}
+    return None
+
+
+def with_trainer_result(state: RunState, result: dict[str, Any] | None) -> RunState:
+    """A failed run says what the trainer said (its reason and message), not only why the Job gave up.
+
+    >>> failed = RunState(FAILED, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    >>> s = with_trainer_result(failed, {"phase": "Failed", "reason": "InvalidData", "message": "d.jsonl: no rows"})
+    >>> s.reason, s.message
+    ('InvalidData', 'd.jsonl: no rows (trainer Job: BackoffLimitExceeded)')
+    """
+    if state.phase != FAILED or not result or result.get("phase") == SUCCEEDED or not result.get("message"):
+        return state
+    return replace(
+        state,
+        reason=str(result.get("reason") or state.reason),
+        message=f"{result['message']} (trainer Job: {state.reason})",
+    )
+
+
 def status_for_run(
-    current: dict[str, Any], state: RunState, generation: int, now: str, result: dict[str, Any] | None = None
+    current: dict[str, Any],
+    state: RunState,
+    generation: int,
+    now: str,
+    result: dict[str, Any] | None = None,
+    gate_mode: str = GATED,
 ) -> dict[str, Any]:
-    """Status patch that mirrors `state` into the FineTuneJob, keeping conditions in shape."""
+    """Status patch that mirrors `state` into the FineTuneJob, keeping conditions in shape.
+
+    Empty when `state` is older news than the phase the status already shows (`moves_forward`).
+    """
+    if not moves_forward(current.get("phase"), state.phase):
+        return {}
     conditions = current.get("conditions") or []
     for type_, reason_when_false in (
         (RUNNING, "NotRunning"),
@@ -119,22 +205,35 @@ def status_for_run(
         patch["metrics"] = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, int | float)}
     if result.get("artifact"):
         patch["artifact"] = result["artifact"]
+    if isinstance(result.get("data"), dict):
+        patch["data"] = {k: int(v) for k, v in result["data"].items() if isinstance(v, int) and not isinstance(v, bool)}
     eval_passed = result.get("evalPassed", current.get("evalPassed"))
     if state.phase == SUCCEEDED:
-        if eval_passed is None:
-            conditions = set_condition(
-                conditions, "EvalPassed", None, "NotEvaluated", "no evaluation gates result", generation, now
-            )
-        else:
-            conditions = set_condition(
-                conditions,
-                "EvalPassed",
-                bool(eval_passed),
-                "GatesPassed" if eval_passed else "GatesFailed",
-                "evaluation gates passed" if eval_passed else "evaluation gates failed; see status.metrics",
-                generation,
-                now,
-            )
+        eval_passed, conditions = _eval_condition(conditions, gate_mode, eval_passed, generation, now)
         patch["evalPassed"] = eval_passed
     patch["conditions"] = conditions
     return patch
+
+
+NO_GATES_MESSAGE = (
+    "the run has no evaluation gates (spec.evaluation.gates), so nothing checked the model: it is not rolled "
+    "out; add gates, or set spec.evaluation.requireGates: false to allow an unevaluated model"
+)
+UNGATED_MESSAGE = "spec.evaluation.requireGates is false: the model was not evaluated against gates"
+
+
+def _eval_condition(
+    conditions: list[dict[str, Any]], gate_mode: str, eval_passed: Any, generation: int, now: str
+) -> tuple[bool | None, list[dict[str, Any]]]:
+    """EvalPassed is True only when gates were checked and passed, or the spec opted out explicitly."""
+    if gate_mode == NO_GATES:
+        return None, set_condition(conditions, "EvalPassed", None, "NoGates", NO_GATES_MESSAGE, generation, now)
+    if gate_mode == UNGATED:
+        return True, set_condition(conditions, "EvalPassed", True, "Ungated", UNGATED_MESSAGE, generation, now)
+    if eval_passed is None:
+        message = "the trainer reported no evaluation result"
+        return None, set_condition(conditions, "EvalPassed", None, "NotEvaluated", message, generation, now)
+    passed = bool(eval_passed)
+    message = "evaluation gates passed" if passed else "evaluation gates failed; see status.metrics"
+    reason = "GatesPassed" if passed else "GatesFailed"
+    return passed, set_condition(conditions, "EvalPassed", passed, reason, message, generation, now)

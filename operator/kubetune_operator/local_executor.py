@@ -248,7 +248,8 @@ class LocalExecutor:
         if result is not None and result.exists():
             data = json.loads(result.read_text())
             # Like a kubelet's 4 KiB termination message: keep what the operator reads.
-            message = json.dumps({k: data[k] for k in ("phase", "metrics", "evalPassed", "artifact") if k in data})
+            keys = ("phase", "reason", "message", "metrics", "evalPassed", "artifact", "data")
+            message = json.dumps({k: data[k] for k in keys if k in data})
         if not message:
             message = run.log_path.read_text(errors="replace")[-1000:]
         pod = self.core.read_namespaced_pod(name, ns)

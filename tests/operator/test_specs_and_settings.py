@@ -20,7 +20,12 @@ def test_valid_minimal_spec(ftj):
     [
         ({"schedule": "61 * * * *"}, "spec.schedule"),
         ({"method": "qlora", "resources": {"gpus": 0}}, "set spec.resources.gpus >= 1"),
-        ({"output": {"uri": "pvc://data/support.jsonl"}}, "must not be the same location"),
+        ({"output": {"uri": "pvc://data/support.jsonl"}}, "overlaps spec.dataset.uri"),
+        # Compared after normalisation: a trailing slash or a doubled one is the same place.
+        ({"dataset": {"uri": "pvc://data/docs"}, "output": {"uri": "pvc://data/docs/"}}, "overlaps spec.dataset.uri"),
+        ({"dataset": {"uri": "/data/docs"}, "output": {"uri": "//data/./docs//runs"}}, "overlaps spec.dataset.uri"),
+        ({"output": {"uri": "pvc://data"}}, "overlaps spec.dataset.uri"),  # the dataset lies inside the output
+        ({"baseModel": {"uri": "s3://b/models/base"}, "output": {"uri": "s3://b/models/base/"}}, "spec.baseModel.uri"),
     ],
 )
 def test_operator_side_problems(ftj, patch, fragment):

@@ -67,8 +67,9 @@ def test_bad_data_fails_before_any_model_is_loaded(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert (
-        proc.stderr.strip().splitlines()[-1] == f"error: {data} row 2: field 'response' is missing (format instruction)"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {data} row 2: field 'response' is missing (format instruction; the row has 'prompt'): "
+        "name the right column in spec.dataset.fields"
     )
 
 
@@ -193,7 +194,11 @@ def test_success_reaches_the_termination_message_with_a_pvc_artifact_uri(write_s
     monkeypatch.setenv("KUBETUNE_OUTPUT_DIR", str(tmp_path / "pvc" / "artifacts" / "job" / "run-3"))
     assert main(["train", "--spec", str(write_spec({"training": {"maxSteps": 2}}))]) == 0
     message = json.loads(log.read_text())
-    assert message["phase"] == "Succeeded" and isinstance(message["evalPassed"], bool)
+    # BASE_SPEC has no gates: nothing checked the model, so it is not a pass (EvalPassed Unknown, NoGates).
+    assert message["phase"] == "Succeeded" and message["evalPassed"] is None
+    data = message["data"]  # the cleaning counts the operator puts into status.data
+    assert data["duplicatesDropped"] == 3 and data["train"] == 204
+    assert data["rowsKept"] == data["train"] + data["validation"] + data["test"]
     assert message["artifact"]["uri"] == "pvc://artifacts/job/run-3/artifact"
     assert message["artifact"]["digest"].startswith("sha256:")
     assert set(message["metrics"]) == {"evalLoss", "perplexity", "exactMatch"}

@@ -8,15 +8,53 @@ directory that the next attempt ignores and removes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 KEEP = 2  # older checkpoints are deleted; the newest two survive a crash during the next save
+OWNER_FILE = "owner.json"  # {"uid", "run"}: which FineTuneJob run wrote the checkpoints beside it
+log = logging.getLogger("kubetune_trainer")
+
+
+def claim(ckpt_dir: Path, uid: str | None, run: str) -> bool:
+    """Make `ckpt_dir` this run's before anything resumes from it; False when it held another's.
+
+    Checkpoints written by another FineTuneJob (a deleted one re-created under the same name and
+    output has a new uid) or another run, or by a trainer that did not mark its checkpoints, are never
+    resumed from: they are moved aside to ``checkpoints-foreign/`` (kept, not deleted) with a log line.
+    """
+    mine = {"uid": uid, "run": str(run)}
+    marker = ckpt_dir / OWNER_FILE
+    owner = json.loads(marker.read_text()) if marker.exists() else None
+    if owner == mine:
+        return True
+    foreign = owner is not None or (ckpt_dir.is_dir() and any(ckpt_dir.iterdir()))
+    if foreign:
+        aside = ckpt_dir.parent / "checkpoints-foreign" / f"{(owner or {}).get('uid') or 'unmarked'}-{time.time():.0f}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(ckpt_dir, aside)
+        log.warning(
+            "ignoring checkpoints in %s: written by FineTuneJob uid %s run %s, not by this one (uid %s run %s); "
+            "moved to %s, training starts from step 0",
+            ckpt_dir,
+            (owner or {}).get("uid", "unknown"),
+            (owner or {}).get("run", "unknown"),
+            uid,
+            run,
+            aside,
+        )
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / f".{OWNER_FILE}.tmp"
+    tmp.write_text(json.dumps(mine))
+    os.replace(tmp, marker)
+    return not foreign
 
 
 def capture(model: Any, optimizer: Any, is_main: bool = True) -> dict[str, Any] | None:

@@ -52,7 +52,7 @@ def output_location(cfg: JobConfig, override: str | None) -> tuple[Path, str | N
 
 
 def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
-    from kubetune_trainer import distributed, model, pipeline, splits, train
+    from kubetune_trainer import checkpoint, distributed, model, pipeline, splits, train
     from kubetune_trainer.progress import Metrics, StatusReporter
 
     started = time.time()
@@ -70,6 +70,9 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
         distributed.barrier(world)
     prepared = splits.prepare(cfg, out_dir)
     if main_rank:
+        reporter.data(prepared.counts())
+        # Resume only from checkpoints this FineTuneJob's run wrote (a re-created one has a new uid).
+        checkpoint.claim(out_dir / "checkpoints", cfg.uid, os.environ.get("KUBETUNE_RUN", "0"))
         distributed.barrier(world)
 
     # 3. model: tokenizer first, so the data is tokenised once.
@@ -108,7 +111,12 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     samples: list[dict[str, str]] = []
     metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, model.uses_prompt_learning(cfg.method), samples)
     passed, reasons = pipeline.gates(metrics, cfg)
-    outcome: dict[str, Any] = {"phase": "Succeeded", "metrics": metrics, "evalPassed": passed}
+    outcome: dict[str, Any] = {
+        "phase": "Succeeded",
+        "metrics": metrics,
+        "evalPassed": passed,
+        "data": prepared.counts(),
+    }
     # Under fsdp the trained weights are sharded: gather them (every rank takes part) for rank 0 to save.
     gathered = distributed.full_state_dict(lm) if distributed.is_sharded(lm) else None
     if not main_rank:
@@ -177,14 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         run(spec, args.output)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        _record_failure(spec, args.output, str(e))
+        reason = "InvalidConfig" if isinstance(e, ConfigError) else "InvalidData"
+        _record_failure(spec, args.output, str(e), reason, getattr(e, "data", None))
         return 2
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         return 143
     except Exception as e:
         log.exception("training failed")
-        _record_failure(spec, args.output, f"{type(e).__name__}: {e}")
+        _record_failure(spec, args.output, f"{type(e).__name__}: {e}", "TrainerError")
         return 1
     return 0
 
@@ -210,11 +219,20 @@ def relaunch_under_torchrun(spec: str, argv: list[str]) -> None:
         distributed.launch(nproc, argv)
 
 
-def _record_failure(spec: str, output: str | None, message: str) -> None:
-    """Best effort: tell the operator (termination message) and leave a Failed result.json if we can."""
+def _record_failure(
+    spec: str, output: str | None, message: str, reason: str, data: dict[str, int] | None = None
+) -> None:
+    """Best effort: tell the operator (termination message) and leave a Failed result.json if we can.
+
+    ``reason`` (CamelCase: InvalidConfig, InvalidData, TrainerError) and ``message`` become the
+    FineTuneJob's Failed condition; ``data`` (the cleaning counts so far) its status.data.
+    """
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
-    failed = {"phase": "Failed", "message": message, "evalPassed": False, "metrics": {}}
+    failed: dict[str, Any] = {"phase": "Failed", "reason": reason, "message": message, "evalPassed": False}
+    failed["metrics"] = {}
+    if data:
+        failed["data"] = data
     export.write_termination_message(failed)
     with contextlib.suppress(Exception):  # the error itself is already on stderr; this is extra
         try:

@@ -70,6 +70,9 @@ class CleaningConfig:
     min_chars: int = _f(1, "Drop rows whose text is shorter than this.")
     max_chars: int | None = _f(None, "Drop rows whose text is longer than this.")
     drop_outliers: bool = _f(False, "Drop rows far longer than the rest (above Q3 + 3 IQR).")
+    max_row_bytes: int = _f(
+        8 << 20, "Drop (and count) rows longer than this many bytes, unread: a bound on memory per row."
+    )
 
 
 @dataclass
@@ -176,6 +179,9 @@ class EvaluationConfig:
     golden_dataset_uri: str | None = _f(None, "Instruction rows for exact match; the test split by default.")
     metrics: list[str] = _f(["perplexity", "exactMatch"], "Any of perplexity, exactMatch, contains.")
     gates: GatesConfig = _sub(GatesConfig, "Thresholds that decide evalPassed.")
+    require_gates: bool = _f(
+        True, "Without gates the run is not EvalPassed (NoGates); false passes an unevaluated model on purpose."
+    )
     max_new_tokens: int = _f(32, "Greedy generation budget per golden prompt.")
 
 
@@ -206,6 +212,7 @@ class JobConfig:
     output: OutputConfig = _sub(OutputConfig, "Where the artifact goes.")
     name: str = _f("local", "FineTuneJob metadata.name.")
     namespace: str | None = _f(None, "FineTuneJob metadata.namespace.")
+    uid: str | None = _f(None, "FineTuneJob metadata.uid: whose run this is (checkpoints carry it).")
 
 
 def camel(name: str) -> str:
@@ -290,6 +297,7 @@ def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobCon
     meta = obj.get("metadata") or {}
     cfg.name = str(meta.get("name") or "local")
     cfg.namespace = meta.get("namespace")
+    cfg.uid = meta.get("uid")
     # "lora section absent" and "lora: {}" both mean the defaults; alpha alone is ambiguous.
     lora_spec = spec.get("lora") or {}
     if "alpha" in lora_spec and "r" not in lora_spec:
@@ -313,6 +321,8 @@ def validate(cfg: JobConfig, present: set[str], cuda_available: bool | None = No
         raise ConfigError("spec.dataset.cleaning.minChars: must be >= 0")
     if c.max_chars is not None and c.max_chars < max(c.min_chars, 1):
         raise ConfigError("spec.dataset.cleaning.maxChars: must be >= minChars and >= 1")
+    if c.max_row_bytes < 1:
+        raise ConfigError("spec.dataset.cleaning.maxRowBytes: must be >= 1")
     if d.mix is not None:
         if d.mix.uri is None:
             raise ConfigError("spec.dataset.mix.uri: required when mix is set")

@@ -51,7 +51,11 @@ def validate_rows(rows: list[Row], fmt: str, fields: FieldsConfig, source: str) 
             if column not in row or row[column] is None:
                 if optional:
                     continue
-                raise DataError(f"{where}: field '{column}' is missing (format {fmt})")
+                has = ", ".join(repr(k) for k in sorted(row)) or "no fields"
+                raise DataError(
+                    f"{where}: field '{column}' is missing (format {fmt}; the row has {has}): "
+                    "name the right column in spec.dataset.fields"
+                )
             value = row[column]
             if fmt == "chat":
                 _validate_messages(value, f"{where}: field '{column}'")
@@ -167,6 +171,45 @@ def _dedup(rows: list[Row], columns: list[str], report: Counter[str]) -> list[Ro
         near.add(loose)
         out.append(row)
     return out
+
+
+# status.data: what reading and cleaning did to the rows, named for a reader of `kubectl get -o yaml`.
+STATUS_COUNTS = {
+    "oversized": "oversizedDropped",
+    "empty": "emptyDropped",
+    "tooShort": "tooShortDropped",
+    "tooLong": "tooLongDropped",
+    "duplicates": "duplicatesDropped",
+    "nearDuplicates": "nearDuplicatesDropped",
+    "outliers": "outliersDropped",
+}
+
+
+def status_counts(rows_read: int, cleaning: dict[str, int] | None, splits: dict[str, int] | None) -> dict[str, int]:
+    """The cleaning report as status.data (non-zero drops only; rowsKept once cleaning ran).
+
+    >>> status_counts(5, {"oversized": 1, "input": 4, "empty": 1, "duplicates": 0, "output": 3}, {"train": 3})
+    {'rowsRead': 5, 'oversizedDropped': 1, 'emptyDropped': 1, 'rowsKept': 3, 'train': 3}
+    """
+    out = {"rowsRead": rows_read}
+    for key, name in STATUS_COUNTS.items():
+        if (cleaning or {}).get(key):
+            out[name] = int((cleaning or {})[key])
+    if cleaning is not None and "output" in cleaning:
+        out["rowsKept"] = int(cleaning["output"])
+    out.update({k: int(v) for k, v in (splits or {}).items()})
+    return out
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """One line for error messages.
+
+    >>> describe_counts({"rowsRead": 4, "emptyDropped": 3, "duplicatesDropped": 1, "rowsKept": 0})
+    '4 rows read; dropped: 3 empty, 1 duplicates; 0 kept'
+    """
+    drops = [f"{v} {k.removesuffix('Dropped')}" for k, v in counts.items() if k.endswith("Dropped")]
+    kept = f"; {counts['rowsKept']} kept" if "rowsKept" in counts else ""
+    return f"{counts['rowsRead']} rows read" + (f"; dropped: {', '.join(drops)}" if drops else "") + kept
 
 
 def split_rows(rows: list[Row], cfg: SplitConfig) -> dict[str, list[Row]]:

@@ -109,13 +109,13 @@ def write_termination_message(result: dict[str, Any]) -> bool:
     path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG))
     if not path.exists():
         return False
-    keys = ("phase", "metrics", "evalPassed", "artifact", "message", "steps")
+    keys = ("phase", "reason", "metrics", "evalPassed", "artifact", "message", "data", "steps")
     summary = {k: result[k] for k in keys if k in result}
     if "message" in summary:
         summary["message"] = str(summary["message"])[:1000]
     text = json.dumps(summary, separators=(",", ":"), default=str)
     if len(text.encode()) > TERMINATION_LIMIT:  # absurdly many metrics: keep what decides the outcome
-        text = json.dumps({k: summary[k] for k in ("phase", "evalPassed", "artifact") if k in summary})
+        text = json.dumps({k: summary[k] for k in ("phase", "reason", "evalPassed", "artifact") if k in summary})
     try:
         path.write_text(text)
     except OSError:

@@ -161,8 +161,13 @@ def evaluate(
     return metrics
 
 
-def gates(metrics: dict[str, float], cfg: JobConfig) -> tuple[bool, list[str]]:
-    return scoring.apply_gates(metrics, cfg.evaluation.gates)
+def gates(metrics: dict[str, float], cfg: JobConfig) -> tuple[bool | None, list[str]]:
+    """(evalPassed, why not). None when the spec has no gates: nothing checked the model, so it is not
+    a pass (the operator shows EvalPassed Unknown, NoGates), unless ``evaluation.requireGates`` is false."""
+    g = cfg.evaluation.gates
+    if all(v is None for v in (g.max_perplexity, g.min_exact_match, g.max_eval_loss)):
+        return (None if cfg.evaluation.require_gates else True), []
+    return scoring.apply_gates(metrics, g)
 
 
 def model_card(
@@ -171,7 +176,7 @@ def model_card(
     base_metrics: dict[str, float],
     metrics: dict[str, float],
     result: TrainResult,
-    passed: bool,
+    passed: bool | None,
     started: float,
 ) -> dict[str, Any]:
     """Lineage: where the model and data came from, how it was trained, and how it scored."""

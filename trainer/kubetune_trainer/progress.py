@@ -101,8 +101,13 @@ class StatusReporter:
     def checkpoint(self, path: str) -> None:
         self.patch({"lastCheckpoint": path})
 
-    def final(self, metrics: dict[str, Any], eval_passed: bool, artifact: dict[str, str] | None = None) -> None:
-        log.info("evaluation %s: %s", "passed" if eval_passed else "FAILED", metrics)
+    def data(self, counts: dict[str, int]) -> None:
+        """The cleaning counts (status.data), as soon as the data is prepared."""
+        self.patch({"data": counts})
+
+    def final(self, metrics: dict[str, Any], eval_passed: bool | None, artifact: dict[str, str] | None = None) -> None:
+        verdict = "passed" if eval_passed else "not checked: no gates" if eval_passed is None else "FAILED"
+        log.info("evaluation %s: %s", verdict, metrics)
         self.patch({"metrics": metrics, "evalPassed": eval_passed, **({"artifact": artifact} if artifact else {})})
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from kubetune_trainer import data
 from kubetune_trainer.config import JobConfig, to_dict
-from kubetune_trainer.sources import DataError, load_rows
+from kubetune_trainer.sources import DataError, load_rows, read
 
 log = logging.getLogger("kubetune_trainer")
 SPLITS = ("train", "validation", "test")
@@ -28,11 +28,31 @@ class PreparedData:
     golden: list[dict[str, Any]] | None
     info: dict[str, Any]
 
+    def counts(self) -> dict[str, int]:
+        """status.data: rows read, dropped by reason, kept, and per split."""
+        cleaning = self.info["cleaning"]
+        read_ = int(cleaning["input"]) + int(cleaning.get("oversized", 0))
+        return data.status_counts(read_, cleaning, self.info["counts"])
+
 
 def prepare(cfg: JobConfig, out_dir: Path) -> PreparedData:
+    """Every DataError raised here carries the counts so far (``.data``), for status.data."""
     d = cfg.dataset
     assert d.uri is not None
-    raw = load_rows(d.uri)
+    loaded = read(d.uri, d.cleaning.max_row_bytes)
+    counts = data.status_counts(len(loaded.rows) + loaded.oversized, {"oversized": loaded.oversized}, None)
+    try:
+        return _prepare(cfg, out_dir, loaded.rows, loaded.oversized)
+    except DataError as e:
+        e.data = e.data or counts
+        raise
+
+
+def _prepare(cfg: JobConfig, out_dir: Path, raw: list[dict[str, Any]], oversized: int) -> PreparedData:
+    d = cfg.dataset
+    assert d.uri is not None
+    if oversized:
+        log.warning("%s: %d rows longer than maxRowBytes %d dropped", d.uri, oversized, d.cleaning.max_row_bytes)
     data.validate_rows(raw, d.format, d.fields, d.uri)
     sha = data.content_sha256(raw)
     columns = data.text_columns(d.format, d.fields)
@@ -46,11 +66,16 @@ def prepare(cfg: JobConfig, out_dir: Path) -> PreparedData:
         log.info("reusing the splits written by an earlier attempt in %s", data_dir)
     else:
         cleaned, report = data.clean_rows(raw, columns, d.cleaning)
+        report = {"oversized": oversized, **report}
+        counts = data.status_counts(len(raw) + oversized, report, None)
         if not cleaned:
-            raise DataError(f"{d.uri}: no rows left after cleaning ({report})")
-        splits = data.split_rows(cleaned, d.split)
+            raise DataError(f"{d.uri}: no rows left after cleaning ({data.describe_counts(counts)})", counts)
+        try:
+            splits = data.split_rows(cleaned, d.split)
+        except DataError as e:
+            raise DataError(f"{d.uri}: {e} ({data.describe_counts(counts)})", counts) from e
         if d.mix is not None and d.mix.uri:
-            general = load_rows(d.mix.uri)
+            general = load_rows(d.mix.uri, d.cleaning.max_row_bytes)
             data.validate_rows(general, "text", d.fields, d.mix.uri)
             general, _ = data.clean_rows(general, [d.fields.text], d.cleaning)
             splits["train"] = data.mix_in(splits["train"], general, d.mix.fraction, d.split.seed)
@@ -66,12 +91,16 @@ def prepare(cfg: JobConfig, out_dir: Path) -> PreparedData:
         for name in SPLITS:
             _write_jsonl(data_dir / f"{name}.jsonl", splits[name])
         info_path.write_text(json.dumps(info, indent=1))  # last, so its presence means "all written"
-    log.info("data: %s rows -> %s (cleaning %s)", info["cleaning"]["input"], info["counts"], info["cleaning"])
-    golden = None
+    prepared = PreparedData(splits, None, info)
+    log.info("data: %s", data.describe_counts(prepared.counts()))
     if cfg.evaluation.golden_dataset_uri:
-        golden = load_rows(cfg.evaluation.golden_dataset_uri)
-        data.validate_rows(golden, "instruction", d.fields, cfg.evaluation.golden_dataset_uri)
-    return PreparedData(splits, golden, info)
+        prepared.golden = load_rows(cfg.evaluation.golden_dataset_uri, d.cleaning.max_row_bytes)
+        try:
+            data.validate_rows(prepared.golden, "instruction", d.fields, cfg.evaluation.golden_dataset_uri)
+        except DataError as e:
+            e.data = prepared.counts()
+            raise
+    return prepared
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

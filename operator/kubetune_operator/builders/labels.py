@@ -5,15 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune_operator import api
+from kubetune_operator.builders.names import DNS_LABEL_MAX, short_digest
 
 
 def label_value(name: str) -> str:
-    """A name shortened to a valid label value (63 characters, alphanumeric at both ends).
+    """A name as a valid label value (63 characters at most), unique per name.
 
-    >>> label_value("a" * 62 + "-b")
-    'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
+    A name that fits is used as is; a longer one keeps its first characters and ends in a hash of the
+    whole name, so two names that share their first 63 characters still get different values.
+
+    >>> label_value("support")
+    'support'
+    >>> a, b = label_value("x" * 63 + "-a"), label_value("x" * 63 + "-b")
+    >>> len(a), a == b, a[-9:] == "-" + short_digest("x" * 63 + "-a")
+    (63, False, True)
     """
-    return name[:63].rstrip("-_.")
+    if len(name) <= DNS_LABEL_MAX:
+        return name
+    digest = short_digest(name)
+    return f"{name[: DNS_LABEL_MAX - len(digest) - 1].rstrip('-_.')}-{digest}"
 
 
 def child_labels(parent_name: str, component: str, extra: dict[str, str] | None = None) -> dict[str, str]:

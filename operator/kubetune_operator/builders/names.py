@@ -7,6 +7,11 @@ import hashlib
 DNS_LABEL_MAX = 63
 
 
+def short_digest(name: str) -> str:
+    """8 hex characters of sha256(name): what tells apart two long names cut to the same prefix."""
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
 def bounded(name: str, suffix: str, limit: int = DNS_LABEL_MAX) -> str:
     """`name-suffix`, shortened with a hash of the full name when it would exceed `limit`.
 
@@ -18,7 +23,7 @@ def bounded(name: str, suffix: str, limit: int = DNS_LABEL_MAX) -> str:
     full = f"{name}-{suffix}"
     if len(full) <= limit:
         return full
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    digest = short_digest(name)
     keep = limit - len(suffix) - len(digest) - 2
     return f"{name[:keep].rstrip('-')}-{digest}-{suffix}"
 

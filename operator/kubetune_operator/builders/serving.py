@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from kubetune_operator import api
-from kubetune_operator.builders.labels import child_labels, owner_reference
+from kubetune_operator.builders.labels import child_labels, label_value, owner_reference
 from kubetune_operator.builders.names import bounded
 from kubetune_operator.builders.resources import container_resources
 from kubetune_operator.builders.trainer_job import resolve_uri
@@ -25,7 +25,7 @@ def deployment_name(md: str, track: str) -> str:
 
 
 def track_selector(md: str, track: str) -> dict[str, str]:
-    return {api.LABEL_INSTANCE: md[:63].rstrip("-_."), api.LABEL_COMPONENT: COMPONENT, LABEL_TRACK: track}
+    return {api.LABEL_INSTANCE: label_value(md), api.LABEL_COMPONENT: COMPONENT, LABEL_TRACK: track}
 
 
 def canary_replicas(total: int, weight: int) -> int:

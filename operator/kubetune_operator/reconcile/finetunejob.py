@@ -14,19 +14,25 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_operator import api, job_state, metrics, specs
-from kubetune_operator.builders.labels import label_value
 from kubetune_operator.builders.names import trainer_job_name
-from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job, run_labels
+from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, now_iso
 from kubetune_operator.schedule import due_time, parse_time
 from kubetune_operator.settings import Settings
 
 log = logging.getLogger(__name__)
+# The Job controller labels a Job's pods with the Job's uid: a selector no other Job can match.
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
 
 
-def reconcile_spec(kube: Kube, ftj: dict[str, Any], settings: Settings) -> None:
-    """On create, spec change and operator start: make the current run match the spec."""
+def reconcile_spec(
+    kube: Kube, ftj: dict[str, Any], settings: Settings, outputs: list[specs.OutputClaim] | None = None
+) -> None:
+    """On create, spec change and operator start: make the current run match the spec.
+
+    `outputs`: every FineTuneJob's output location (the operator's index); a new run starts only when
+    this FineTuneJob owns its output, so two FineTuneJobs never write into the same place."""
     meta, status = ftj["metadata"], ftj.get("status") or {}
     generation = int(meta.get("generation", 1))
     spec = specs.FineTuneJobSpec.from_dict(ftj["spec"])
@@ -38,6 +44,10 @@ def reconcile_spec(kube: Kube, ftj: dict[str, Any], settings: Settings) -> None:
     spec_hash = specs.run_spec_hash(ftj["spec"])
     run = int(status.get("run") or 0)
     if run == 0 or status.get("runSpecHash") != spec_hash:
+        owner = _output_owner(ftj, outputs)
+        if owner is not None:
+            _mark_invalid(kube, ftj, _output_in_use(spec.output_uri, owner), generation, "OutputInUse")
+            return
         previous = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run)) if run else None
         if previous is not None and job_state.read_job(previous).phase not in job_state.TERMINAL:
             # The spec changed under a live run: it trains the wrong thing, so replace it.
@@ -72,7 +82,10 @@ def sync_from_job(kube: Kube, job: dict[str, Any]) -> None:
         return
     if (ftj.get("status") or {}).get("jobName") != job["metadata"]["name"]:
         return  # An older run's Job: its news no longer describes the FineTuneJob.
-    _mirror(kube, ftj, job)
+    # The event's body may be older than the Job now is (events queue up): mirror what is there.
+    fresh = kube.get_job(ns, job["metadata"]["name"])
+    if fresh is not None and fresh["metadata"].get("uid") == job["metadata"].get("uid"):
+        _mirror(kube, ftj, fresh)
 
 
 def sync_from_pod(kube: Kube, pod: dict[str, Any]) -> None:
@@ -83,10 +96,13 @@ def sync_from_pod(kube: Kube, pod: dict[str, Any]) -> None:
     if not job_name or job_state.read_pod_blocker(pod) is None:
         return
     job = kube.get_job(ns, job_name)
-    owners = ((job or {}).get("metadata") or {}).get("ownerReferences") or []
-    owner = next((o for o in owners if o.get("kind") == "FineTuneJob"), None)
+    if job is None or not _owned_by(pod, job["metadata"]["uid"]):
+        return
+    owner = next((o for o in job["metadata"].get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
     ftj = kube.get_custom(api.FINETUNEJOBS, ns, owner["name"]) if owner else None
-    if ftj is not None and (ftj.get("status") or {}).get("jobName") == job_name:
+    if ftj is None or owner is None or ftj["metadata"]["uid"] != owner["uid"]:
+        return
+    if (ftj.get("status") or {}).get("jobName") == job_name:
         explain_pending(kube, ftj, [pod])
 
 
@@ -98,11 +114,9 @@ def explain_pending(kube: Kube, ftj: dict[str, Any], pods: list[dict[str, Any]] 
     if status.get("phase") != job_state.PENDING or not run:
         return
     if pods is None:
-        selector = f"{api.LABEL_FINETUNEJOB}={label_value(meta['name'])},{api.LABEL_RUN}={run}"
-        pods = kube.list_pods(meta["namespace"], selector)
+        job = kube.get_job(meta["namespace"], status.get("jobName") or trainer_job_name(meta["name"], int(run)))
+        pods = _pods_of(kube, job) if job is not None else []
     for pod in pods:
-        if (pod["metadata"].get("labels") or {}).get(api.LABEL_RUN) != str(run):
-            continue
         blocker = job_state.read_pod_blocker(pod)
         if blocker is None:
             continue
@@ -181,6 +195,7 @@ def _start_run(
             "artifact": None,
             "evalPassed": None,
             "lastCheckpoint": None,
+            "data": None,
         }
     )
     patch.update(extra_status or {})
@@ -191,22 +206,47 @@ def _start_run(
 
 def _mirror(kube: Kube, ftj: dict[str, Any], job: dict[str, Any]) -> None:
     meta, status = ftj["metadata"], ftj.get("status") or {}
+    gate_mode = specs.FineTuneJobSpec.from_dict(ftj["spec"]).gate_mode
     state = job_state.read_job(job)
     result = None
     if state.phase in job_state.TERMINAL:
-        run = (job["metadata"].get("labels") or {}).get(api.LABEL_RUN, "")
-        selector = ",".join(f"{k}={v}" for k, v in run_labels(ftj, int(run or 0)).items() if k != api.LABEL_INSTANCE)
-        for pod in kube.list_pods(meta["namespace"], selector):
-            result = job_state.read_termination_result(pod) or result
+        # Success or failure, the trainer's own words are in its last pod's termination message.
+        result = job_state.latest_result(_pods_of(kube, job), job["metadata"]["uid"])
+        state = job_state.with_trainer_result(state, result)
     generation = int(meta.get("generation", 1))
-    patch = job_state.status_for_run(status, state, generation, now_iso(), result)
+    patch = job_state.status_for_run(status, state, generation, now_iso(), result, gate_mode)
     if _same(status, patch):
-        return
+        return  # nothing new, or older news than the status already shows
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
     if status.get("phase") != state.phase:
         metrics.RUN_TRANSITIONS.labels(meta["namespace"], state.phase).inc()
         kind = "Warning" if state.phase == job_state.FAILED else "Normal"
         kube.event(ftj, kind, state.reason, f"run {status.get('run')}: {state.message}")
+        if state.phase == job_state.SUCCEEDED and gate_mode == job_state.UNGATED:
+            kube.event(ftj, "Warning", "Ungated", f"run {status.get('run')}: {job_state.UNGATED_MESSAGE}")
+
+
+def _pods_of(kube: Kube, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Job's own pods: selected by its uid and checked against their owner, never by a name label."""
+    uid = job["metadata"]["uid"]
+    return [p for p in kube.list_pods(job["metadata"]["namespace"], f"{CONTROLLER_UID}={uid}") if _owned_by(p, uid)]
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(o.get("uid") == uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _output_owner(ftj: dict[str, Any], outputs: list[specs.OutputClaim] | None) -> specs.OutputClaim | None:
+    mine = specs.output_claim(ftj)
+    return None if mine is None else specs.output_owner(mine, outputs or [])
+
+
+def _output_in_use(uri: str, owner: specs.OutputClaim) -> str:
+    return (
+        f"spec.output.uri {uri!r} is already the output location of FineTuneJob {owner.namespace}/{owner.name} "
+        f"({owner.location}); two FineTuneJobs writing there would overwrite each other's runs: choose another "
+        "location (this FineTuneJob starts when the location is free)"
+    )
 
 
 def _mark_invalid(kube: Kube, ftj: dict[str, Any], message: str, generation: int, reason: str = "InvalidSpec") -> None:
