@@ -172,7 +172,8 @@ def output_claim(body: dict[str, Any]) -> OutputClaim | None:
 def output_owner(mine: OutputClaim, claims: list[OutputClaim]) -> OutputClaim | None:
     """The other FineTuneJob that owns an output overlapping `mine`, or None when `mine` may write.
 
-    A `pvc://` location is per namespace (claims are namespaced); s3:// and paths are global. Of
+    `pvc://` locations are per namespace (claims are namespaced), and so are absolute paths (each pod
+    has its own filesystem; only a node-local stand-in shares them); s3:// locations are global. Of
     several claimants the one that already started a run owns the location, then the oldest: the
     answer does not depend on the order in which the operator saw them.
     """
@@ -181,7 +182,7 @@ def output_owner(mine: OutputClaim, claims: list[OutputClaim]) -> OutputClaim | 
         return (not c.started, c.created, c.namespace, c.name)
 
     def same_place(c: OutputClaim) -> bool:
-        scoped = c.location.startswith("pvc:/")
+        scoped = c.location.startswith(("pvc:/", "/"))
         return overlaps(c.location, mine.location) and (not scoped or c.namespace == mine.namespace)
 
     rivals = [c for c in claims if c.uid != mine.uid and same_place(c)]

@@ -53,6 +53,8 @@ BAD_FINETUNEJOBS = [
     ("qlora without quantization", {"method": "qlora"}, "method qlora requires spec.quantization"),
     ("quantization without qlora", {"quantization": {"bits": 4}}, "spec.quantization is only valid with method qlora"),
     ("alpha without r", {"lora": {"alpha": 32}}, "lora.alpha requires lora.r"),
+    ("empty targetModules", {"lora": {"r": 8, "targetModules": []}}, "spec.lora.targetModules"),
+    ("zero maxRowBytes", {"dataset": {"cleaning": {"maxRowBytes": 0}}}, "spec.dataset.cleaning.maxRowBytes"),
     ("lora block on full", {"method": "full", "lora": {"r": 8}}, "spec.lora is only valid with method lora or qlora"),
     ("unknown method", {"method": "dpo"}, 'spec.method: Unsupported value: "dpo"'),
     ("negative gpus", {"resources": {"gpus": -1}}, "spec.resources.gpus: Invalid value: -1"),

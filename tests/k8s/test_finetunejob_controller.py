@@ -50,6 +50,7 @@ def test_finetunejob_runs_a_trainer_job_and_mirrors_success(k8s, operator):
         "support",
         spec(
             baseModel={"name": "org/tiny-llama", "tokenSecretRef": {"name": "hf"}},
+            evaluation={"gates": {"maxPerplexity": 10}},
             resources={
                 "gpus": 2,
                 "memory": "32Gi",
@@ -109,6 +110,9 @@ def test_failed_trainer_marks_the_finetunejob_failed(k8s, operator):
     status = wait_for(phase_is(k8s, "broken", "Failed"), 60, "phase Failed")
     failed = condition(status, "Failed")
     assert failed["status"] == "True" and failed["reason"] == "BackoffLimitExceeded"
+    # The pod's plain-text termination message is what the trainer said: it reaches the status.
+    assert failed["message"].startswith("config error: dataset is empty after cleaning"), failed
+    assert status["message"] == failed["message"]
     wait_for(lambda: any(e.type == "Warning" for e in k8s.events_for("broken")), 10, "a Warning event")
 
 
@@ -221,7 +225,7 @@ def test_operator_killed_at_random_moments_converges_without_duplicates(k8s, ope
     rng = random.Random(7)
     names = [f"crash-{i}" for i in range(6)]
     for i, name in enumerate(names):
-        k8s.create_ftj(name, spec(image=SUCCEED if i % 2 else HANG))
+        k8s.create_ftj(name, spec(image=SUCCEED if i % 2 else HANG, output={"uri": f"/models/{name}"}))
         if i % 2 == 0:
             # SIGKILL mid-flight: no chance to finish a handler, write status or clean up.
             time.sleep(rng.uniform(0.0, 1.5))

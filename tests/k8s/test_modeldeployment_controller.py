@@ -118,6 +118,7 @@ def test_finetunejob_runs_that_pass_evaluation_roll_out_and_failed_gates_do_not(
         "output": {"uri": "/models/out"},
         "image": "kubetune.test/trainer:kwok-succeed",
         "resources": {"gpus": 1},
+        "evaluation": {"gates": {"maxPerplexity": 10}},  # without gates a run is never rolled out
     }
     k8s.create_ftj("support", ftj)
     k8s.create_md("support-chat", md_spec(adapter={"fineTuneJobRef": {"name": "support"}}))

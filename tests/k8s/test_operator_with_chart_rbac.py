@@ -48,6 +48,7 @@ def test_operator_runs_on_the_charts_rbac(k8s, chart_operator):
             "dataset": {"uri": "/data/support.jsonl"},
             "output": {"uri": "/models/out"},
             "image": "kubetune.test/trainer:kwok-succeed",
+            "evaluation": {"gates": {"maxPerplexity": 10}},  # without gates a run is never rolled out
         },
     )
     status = wait_for(lambda: (k8s.get_ftj("rbac-ftj").get("status") or {}).get("phase") == "Succeeded"

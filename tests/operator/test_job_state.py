@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from kubetune_operator.conditions import get_condition, set_condition
 from kubetune_operator import job_state
+from kubetune_operator.conditions import get_condition, set_condition
 from kubetune_operator.job_state import read_job, read_termination_result, status_for_run
 
 

@@ -84,9 +84,10 @@ def test_a_started_finetunejob_keeps_its_output_over_an_older_newcomer():
     assert output_owner(running, [older, running]) is None
 
 
-def test_pvc_outputs_are_per_namespace_and_other_locations_are_global():
-    a, b = claim("a", "pvc://models/out", "t1", ns="one"), claim("b", "pvc://models/out", "t2", ns="two")
-    assert output_owner(b, [a, b]) is None
+def test_pvc_and_path_outputs_are_per_namespace_and_s3_outputs_are_global():
+    for uri in ("pvc://models/out", "/models/out"):
+        a, b = claim("a", uri, "t1", ns="one"), claim("b", uri, "t2", ns="two")
+        assert output_owner(b, [a, b]) is None
     a, b = claim("a", "s3://b/out", "t1", ns="one"), claim("b", "s3://b/out", "t2", ns="two")
     assert output_owner(b, [a, b]) == a
 

@@ -84,15 +84,23 @@ class _Context:
         gate = get_condition(st.get("conditions"), "EvalPassed")
         if st.get("phase") == "Succeeded" and artifact and gate and gate.get("status") == "True":
             return artifact, None
+        no_gates = gate is not None and gate.get("reason") == "NoGates"
         if st.get("phase") == "Succeeded" and artifact and self.status.get("skippedAdapterUri") != artifact:
-            # The closed loop's guard: a run that failed its evaluation gates is never rolled out.
+            # The closed loop's guard: a run that failed its evaluation gates, or had none, is never rolled out.
+            why = "has no evaluation gates" if no_gates else "did not pass evaluation"
             self.kube.event(
                 self.md,
                 "Warning",
-                "EvalGateFailed",
-                f"FineTuneJob {self.spec.adapter_ref} run {st.get('run')} did not pass evaluation: not rolled out",
+                "NoEvalGates" if no_gates else "EvalGateFailed",
+                f"FineTuneJob {self.spec.adapter_ref} run {st.get('run')} {why}: not rolled out",
             )
             self._patch({"skippedAdapterUri": artifact})
+        if no_gates:
+            return self._keep(
+                current,
+                f"waiting: FineTuneJob {self.spec.adapter_ref} run {st.get('run')} has no evaluation gates, so it "
+                "is not rolled out (set spec.evaluation.gates, or spec.evaluation.requireGates: false to opt out)",
+            )
         return self._keep(
             current, f"waiting for FineTuneJob {self.spec.adapter_ref} to produce an adapter that passes evaluation"
         )
