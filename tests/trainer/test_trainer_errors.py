@@ -139,3 +139,39 @@ def test_unmarked_checkpoints_are_not_trusted(tmp_path):
     (ckpt / "step-5").mkdir(parents=True)
     (ckpt / "step-5" / "state.json").write_text('{"step": 5}')
     assert checkpoint.claim(ckpt, "uid-1", "1") is False and checkpoint.complete(ckpt) == []
+
+
+@pytest.mark.slow
+def test_a_recreated_finetunejob_does_not_resume_from_the_old_ones_checkpoint(
+    write_spec, tmp_path, monkeypatch, caplog
+):
+    import yaml
+
+    from kubetune_trainer.cli import run
+
+    monkeypatch.setenv("KUBETUNE_RUN", "1")
+    spec_path = write_spec({"training": {"maxSteps": 4, "checkpointSteps": 2}})
+    obj = yaml.safe_load(spec_path.read_text())
+
+    def as_uid(uid: str) -> str:
+        obj["metadata"]["uid"] = uid  # what the operator's frozen spec ConfigMap carries
+        path = tmp_path / f"{uid}.yaml"
+        path.write_text(yaml.safe_dump(obj))
+        return str(path)
+
+    def resumed_from(out: Path) -> str | None:
+        return json.loads((out / "artifact" / "model_card.json").read_text())["training"]["resumedFrom"]
+
+    out = tmp_path / "support" / "run-1"  # the same name and output: the same run-1 directory
+    run(as_uid("uid-deleted"), str(out))
+    assert checkpoint.complete(out / "checkpoints")
+
+    caplog.set_level("WARNING", logger="kubetune_trainer")
+    outcome = run(as_uid("uid-recreated"), str(out))
+    assert resumed_from(out) is None and outcome["steps"] == 4  # trained its own steps from zero
+    assert "ignoring checkpoints" in caplog.text and "uid-deleted" in caplog.text
+    assert list((out / "checkpoints-foreign").iterdir())[0].name.startswith("uid-deleted-")
+
+    # A retry of the re-created FineTuneJob's own run does resume from its own checkpoint.
+    run(as_uid("uid-recreated"), str(out))
+    assert resumed_from(out) is not None and "step-4" in resumed_from(out)
