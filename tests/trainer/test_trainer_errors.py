@@ -170,7 +170,8 @@ def test_a_recreated_finetunejob_does_not_resume_from_the_old_ones_checkpoint(
     outcome = run(as_uid("uid-recreated"), str(out))
     assert resumed_from(out) is None and outcome["steps"] == 4  # trained its own steps from zero
     assert "ignoring checkpoints" in caplog.text and "uid-deleted" in caplog.text
-    assert list((out / "checkpoints-foreign").iterdir())[0].name.startswith("uid-deleted-")
+    (aside,) = (out / "checkpoints-foreign").iterdir()
+    assert aside.name.startswith("uid-deleted-")
 
     # A retry of the re-created FineTuneJob's own run does resume from its own checkpoint.
     run(as_uid("uid-recreated"), str(out))
