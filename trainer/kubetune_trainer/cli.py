@@ -24,6 +24,12 @@ from kubetune_trainer.sources import DataError
 
 log = logging.getLogger("kubetune_trainer")
 
+#: Exit statuses the operator's Job relies on (its podFailurePolicy): a bad spec or bad data is final;
+#: a preempted run (SIGTERM, checkpoint written) is retried and resumes; anything else is retried.
+EXIT_BAD_CONFIG = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a container killed by SIGTERM reports anyway
+EXIT_FAILED = 1
+
 
 def load_config(spec_path: str) -> JobConfig:
     try:
@@ -178,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         _record_failure(spec, args.output, str(e))
-        return 2
+        return EXIT_BAD_CONFIG
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
-        return 143
+        return EXIT_PREEMPTED
     except Exception as e:
         log.exception("training failed")
         _record_failure(spec, args.output, f"{type(e).__name__}: {e}")
-        return 1
+        return EXIT_FAILED
     return 0
 
 
