@@ -108,6 +108,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
         metrics=Metrics() if main_rank else None,
         prompt_learning=model.uses_prompt_learning(cfg.method),
         world=world,
+        checkpoint_remote=f"{remote.rstrip('/')}/checkpoints" if remote else None,
     )
 
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
@@ -147,7 +148,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     export.write_result(out_dir, outcome)
     export.write_termination_message(outcome)
     if remote:
-        export.upload(out_dir, remote)
+        export.upload(out_dir, remote, skip=("checkpoints",))  # train() mirrored those as it wrote them
     reporter.final(metrics, passed, artifact)
     log.info("artifact %s (%s); evalPassed=%s", artifact_dir, digest, passed)
     distributed.shutdown(world)
