@@ -6,6 +6,12 @@ every pod the scheduler binds to it: materialises the pod's ConfigMap volumes, m
 mounts to a local directory, runs the container's command with the pod's env (secret references
 resolved), and reports the pod status (Running, then Succeeded/Failed with the trainer's result as the
 termination message) the way a kubelet would. The Job controller and the operator see ordinary pods.
+
+A deleted or evicted pod ends as on a kubelet: SIGTERM to its process, SIGKILL when the pod's grace
+period (``deletionGracePeriodSeconds``, from ``terminationGracePeriodSeconds``) runs out, the exit
+status reported (a signal as 128 + its number), then the final delete with grace 0. Each pod has its
+own scratch space, as a container has its own filesystem: the trainer's cache (``KUBETUNE_CACHE``) is
+a folder of the pod's, so a retried pod starts as cold as one on another node.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +46,7 @@ class Running:
     labels: dict[str, str] | None = None
     readiness_path: str | None = None
     ready: bool = False
+    kill_at: float | None = None  # monotonic time of the SIGKILL, once the pod is being deleted
 
 
 Targets = list[tuple[str, dict[str, str]]]
@@ -76,6 +84,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, _signal.SIGTERM)
 
 
+def exit_status(returncode: int) -> int:
+    """A container's exit code: a process ended by signal N reports 128 + N, as container runtimes do.
+
+    >>> exit_status(-signal.SIGTERM), exit_status(2)
+    (143, 2)
+    """
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def _free_port() -> int:
     import socket
 
@@ -105,8 +122,13 @@ class LocalExecutor:
         self._published: Targets = []
 
     def targets(self) -> Targets:
-        # Like a Service's endpoints: only pods that passed their readiness probe get traffic.
-        return [(r.endpoint, dict(r.labels or {})) for r in self.running.values() if r.endpoint and r.ready]
+        # Like a Service's endpoints: only pods that passed their readiness probe, and are not being
+        # deleted, get traffic.
+        return [
+            (r.endpoint, dict(r.labels or {}))
+            for r in self.running.values()
+            if r.endpoint and r.ready and r.kill_at is None
+        ]
 
     def register_node(self) -> None:
         body = {
@@ -154,9 +176,11 @@ class LocalExecutor:
         for pod in pods:
             key = f"{pod.metadata.namespace}/{pod.metadata.name}"
             if pod.metadata.deletion_timestamp is not None:
-                if key in self.running:
-                    self.running.pop(key).proc.terminate()
-                self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+                run = self.running.get(key)
+                if run is None:  # nothing runs (any more): the kubelet's final delete
+                    self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+                elif run.kill_at is None:
+                    self._terminate(pod, key, run)
             elif key not in self.running and pod.status.phase == "Pending":
                 self._start(pod, key)
         live = {f"{p.metadata.namespace}/{p.metadata.name}" for p in pods}
@@ -168,8 +192,13 @@ class LocalExecutor:
             code = run.proc.poll()
             ns, name = key.split("/", 1)
             if code is not None:
-                self._finish(ns, name, code, run)
+                self._finish(ns, name, exit_status(code), run)
                 del self.running[key]
+                if run.kill_at is not None:  # reported terminal first, so the Job controller sees the exit
+                    self.core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+            elif run.kill_at is not None:
+                if time.monotonic() >= run.kill_at:
+                    run.proc.kill()  # reported as 137 on the next tick
             elif not run.ready and run.endpoint and self._probe(run):
                 run.ready = True
                 pod = self.core.read_namespaced_pod(name, ns)
@@ -182,12 +211,28 @@ class LocalExecutor:
             if self.targets_file is not None:
                 write_file_sd(self.targets_file, targets)
 
+    def _terminate(self, pod: Any, key: str, run: Running) -> None:
+        """A pod got a deletionTimestamp (delete, Eviction, preemption): SIGTERM now, SIGKILL after its grace."""
+        grace = pod.metadata.deletion_grace_period_seconds
+        if grace is None:
+            grace = pod.spec.termination_grace_period_seconds
+        grace = 30 if grace is None else int(grace)
+        print(f"[executor] {key}: being deleted; SIGTERM, SIGKILL in {grace}s if still running", file=sys.stderr)
+        run.proc.send_signal(signal.SIGTERM)
+        run.kill_at = time.monotonic() + grace
+
     def _start(self, pod: Any, key: str) -> None:
         ns, name = pod.metadata.namespace, pod.metadata.name
         container = pod.spec.containers[0]
         root = self.workdir / ns / name
         mounts = self._materialise_volumes(pod, container, root)
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_PVC_ROOT": str(self.pvc_root)}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBETUNE_PVC_ROOT": str(self.pvc_root),
+            # The pod's own scratch (a container's writable layer): nothing cached survives the pod.
+            "KUBETUNE_CACHE": str(root / "cache"),
+        }
         env.update(self._env_from(ns, container))  # as the kubelet does: envFrom first, env overrides it
         for var in container.env or []:
             env[var.name] = self._env_value(ns, var)

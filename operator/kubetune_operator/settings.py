@@ -16,6 +16,10 @@ class Settings:
     pvc_mount_root: str = "/mnt/pvc"
     #: Port the trainer serves Prometheus metrics on.
     trainer_metrics_port: int = 9400
+    #: Seconds a trainer pod has between SIGTERM (eviction, preemption, deletion) and SIGKILL: the
+    #: trainer finishes its step, writes a checkpoint and uploads it (s3:// outputs) in that time.
+    #: Size it for one step plus one checkpoint write; a spot reclaim may give less than you ask.
+    trainer_termination_grace_seconds: int = 300
     #: How often (seconds) scheduled FineTuneJobs are checked for a due run.
     schedule_check_seconds: float = 30.0
     #: Image that runs the builtin model server (and is the base for vLLM's adapter mount).

@@ -190,3 +190,24 @@ def test_bounded_names_of_different_parents_differ():
 )
 def test_resolve_uri(uri, expected):
     assert resolve_uri(uri, Settings()) == expected
+
+
+def test_pod_failure_policy_fails_fast_on_bad_config_and_ignores_disruptions(ftj):
+    from kubetune_trainer import cli
+
+    job = build_trainer_job(ftj, 1, SETTINGS)
+    assert pod_spec(job)["restartPolicy"] == "Never"  # the apiserver refuses a podFailurePolicy otherwise
+    bad_config, disrupted = job["spec"]["podFailurePolicy"]["rules"]
+    # The exit status the trainer really uses for a bad spec, on the container that runs it.
+    assert bad_config == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": container(job)["name"], "operator": "In", "values": [cli.EXIT_BAD_CONFIG]},
+    }
+    assert disrupted == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert cli.EXIT_PREEMPTED not in bad_config["onExitCodes"]["values"]
+
+
+def test_termination_grace_period_comes_from_the_setting(ftj):
+    assert pod_spec(build_trainer_job(ftj, 1, SETTINGS))["terminationGracePeriodSeconds"] == 300
+    settings = Settings.from_env({"KUBETUNE_TRAINER_TERMINATION_GRACE_SECONDS": "45"})
+    assert pod_spec(build_trainer_job(ftj, 1, settings))["terminationGracePeriodSeconds"] == 45

@@ -55,7 +55,7 @@ def test_sigterm_checkpoints_and_the_retry_resumes_to_the_same_weights(write_spe
     retry = start(spec, out)
     log = retry.communicate(timeout=300)[0]
     assert retry.returncode == 0, log
-    assert f"resumed from {out / 'checkpoints' / f'step-{stopped_at}'}" in log
+    assert f"resumed from step {stopped_at}/60 ({out / 'checkpoints' / f'step-{stopped_at}'})" in log
     assert json.loads((out / "result.json").read_text())["steps"] == 60
 
     # The same job without interruption ends with the same adapter: the resume replays the data order.

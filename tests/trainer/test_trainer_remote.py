@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kubetune_trainer import checkpoint
 from kubetune_trainer.cli import run
 from kubetune_trainer.config import ConfigError, parse_job
 from kubetune_trainer.model import resolve_model_source
@@ -57,6 +58,56 @@ def test_missing_s3_data_and_model_are_clear_errors(s3):
         resolve_model_source(parse_job(job))
 
 
+def save_step(ckpt_dir: Path, step: int) -> Path:
+    """A real checkpoint of a one-layer model (weights, AdamW and scheduler state) at ``step``."""
+    import torch
+
+    layer = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        layer.weight.fill_(step)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    captured = {"trainable": {"weight": layer.weight.detach()}, "optimizer": optimizer.state_dict(),
+                "optimizerKeys": "indices"}  # fmt: skip
+    return checkpoint.save(ckpt_dir, step, captured, scheduler, {"history": [{"step": step}]})
+
+
+def test_checkpoints_mirrored_to_s3_are_pulled_by_a_pod_with_an_empty_cache(s3, tmp_path):
+    fs, bucket = s3
+    remote = f"s3://{bucket}/runs/job/run-1/checkpoints"
+    for step in (5, 10, 15):
+        assert checkpoint.push(save_step(tmp_path / "node-a", step), remote) == f"{remote}/step-{step}"
+    # The remote copy keeps the newest two, like the local folder; each with its manifest.
+    assert [s for s, _ in checkpoint.remote_complete(remote)] == [10, 15]
+    assert json.loads(fs.cat(f"{bucket}/runs/job/run-1/checkpoints/step-15/manifest.json"))["step"] == 15
+
+    fresh = tmp_path / "node-b" / "checkpoints"
+    assert checkpoint.pull_latest(remote, fresh) == f"{remote}/step-15"
+    local, original = fresh / "step-15", tmp_path / "node-a" / "step-15"
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in original.iterdir())
+    for file in original.iterdir():
+        assert (local / file.name).read_bytes() == file.read_bytes(), file.name
+    assert checkpoint.complete(fresh) == [local] and not list(fresh.glob(".tmp-*"))
+    assert checkpoint.pull_latest(remote, fresh) is None  # the local copy is as new: nothing to fetch
+
+
+def test_a_half_uploaded_or_damaged_remote_checkpoint_is_never_used(s3, tmp_path):
+    fs, bucket = s3
+    remote = f"s3://{bucket}/out/checkpoints"
+    checkpoint.push(save_step(tmp_path / "a", 5), remote)
+    checkpoint.push(save_step(tmp_path / "a", 10), remote)
+    # A pod killed mid-upload: step-15's files are there, its manifest (uploaded last) is not.
+    for file in save_step(tmp_path / "b", 15).iterdir():
+        if file.name != checkpoint.MANIFEST:
+            fs.put_file(str(file), f"{bucket}/out/checkpoints/step-15/{file.name}")
+    # And step-10 was damaged after the fact: a file shorter than its manifest says.
+    fs.pipe(f"{bucket}/out/checkpoints/step-10/trainable.pt", b"truncated")
+    assert [s for s, _ in checkpoint.remote_complete(remote)] == [5, 10]
+    fresh = tmp_path / "c" / "checkpoints"
+    assert checkpoint.pull_latest(remote, fresh) == f"{remote}/step-5"
+    assert [p.name for p in checkpoint.complete(fresh)] == ["step-5"] and not list(fresh.glob(".tmp-*"))
+
+
 def test_hf_model_uri_prefers_a_local_copy(tmp_path, monkeypatch):
     (tmp_path / "acme" / "tiny").mkdir(parents=True)
     monkeypatch.setenv("KUBETUNE_HF_ROOT", str(tmp_path))
@@ -97,10 +148,12 @@ def test_job_reads_model_and_data_from_s3_and_uploads_its_output(s3, write_spec,
             "baseModel": {"uri": f"s3://{bucket}/models/tiny"},
             "dataset": {"uri": f"s3://{bucket}/data/glossary.jsonl"},
             "output": {"uri": f"s3://{bucket}/runs/job"},
-            "training": {"maxSteps": 2},
+            # Checkpoints mirrored during training: the run's remote folder exists before the final upload.
+            "training": {"maxSteps": 2, "checkpointSteps": 1},
         }
     )
     outcome = run(str(spec))
+    assert [step for step, _ in checkpoint.remote_complete(f"s3://{bucket}/runs/job/checkpoints")] == [1, 2]
     assert outcome["artifact"]["uri"] == f"s3://{bucket}/runs/job/artifact"
     assert fs.exists(f"{bucket}/runs/job/artifact/adapter_model.safetensors")
     assert json.loads(fs.cat(f"{bucket}/runs/job/result.json"))["phase"] == "Succeeded"

@@ -3,6 +3,12 @@
 A checkpoint is written to a hidden temp directory and renamed into place, so a directory named
 ``step-N`` is always complete: a run killed mid-write (SIGKILL, node loss) leaves only a ``.tmp-*``
 directory that the next attempt ignores and removes.
+
+Every checkpoint folder holds ``manifest.json`` (its files and their sizes; the place for more metadata
+about a checkpoint). A run whose output is remote (``s3://``) mirrors each checkpoint to
+``<output>/checkpoints/step-N/`` with ``push``: the files first, the manifest last, so a remote folder
+without a manifest (an upload cut short) is never used. A pod that starts on another node, with an empty
+local cache, gets the newest complete remote checkpoint back with ``pull_latest`` before it resumes.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import torch
 
 KEEP = 2  # older checkpoints are deleted; the newest two survive a crash during the next save
+MANIFEST = "manifest.json"  # written last, locally and remotely: a folder with it is whole
 OWNER_FILE = "owner.json"  # {"uid", "run"}: which FineTuneJob run wrote the checkpoints beside it
 log = logging.getLogger("kubetune_trainer")
 
@@ -112,6 +119,7 @@ def save_best(ckpt_dir: Path, weights: dict[str, torch.Tensor], step: int, eval_
     tmp.mkdir(parents=True)
     torch.save(weights, tmp / "trainable.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "evalLoss": eval_loss}))
+    write_manifest(tmp, step)
     _fsync_dir(tmp)
     old = ckpt_dir / f".old-best-{os.getpid()}"
     if final.exists():
@@ -150,6 +158,7 @@ def save(ckpt_dir: Path, step: int, captured: dict[str, Any], scheduler: Any, st
         tmp / "optimizer.pt",
     )
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+    write_manifest(tmp, step)
     _fsync_dir(tmp)
     if final.exists():  # the same step saved again (e.g. SIGTERM right after a periodic save)
         shutil.rmtree(final)
@@ -158,6 +167,14 @@ def save(ckpt_dir: Path, step: int, captured: dict[str, Any], scheduler: Any, st
     for old in complete(ckpt_dir)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_manifest(path: Path, step: int) -> dict[str, Any]:
+    """``manifest.json``: the step and every other file of the checkpoint with its size in bytes."""
+    files = {f.name: f.stat().st_size for f in sorted(path.iterdir()) if f.is_file() and f.name != MANIFEST}
+    manifest = {"step": step, "files": files}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -207,3 +224,94 @@ def load_latest(ckpt_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> d
     state: dict[str, Any] = json.loads((path / "state.json").read_text())
     state["path"] = str(path)
     return state
+
+
+def push(path: Path, remote: str, keep: int | None = KEEP) -> str:
+    """Mirror the checkpoint folder ``path`` to ``<remote>/<path.name>``; return that URI.
+
+    Order makes it safe to read at any moment: an older manifest of the same folder goes first, then
+    the files, then the new manifest. Remote ``step-N`` folders beyond the newest ``keep`` are deleted
+    manifest first, for the same reason.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(remote)
+    root = root.rstrip("/")
+    dest = f"{root}/{path.name}"
+    fs.invalidate_cache()
+    if fs.exists(f"{dest}/{MANIFEST}"):  # the same step saved again (e.g. SIGTERM right after a save)
+        fs.rm_file(f"{dest}/{MANIFEST}")
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name != MANIFEST)
+    for file in files:
+        fs.put_file(str(file), f"{dest}/{file.name}")
+    fs.put_file(str(path / MANIFEST), f"{dest}/{MANIFEST}")
+    if keep is not None:
+        for _, old in remote_complete(remote)[:-keep]:
+            fs.rm_file(f"{old}/{MANIFEST}")
+            fs.rm(old, recursive=True)
+    return f"{remote.rstrip('/')}/{path.name}"
+
+
+def remote_complete(remote: str) -> list[tuple[int, str]]:
+    """(step, fsspec path) of every remote ``step-N`` folder that has its manifest, oldest first."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(remote)
+    fs.invalidate_cache()
+    if not fs.exists(root):
+        return []
+    found = []
+    for entry in fs.ls(root, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if re.fullmatch(r"step-\d+", name) and fs.exists(f"{entry}/{MANIFEST}"):
+            found.append((int(name.split("-")[1]), entry.rstrip("/")))
+    return sorted(found)
+
+
+def pull_latest(remote: str, ckpt_dir: Path) -> str | None:
+    """Download the newest complete remote checkpoint when it is newer than every local one.
+
+    Returns the URI it came from (None: the local checkpoints are as new, or there is none). The copy
+    lands in a ``.tmp-*`` folder, is checked against the manifest and is renamed into place when whole;
+    a remote folder that does not match its manifest is skipped for the next older one. ``best/`` (early
+    stopping) comes along when there is no local one.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(remote)
+    local = complete(ckpt_dir)
+    newest_local = int(local[-1].name.split("-")[1]) if local else -1
+    pulled = None
+    for step, path in reversed(remote_complete(remote)):
+        if step <= newest_local:
+            break
+        if _download(fs, path, ckpt_dir, f"step-{step}"):
+            pulled = f"{remote.rstrip('/')}/step-{step}"
+            break
+    best = f"{root.rstrip('/')}/best"
+    if pulled and not (ckpt_dir / "best").exists() and fs.exists(f"{best}/{MANIFEST}"):
+        _download(fs, best, ckpt_dir, "best")
+    return pulled
+
+
+def _download(fs: Any, path: str, ckpt_dir: Path, name: str) -> bool:
+    tmp = ckpt_dir / f".tmp-pull-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = json.loads(fs.cat_file(f"{path}/{MANIFEST}"))
+        for file, size in manifest["files"].items():
+            fs.get_file(f"{path}/{file}", str(tmp / file))
+            if (tmp / file).stat().st_size != size:
+                raise ValueError(f"{file}: {(tmp / file).stat().st_size} bytes, the manifest says {size}")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("remote checkpoint %s is unusable (%s); trying an older one", path, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    _fsync_dir(tmp)
+    final = ckpt_dir / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return True

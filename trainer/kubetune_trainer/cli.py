@@ -24,6 +24,12 @@ from kubetune_trainer.sources import DataError
 
 log = logging.getLogger("kubetune_trainer")
 
+#: Exit statuses the operator's Job relies on (its podFailurePolicy): a bad spec or bad data is final;
+#: a preempted run (SIGTERM, checkpoint written) is retried and resumes; anything else is retried.
+EXIT_BAD_CONFIG = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a container killed by SIGTERM reports anyway
+EXIT_FAILED = 1
+
 
 def load_config(spec_path: str) -> JobConfig:
     try:
@@ -105,6 +111,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
         metrics=Metrics() if main_rank else None,
         prompt_learning=model.uses_prompt_learning(cfg.method),
         world=world,
+        checkpoint_remote=f"{remote.rstrip('/')}/checkpoints" if remote else None,
     )
 
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
@@ -149,7 +156,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     export.write_result(out_dir, outcome)
     export.write_termination_message(outcome)
     if remote:
-        export.upload(out_dir, remote)
+        export.upload(out_dir, remote, skip=("checkpoints",))  # train() mirrored those as it wrote them
     reporter.final(metrics, passed, artifact)
     log.info("artifact %s (%s); evalPassed=%s", artifact_dir, digest, passed)
     distributed.shutdown(world)
@@ -187,14 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         reason = "InvalidConfig" if isinstance(e, ConfigError) else "InvalidData"
         _record_failure(spec, args.output, str(e), reason, getattr(e, "data", None))
-        return 2
+        return EXIT_BAD_CONFIG
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
-        return 143
+        return EXIT_PREEMPTED
     except Exception as e:
         log.exception("training failed")
         _record_failure(spec, args.output, f"{type(e).__name__}: {e}", "TrainerError")
-        return 1
+        return EXIT_FAILED
     return 0
 
 

@@ -81,12 +81,19 @@ def write_result(out_dir: Path, result: dict[str, Any]) -> Path:
     return write_json(out_dir / "result.json", result)
 
 
-def upload(local: Path, uri: str) -> None:
-    """Copy the local output folder to a remote (s3://) location through fsspec."""
+def upload(local: Path, uri: str, skip: tuple[str, ...] = ()) -> None:
+    """Copy the files of the local output folder to the same paths under a remote (s3://) location.
+
+    File by file: ``fs.put(folder, uri)`` copies the folder *into* ``uri`` when that already exists
+    (e.g. holding the mirrored checkpoints). ``skip``: top-level names not to copy. ``result.json``
+    goes last, so a reader that finds it finds the artifact it names.
+    """
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(uri)
-    fs.put(str(local), path, recursive=True)
+    files = [f for f in local.rglob("*") if f.is_file() and f.relative_to(local).parts[0] not in skip]
+    for file in sorted(files, key=lambda f: (f == local / "result.json", str(f))):
+        fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(local).as_posix()}")
 
 
 def artifact_uri(remote: str | None, local_out: Path) -> str:

@@ -148,7 +148,10 @@ def train(
     prompt_learning: bool = False,
     after_step: Callable[[int], None] | None = None,
     world: World | None = None,
+    checkpoint_remote: str | None = None,
 ) -> TrainResult:
+    """``checkpoint_remote``: where checkpoints are mirrored (``<s3 output>/checkpoints``) so that a pod
+    on another node resumes from them; None when the output directory itself outlives the pod."""
     world = world or World()
     torch.manual_seed(cfg.seed)
     autocast = autocast_factory(device, resolve_precision(cfg.precision, device))
@@ -173,15 +176,27 @@ def train(
     )
 
     ckpt_dir = output_dir / "checkpoints"
+    pulled = checkpoint.pull_latest(checkpoint_remote, ckpt_dir) if checkpoint_remote and world.is_main else None
+    distributed.barrier(world)  # one pod, one disk: the other ranks read what rank 0 pulled
     state = checkpoint.load_latest(ckpt_dir, model, optimizer, scheduler) or {}
     step = state.get("step", 0)
     best, bad_evals = state.get("bestEvalLoss"), state.get("badEvals", 0)
     history: list[dict[str, Any]] = state.get("history", [])
     if step:
-        log.info("resumed from %s (step %d/%d)", state["path"], step, total)
+        log.info("resumed from step %d/%d (%s)", step, total, pulled or state["path"])
 
     def evaluate() -> float:
         return mean_loss(model, val_rows, cfg.batch_size, pad_id, device, autocast, prompt_learning)
+
+    def mirror(path: Path, keep: int | None = checkpoint.KEEP) -> str | None:
+        """Upload a checkpoint of a remote-output run; a failed upload costs only resumability."""
+        if not checkpoint_remote:
+            return None
+        try:
+            return checkpoint.push(path, checkpoint_remote, keep)
+        except Exception as e:  # botocore/aiohttp errors are not all OSError
+            log.warning("could not upload checkpoint %s to %s (%s: %s)", path, checkpoint_remote, type(e).__name__, e)
+            return None
 
     def snapshot() -> dict[str, Any]:
         return {"bestEvalLoss": best, "badEvals": bad_evals, "history": history}
@@ -233,7 +248,7 @@ def train(
                         if keep_best:  # all ranks: gathering the weights is a collective under fsdp
                             weights = checkpoint.trainable_weights(model, world.is_main)
                             if weights is not None:
-                                checkpoint.save_best(ckpt_dir, weights, step, eval_loss)
+                                mirror(checkpoint.save_best(ckpt_dir, weights, step, eval_loss), keep=None)
                     else:
                         bad_evals += 1
                     patience = cfg.early_stopping.patience
@@ -263,7 +278,7 @@ def train(
                 if captured is not None:
                     saved = checkpoint.save(ckpt_dir, step, captured, scheduler, snapshot())
                     if reporter is not None:
-                        reporter.checkpoint(str(saved))
+                        reporter.checkpoint(mirror(saved) or str(saved))
                 distributed.barrier(world)  # nobody runs ahead (or exits) while rank 0 writes
             if after_step is not None:
                 after_step(step)

@@ -15,6 +15,8 @@ from kubetune_operator.settings import Settings
 from kubetune_operator.specs import FineTuneJobSpec
 
 COMPONENT = "trainer"
+#: The trainer's exit status for a bad spec or bad data (kubetune_trainer.cli): final, never retried.
+BAD_CONFIG_EXIT_CODE = 2
 
 
 def run_labels(finetunejob: dict[str, Any], run: int) -> dict[str, str]:
@@ -69,7 +71,9 @@ def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings)
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
+        "restartPolicy": "Never",  # podFailurePolicy needs it
+        # SIGTERM -> the trainer checkpoints at the next step boundary and exits 143; then SIGKILL.
+        "terminationGracePeriodSeconds": settings.trainer_termination_grace_seconds,
         "serviceAccountName": spec.service_account_name or settings.trainer_service_account,
         "containers": [container],
         "volumes": volumes,
@@ -88,6 +92,7 @@ def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings)
         "completions": 1,
         "parallelism": 1,
         "suspend": spec.suspend,
+        "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
     if spec.active_deadline_seconds is not None:
@@ -104,6 +109,24 @@ def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings)
             "ownerReferences": [owner_reference(finetunejob)],
         },
         "spec": job_spec,
+    }
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """A bad spec fails the Job at once; an evicted or preempted pod is retried without using up backoffLimit.
+
+    Rules apply in order, the first match wins: an exit 2 is final even from a pod that was also being
+    evicted. `DisruptionTarget` is the condition the apiserver (Eviction API), the scheduler (preemption)
+    and the kubelet (node pressure, graceful node shutdown) put on a pod they end.
+    """
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": COMPONENT, "operator": "In", "values": [BAD_CONFIG_EXIT_CODE]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
     }
 
 
