@@ -83,6 +83,7 @@ class ModelDeploymentSpec:
     base_model: str  # hub id or uri
     base_is_hub_id: bool
     base_revision: str | None
+    trust_remote_code: bool
     model_cache_uri: str | None  # pvc://claim/path: HF_HOME of the pods, for hub-id base models
     env_from: list[dict[str, Any]]  # core/v1 EnvFromSource entries (S3 keys, HF_TOKEN, HF_HUB_OFFLINE)
     adapter_uri: str | None
@@ -123,6 +124,7 @@ class ModelDeploymentSpec:
             base_model=base.get("uri") or base.get("name") or "",
             base_is_hub_id=not base.get("uri"),
             base_revision=base.get("revision"),
+            trust_remote_code=bool(base.get("trustRemoteCode", False)),
             model_cache_uri=base.get("cacheUri"),
             env_from=list(spec.get("envFrom") or []),
             adapter_uri=adapter.get("uri"),

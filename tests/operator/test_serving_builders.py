@@ -189,7 +189,12 @@ def test_s3_base_model_is_downloaded_and_keeps_its_name(md):
 
 
 def test_hub_id_base_model_loads_through_the_cache_claim(md):
-    md["spec"]["baseModel"] = {"name": "Qwen/Qwen2.5-0.5B", "revision": "v1.0", "cacheUri": "pvc://hf-cache/hub/"}
+    md["spec"]["baseModel"] = {
+        "name": "Qwen/Qwen2.5-0.5B",
+        "revision": "v1.0",
+        "cacheUri": "pvc://hf-cache/hub/",
+        "trustRemoteCode": True,
+    }
     md["spec"]["envFrom"] = [{"configMapRef": {"name": "offline"}}]  # e.g. HF_HUB_OFFLINE=1
     for runtime in ("builtin", "vllm"):
         md["spec"]["runtime"] = runtime
@@ -201,6 +206,7 @@ def test_hub_id_base_model_loads_through_the_cache_claim(md):
         assert claims(dep) == {"hf-cache": False, "adapters": True}  # a cache is written on a miss
         assert {"name": "pvc-1", "mountPath": "/mnt/pvc/hf-cache", "readOnly": False} in c["volumeMounts"]
         assert "initContainers" not in pod(dep) and c["envFrom"] == md["spec"]["envFrom"]
+        assert ("--trust-remote-code" in c["args"]) == (runtime == "vllm")  # builtin never runs a model's code
 
 
 def test_hub_id_without_a_cache_claim_uses_the_pods_scratch_space(md):

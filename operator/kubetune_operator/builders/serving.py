@@ -258,6 +258,8 @@ def _vllm_container(spec: ModelDeploymentSpec, src: Sources, settings: Settings)
         args += ["--served-model-name", src.model_name]
     if src.revision:
         args += ["--revision", src.revision]
+    if spec.trust_remote_code:
+        args += ["--trust-remote-code"]
     if spec.resources.gpus > 1:
         args += ["--tensor-parallel-size", str(spec.resources.gpus)]
     if vllm.get("maxModelLen"):
