@@ -1,12 +1,13 @@
-"""A FineTuneJob's s3:// artifact served end to end, with real parts only.
+"""A FineTuneJob's s3:// artifacts served end to end, with real parts only.
 
 The operator runs against the real apiserver; a real trainer (through the local executor) writes its
-adapter to moto's S3-compatible server; the ModelDeployment that references the FineTuneJob gets
-pods whose init container downloads that adapter (keys from the ModelDeployment's envFrom Secret
-only) and checks it against the digest in the FineTuneJob's status, then a real `kubetune_server`
-process serves it. A second ModelDeployment serves the same adapter on a hub-id base model read from
-a pre-populated Hugging Face cache on a claim, with the hub switched off; a third, whose stored
-adapter was altered after training, never serves it.
+adapter and merged weights to moto's S3-compatible server. The ModelDeployment that references the
+FineTuneJob gets pods whose init container downloads the merged weights (keys from the
+ModelDeployment's envFrom Secret only) and checks them against the digest in the FineTuneJob's
+status; a real `kubetune_server` process serves them as the model, with no adapter. Two more serve
+the s3:// adapter: on an s3:// base model, and on a hub-id base model read from a pre-populated
+Hugging Face cache on a claim with the hub switched off. A fourth, whose stored weights were altered
+after training, never serves them.
 """
 
 from __future__ import annotations
@@ -100,10 +101,10 @@ def cache_claim(k8s, folder: Path) -> None:
     )
 
 
-def md_spec(base: dict[str, Any], env_from: list[dict[str, Any]]) -> dict[str, Any]:
+def md_spec(base: dict[str, Any], env_from: list[dict[str, Any]], adapter: dict[str, Any]) -> dict[str, Any]:
     return {
         "baseModel": base,
-        "adapter": {"fineTuneJobRef": {"name": "support"}},
+        "adapter": adapter,
         "replicas": 1,
         "envFrom": env_from,
         "builtin": {"extraArgs": ["--torch-threads", "1", "--max-new-tokens", "8"]},
@@ -111,7 +112,7 @@ def md_spec(base: dict[str, Any], env_from: list[dict[str, Any]]) -> dict[str, A
     }
 
 
-def test_an_s3_adapter_from_a_finetunejob_is_downloaded_checked_and_served(k8s, operator, executor, pvc_root, tmp_path):
+def test_s3_artifacts_of_a_finetunejob_are_downloaded_checked_and_served(k8s, operator, executor, pvc_root, tmp_path):
     from kubetune_trainer.tiny_model import ensure_tiny_model
 
     tiny = ensure_tiny_model(tmp_path / "tiny-model")
@@ -124,13 +125,14 @@ def test_an_s3_adapter_from_a_finetunejob_is_downloaded_checked_and_served(k8s, 
         secret = {k: base64.b64encode(v.encode()).decode() for k, v in s3.env.items()}
         k8s.core.create_namespaced_secret(k8s.ns, {"metadata": {"name": "s3-keys"}, "data": secret})
         keys = [{"secretRef": {"name": "s3-keys"}}]
+        s3_base = {"uri": f"s3://{bucket}/models/tiny-model"}
 
         k8s.create_ftj(
             "support",
             {
-                "baseModel": {"uri": f"s3://{bucket}/models/tiny-model"},
+                "baseModel": s3_base,
                 "dataset": {"uri": f"s3://{bucket}/data/glossary.jsonl"},
-                "output": {"uri": f"s3://{bucket}/runs/support"},
+                "output": {"uri": f"s3://{bucket}/runs/support", "mergeWeights": True},
                 "lora": {"r": 4},
                 "training": {"maxSteps": 2, "precision": "fp32", "evalSteps": 2},
                 # A gate that passes: only runs whose EvalPassed is True are served.
@@ -146,11 +148,16 @@ def test_an_s3_adapter_from_a_finetunejob_is_downloaded_checked_and_served(k8s, 
         )
         assert done["phase"] == "Succeeded", done
         artifact = done["artifact"]
-        assert artifact["uri"] == f"s3://{bucket}/runs/support/run-1/artifact" and artifact["kind"] == "adapter"
+        run = f"s3://{bucket}/runs/support/run-1"
+        assert artifact["uri"] == f"{run}/artifact" and artifact["kind"] == "adapter"
+        assert artifact["mergedUri"] == f"{run}/merged" and artifact["mergedDigest"].startswith("sha256:")
+        adapter = {"uri": artifact["uri"], "name": "support"}
 
-        # 1. Base model and adapter both on S3: two init containers, then the server.
-        k8s.create_md("from-s3", md_spec({"uri": f"s3://{bucket}/models/tiny-model"}, keys))
-        # 2. A hub-id base model through a cache claim the platform pre-populated; the hub is off.
+        # 1. The FineTuneJob's merged weights: a whole model, fetched and checked, served instead of the base.
+        k8s.create_md("merged", md_spec(s3_base, keys, {"fineTuneJobRef": {"name": "support"}}))
+        # 2. Base model and adapter both on S3: two init containers, then the server.
+        k8s.create_md("from-s3", md_spec(s3_base, keys, adapter))
+        # 3. A hub-id base model through a cache claim the platform pre-populated; the hub is off.
         snapshot = pvc_root / "hf-cache" / "hf" / "hub" / "models--kubetune--tiny-model" / "snapshots" / ("a" * 40)
         shutil.copytree(tiny, snapshot)
         (snapshot.parents[1] / "refs").mkdir()
@@ -160,36 +167,43 @@ def test_an_s3_adapter_from_a_finetunejob_is_downloaded_checked_and_served(k8s, 
         )  # fmt: skip
         cache_claim(k8s, pvc_root / "hf-cache")
         hub = {"name": HUB_ID, "cacheUri": "pvc://hf-cache/hf"}
-        k8s.create_md("from-hub", md_spec(hub, [*keys, {"configMapRef": {"name": "offline"}}]))
+        k8s.create_md("from-hub", md_spec(hub, [*keys, {"configMapRef": {"name": "offline"}}], adapter))
 
-        for md in ("from-s3", "from-hub"):
+        expected = {
+            "merged": (f"{run}/merged#kind=model&digest={artifact['mergedDigest']}", {"fetch-model"}, ["support"]),
+            "from-s3": (artifact["uri"], {"fetch-base", "fetch-adapter"}, ["support", "tiny-model"]),
+            "from-hub": (artifact["uri"], {"fetch-adapter"}, ["support", "tiny-model"]),
+        }
+        for md, (served, fetches, names) in expected.items():
             status = wait_for(lambda md=md: (k8s.get_md(md).get("status") or {}).get("phase") == "Stable"
                               and k8s.get_md(md)["status"], 60, f"{md} Stable")  # fmt: skip
-            assert status["stableAdapterUri"] == f"{artifact['uri']}#digest={artifact['digest']}"
+            assert status["stableAdapterUri"] == served
             (endpoint,) = wait_for(lambda md=md: serving(executor, k8s.ns, md), 240, f"a ready {md} server process")
+            with urllib.request.urlopen(f"http://{endpoint}/v1/models", timeout=10) as r:
+                assert [m["id"] for m in json.loads(r.read())["data"]] == names
             status_code, body = complete(endpoint, "support")
             assert status_code == 200 and body["model"] == "support" and body["choices"][0]["text"], body
             (pod,) = pods_of(k8s, md)
             inits = {s.name: s.state.terminated for s in pod.status.init_container_statuses}
-            assert set(inits) == ({"fetch-base", "fetch-adapter"} if md == "from-s3" else {"fetch-adapter"})
-            assert all(t.exit_code == 0 for t in inits.values())
-            assert f"({artifact['digest']} verified)" in inits["fetch-adapter"].message
-        # What the servers loaded is byte for byte what the trainer recorded.
-        local = executor.workdir / k8s.ns / pods_of(k8s, "from-s3")[0].metadata.name / "volumes" / "models"
-        assert directory_digest(local / "adapter") == artifact["digest"]
+            assert set(inits) == fetches and all(t.exit_code == 0 for t in inits.values())
+        verified = pods_of(k8s, "merged")[0].status.init_container_statuses[0].state.terminated.message
+        assert f"({artifact['mergedDigest']} verified)" in verified
+        # What the server loaded is byte for byte what the trainer recorded.
+        local = executor.workdir / k8s.ns / pods_of(k8s, "merged")[0].metadata.name / "volumes" / "models"
+        assert directory_digest(local / "model") == artifact["mergedDigest"]
 
-        # 3. The stored adapter altered after training: the download does not match, nothing serves it.
-        fs.pipe(f"{bucket}/runs/support/run-1/artifact/adapter_config.json", b'{"tampered": true}')
-        k8s.create_md("tampered", md_spec({"uri": f"s3://{bucket}/models/tiny-model"}, keys))
+        # 4. The stored weights altered after training: the download does not match, nothing serves them.
+        fs.pipe(f"{bucket}/runs/support/run-1/merged/config.json", b'{"tampered": true}')
+        k8s.create_md("tampered", md_spec(s3_base, keys, {"fineTuneJobRef": {"name": "support"}}))
 
         def failed_init() -> Any:
             for pod in pods_of(k8s, "tampered"):
                 for s in pod.status.init_container_statuses or []:
-                    if s.name == "fetch-adapter" and s.state.terminated and s.state.terminated.exit_code != 0:
+                    if s.name == "fetch-model" and s.state.terminated and s.state.terminated.exit_code != 0:
                         return pod, s.state.terminated
             return None
 
-        pod, terminated = wait_for(failed_init, 120, "the tampered adapter's download to be refused")
+        pod, terminated = wait_for(failed_init, 120, "the tampered model's download to be refused")
         assert pod.status.phase == "Failed" and "differs from the recorded" in terminated.message
         assert not serving(executor, k8s.ns, "tampered")
         k8s.custom.delete_namespaced_custom_object("kubetune.io", "v1alpha1", k8s.ns, "modeldeployments", "tampered")
