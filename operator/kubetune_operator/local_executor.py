@@ -3,9 +3,10 @@ local processes.
 
 The demo has a real control plane but no container runtime. This executor registers a Node, and for
 every pod the scheduler binds to it: materialises the pod's ConfigMap volumes, maps `/mnt/pvc/<claim>`
-mounts to a local directory, runs the container's command with the pod's env (secret references
-resolved), and reports the pod status (Running, then Succeeded/Failed with the trainer's result as the
-termination message) the way a kubelet would. The Job controller and the operator see ordinary pods.
+mounts to a local directory, runs the init containers in order and then the container's command
+with the pod's env (secret references resolved), and reports the pod status (Running, then
+Succeeded/Failed with the trainer's result as the termination message) the way a kubelet would.
+The Job controller and the operator see ordinary pods.
 
 A deleted or evicted pod ends as on a kubelet: SIGTERM to its process, SIGKILL when the pod's grace
 period (``deletionGracePeriodSeconds``, from ``terminationGracePeriodSeconds``) runs out, the exit
@@ -225,25 +226,11 @@ class LocalExecutor:
         ns, name = pod.metadata.namespace, pod.metadata.name
         container = pod.spec.containers[0]
         root = self.workdir / ns / name
+        if not self._run_init_containers(pod, root):
+            return
         mounts = self._materialise_volumes(pod, container, root)
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "KUBETUNE_PVC_ROOT": str(self.pvc_root),
-            # The pod's own scratch (a container's writable layer): nothing cached survives the pod.
-            "KUBETUNE_CACHE": str(root / "cache"),
-        }
-        env.update(self._env_from(ns, container))  # as the kubelet does: envFrom first, env overrides it
-        for var in container.env or []:
-            env[var.name] = self._env_value(ns, var)
-        env["KUBETUNE_PVC_ROOT"] = str(self.pvc_root)  # claims live in local folders here
-        for remote, local in mounts.items():
-            for k, v in list(env.items()):
-                if v.startswith(remote):
-                    env[k] = local + v[len(remote) :]
-        command = [self._local_path(arg, mounts) for arg in (container.command or []) + (container.args or [])]
-        if command and command[0] in ("python", "python3"):
-            command[0] = sys.executable
+        env = self._container_env(ns, container, mounts, root)
+        command = self._command(container, mounts)
         endpoint = None
         if "--port" in command:
             # Every pod has its own network namespace; processes here share one: give each a port.
@@ -276,6 +263,65 @@ class LocalExecutor:
             proc, Path(out) if out else None, log_path, endpoint, labels, path, ready=path is None
         )
         self._patch(ns, name, "Running", container, {"running": {"startedAt": _now()}}, ready=path is None)
+
+    def _container_env(self, ns: str, container: Any, mounts: dict[str, str], root: Path) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBETUNE_PVC_ROOT": str(self.pvc_root),
+            # The pod's own scratch (a container's writable layer): nothing cached survives the pod.
+            "KUBETUNE_CACHE": str(root / "cache"),
+        }
+        env.update(self._env_from(ns, container))  # as the kubelet does: envFrom first, env overrides it
+        for var in container.env or []:
+            env[var.name] = self._env_value(ns, var)
+        env["KUBETUNE_PVC_ROOT"] = str(self.pvc_root)  # claims live in local folders here
+        for remote, local in mounts.items():
+            for k, v in list(env.items()):
+                if v.startswith(remote):
+                    env[k] = local + v[len(remote) :]
+        return env
+
+    def _command(self, container: Any, mounts: dict[str, str]) -> list[str]:
+        command = [self._local_path(arg, mounts) for arg in (container.command or []) + (container.args or [])]
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable
+        return command
+
+    def _run_init_containers(self, pod: Any, root: Path) -> bool:
+        """Each init container to completion, in order, as a kubelet does; False (pod Failed) if one fails.
+
+        They run here, on the executor's thread: the downloads of a development cluster are small.
+        """
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        statuses: list[dict[str, Any]] = []
+        for init in pod.spec.init_containers or []:
+            mounts = self._materialise_volumes(pod, init, root)
+            log_path = root / f"init-{init.name}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "wb") as log:
+                try:
+                    code = subprocess.run(
+                        self._command(init, mounts),
+                        env=self._container_env(ns, init, mounts, root),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        preexec_fn=_die_with_parent,
+                        check=False,
+                    ).returncode
+                except OSError as err:  # no such executable: what a runtime reports as a failed start
+                    log.write(f"cannot start: {err}\n".encode())
+                    code = 128
+            message = log_path.read_text(errors="replace")[-1000:]
+            state = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message}
+            statuses.append({"name": init.name, "image": init.image, "imageID": "", "ready": code == 0,
+                             "restartCount": 0, "state": {"terminated": {**state, "finishedAt": _now()}}})  # fmt: skip
+            self.core.patch_namespaced_pod_status(name, ns, {"status": {"initContainerStatuses": statuses}})
+            if code != 0:
+                waiting = {"waiting": {"reason": "PodInitializing", "message": f"init container {init.name} failed"}}
+                self._patch(ns, name, "Failed", pod.spec.containers[0], waiting)
+                return False
+        return True
 
     @staticmethod
     def _probe(run: Running) -> bool:

@@ -37,8 +37,55 @@ class Canary:
 
 
 @dataclass(frozen=True)
+class Served:
+    """What a track serves from a FineTuneJob (or `spec.adapter.uri`), as one string status can hold.
+
+    A plain uri is an adapter on top of the base model; ``#kind=model`` marks a whole model that is
+    served instead of the base (a full fine-tune, or merged weights); ``digest=`` is what a download
+    of it is checked against.
+
+    >>> Served.parse("s3://b/run-2/merged#kind=model&digest=sha256:ab")
+    Served(uri='s3://b/run-2/merged', kind='model', digest='sha256:ab')
+    >>> Served.parse("pvc://a/run-1/artifact").ref()
+    'pvc://a/run-1/artifact'
+    """
+
+    uri: str
+    kind: str = "adapter"  # adapter | model
+    digest: str | None = None
+
+    def ref(self) -> str:
+        params = [("kind", self.kind)] if self.kind != "adapter" else []
+        params += [("digest", self.digest)] if self.digest else []
+        return self.uri + ("#" + "&".join(f"{k}={v}" for k, v in params) if params else "")
+
+    @classmethod
+    def parse(cls, ref: str) -> Served:
+        uri, _, fragment = ref.partition("#")
+        params: dict[str, str] = {}
+        for part in fragment.split("&"):
+            key, _, value = part.partition("=")
+            params[key] = value
+        return cls(uri, params.get("kind", "adapter"), params.get("digest") or None)
+
+    @classmethod
+    def from_artifact(cls, artifact: dict[str, Any]) -> Served | None:
+        """A FineTuneJob's `status.artifact`: merged weights when the run wrote them, else the artifact."""
+        if artifact.get("mergedUri"):
+            return cls(artifact["mergedUri"], "model", artifact.get("mergedDigest"))
+        if not artifact.get("uri"):
+            return None
+        return cls(artifact["uri"], "model" if artifact.get("kind") == "model" else "adapter", artifact.get("digest"))
+
+
+@dataclass(frozen=True)
 class ModelDeploymentSpec:
     base_model: str  # hub id or uri
+    base_is_hub_id: bool
+    base_revision: str | None
+    trust_remote_code: bool
+    model_cache_uri: str | None  # pvc://claim/path: HF_HOME of the pods, for hub-id base models
+    env_from: list[dict[str, Any]]  # core/v1 EnvFromSource entries (S3 keys, HF_TOKEN, HF_HUB_OFFLINE)
     adapter_uri: str | None
     adapter_ref: str | None  # FineTuneJob name
     adapter_name: str
@@ -75,6 +122,11 @@ class ModelDeploymentSpec:
         ref = (adapter.get("fineTuneJobRef") or {}).get("name")
         return cls(
             base_model=base.get("uri") or base.get("name") or "",
+            base_is_hub_id=not base.get("uri"),
+            base_revision=base.get("revision"),
+            trust_remote_code=bool(base.get("trustRemoteCode", False)),
+            model_cache_uri=base.get("cacheUri"),
+            env_from=list(spec.get("envFrom") or []),
             adapter_uri=adapter.get("uri"),
             adapter_ref=ref,
             adapter_name=adapter.get("name") or ref or "adapter",

@@ -157,6 +157,17 @@ BAD_MODELDEPLOYMENTS = [
     ("unknown runtime", {"runtime": "tgi"}, 'spec.runtime: Unsupported value: "tgi"'),
     ("gateway traffic without gateway", {"traffic": "gatewayAPI"}, "traffic gatewayAPI requires spec.gateway"),
     (
+        "cache for a uri base model",
+        {"baseModel": {"name": None, "uri": "s3://b/m", "cacheUri": "pvc://hf/cache"}},
+        "baseModel.cacheUri is the Hugging Face cache of a hub-id",
+    ),
+    ("cache not on a claim", {"baseModel": {"cacheUri": "/hf"}}, "spec.baseModel.cacheUri"),
+    (
+        "envFrom with both sources",
+        {"envFrom": [{"secretRef": {"name": "s"}, "configMapRef": {"name": "c"}}]},
+        "exactly one of secretRef or configMapRef",
+    ),
+    (
         "custom query without bounds",
         {"canary": {"analysis": {"queries": [{"name": "q", "query": "up"}]}}},
         "needs min or max",

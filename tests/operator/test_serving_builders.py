@@ -14,7 +14,7 @@ from kubetune_operator.builders.serving import (
     canary_replicas,
     track_selector,
 )
-from kubetune_operator.serving_spec import ModelDeploymentSpec, parse_duration, serving_version
+from kubetune_operator.serving_spec import ModelDeploymentSpec, Served, parse_duration, serving_version
 from kubetune_operator.settings import Settings
 
 MD: dict[str, Any] = {
@@ -32,6 +32,27 @@ def md() -> dict[str, Any]:
 
 def container(dep: dict[str, Any]) -> dict[str, Any]:
     return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def pod(dep: dict[str, Any]) -> dict[str, Any]:
+    return dep["spec"]["template"]["spec"]
+
+
+def flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def env(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c["env"]}
+
+
+def claims(dep: dict[str, Any]) -> dict[str, bool]:
+    """claim -> mounted read-only."""
+    return {
+        v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+        for v in pod(dep)["volumes"]
+        if "persistentVolumeClaim" in v
+    }
 
 
 def test_builtin_deployment(md):
@@ -68,7 +89,8 @@ def test_vllm_deployment_enables_lora(md):
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.85"
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
     assert args[args.index("--max-model-len") + 1] == "4096"
-    assert "--enable-lora" in args and args[args.index("--lora-modules") + 1] == "support=s3://bucket/adapter"
+    # vLLM reads local folders: the s3:// adapter is downloaded by an init container of the server image.
+    assert "--enable-lora" in args and args[args.index("--lora-modules") + 1] == "support=/models/adapter"
     assert args[-1] == "--enforce-eager"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
@@ -107,3 +129,108 @@ def test_spec_defaults_and_durations(md):
     assert spec.canary.analysis.enabled is False  # no analysis block: steps advance on time
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration("5 minutes")
+
+
+S3_KEYS = [{"secretRef": {"name": "s3-keys"}}]
+
+
+def test_s3_adapter_is_downloaded_by_an_init_container_and_checked_against_its_digest(md):
+    md["spec"]["envFrom"] = S3_KEYS
+    ref = Served("s3://bucket/runs/support/run-2/artifact", "adapter", "sha256:abc").ref()
+    dep = build_deployment(md, "canary", "v2", ref, 1, Settings(server_image="srv:1"))
+    (init,) = pod(dep)["initContainers"]
+    assert init["name"] == "fetch-adapter" and init["image"] == "srv:1"
+    assert init["command"] == ["python", "-m", "kubetune_server.fetch"]
+    assert init["args"] == ["s3://bucket/runs/support/run-2/artifact", "/models/adapter", "--digest", "sha256:abc"]
+    assert init["envFrom"] == S3_KEYS and container(dep)["envFrom"] == S3_KEYS  # keys by reference only
+    assert "nvidia.com/gpu" not in str(init["resources"])  # a download needs no GPU
+    models = {"name": "models", "mountPath": "/models"}
+    assert models in init["volumeMounts"] and models in container(dep)["volumeMounts"]
+    assert {"name": "models", "emptyDir": {}} in pod(dep)["volumes"]
+    args = container(dep)["args"]
+    assert flag(args, "--adapter") == "/models/adapter" and flag(args, "--model") == "/mnt/pvc/models/base"
+    assert claims(dep) == {"models": True}  # the base stays on its claim, read-only
+
+
+@pytest.mark.parametrize(
+    ("ref", "model", "fetched"),
+    [
+        (Served("pvc://adapters/run-3/artifact", "model").ref(), "/mnt/pvc/adapters/run-3/artifact", None),
+        (
+            Served("s3://bucket/runs/support/run-3/merged", "model", "sha256:m").ref(),
+            "/models/model",
+            ["s3://bucket/runs/support/run-3/merged", "/models/model", "--digest", "sha256:m"],
+        ),
+    ],
+    ids=["full-fine-tune-on-pvc", "merged-weights-on-s3"],
+)
+@pytest.mark.parametrize("runtime", ["builtin", "vllm"])
+def test_a_whole_model_replaces_the_base_and_is_served_under_the_adapter_name(md, ref, model, fetched, runtime):
+    md["spec"]["runtime"] = runtime
+    dep = build_deployment(md, "stable", "v3", ref, 2, Settings())
+    args = container(dep)["args"]
+    assert "--adapter" not in args and "--enable-lora" not in args and "--lora-modules" not in args
+    if runtime == "vllm":
+        assert args[0] == model and flag(args, "--served-model-name") == "support"
+    else:
+        assert flag(args, "--model") == model and flag(args, "--model-name") == "support"
+    assert "models" not in claims(dep)  # nothing of the base model is mounted
+    inits = pod(dep).get("initContainers", [])
+    assert [i["args"] for i in inits] == ([fetched] if fetched else [])
+
+
+def test_s3_base_model_is_downloaded_and_keeps_its_name(md):
+    md["spec"]["baseModel"] = {"uri": "s3://bucket/models/tiny-llama/"}
+    dep = build_deployment(md, "stable", "v1", "pvc://adapters/run-1/artifact", 2, Settings())
+    assert [i["args"] for i in pod(dep)["initContainers"]] == [["s3://bucket/models/tiny-llama/", "/models/base"]]
+    args = container(dep)["args"]
+    assert flag(args, "--model") == "/models/base" and flag(args, "--model-name") == "tiny-llama"
+    assert flag(args, "--adapter") == "/mnt/pvc/adapters/run-1/artifact"
+
+
+def test_hub_id_base_model_loads_through_the_cache_claim(md):
+    md["spec"]["baseModel"] = {
+        "name": "Qwen/Qwen2.5-0.5B",
+        "revision": "v1.0",
+        "cacheUri": "pvc://hf-cache/hub/",
+        "trustRemoteCode": True,
+    }
+    md["spec"]["envFrom"] = [{"configMapRef": {"name": "offline"}}]  # e.g. HF_HUB_OFFLINE=1
+    for runtime in ("builtin", "vllm"):
+        md["spec"]["runtime"] = runtime
+        dep = build_deployment(md, "stable", "v1", "pvc://adapters/run-1/artifact", 2, Settings())
+        c = container(dep)
+        model = flag(c["args"], "--model") if runtime == "builtin" else c["args"][0]
+        assert model == "Qwen/Qwen2.5-0.5B" and flag(c["args"], "--revision") == "v1.0"
+        assert env(c)["HF_HOME"] == "/mnt/pvc/hf-cache/hub"
+        assert claims(dep) == {"hf-cache": False, "adapters": True}  # a cache is written on a miss
+        assert {"name": "pvc-1", "mountPath": "/mnt/pvc/hf-cache", "readOnly": False} in c["volumeMounts"]
+        assert "initContainers" not in pod(dep) and c["envFrom"] == md["spec"]["envFrom"]
+        assert ("--trust-remote-code" in c["args"]) == (runtime == "vllm")  # builtin never runs a model's code
+
+
+def test_hub_id_without_a_cache_claim_uses_the_pods_scratch_space(md):
+    md["spec"]["baseModel"] = {"name": "org/model"}
+    dep = build_deployment(md, "stable", "v1", None, 2, Settings())
+    c = container(dep)
+    assert flag(c["args"], "--model") == "org/model" and "--revision" not in c["args"]
+    assert env(c)["HF_HOME"] == "/tmp/hf" and claims(dep) == {} and "envFrom" not in c
+
+
+def test_what_a_finetunejob_artifact_serves():
+    adapter = {"uri": "s3://b/run-1/artifact", "digest": "sha256:a", "kind": "adapter"}
+    assert Served.from_artifact(adapter) == Served("s3://b/run-1/artifact", "adapter", "sha256:a")
+    assert Served.from_artifact({"uri": "pvc://a/run-1/artifact"}) == Served("pvc://a/run-1/artifact")  # older trainer
+    full = {**adapter, "kind": "model"}
+    assert Served.from_artifact(full) == Served("s3://b/run-1/artifact", "model", "sha256:a")
+    merged = {**adapter, "mergedUri": "s3://b/run-1/merged", "mergedDigest": "sha256:m"}
+    assert Served.from_artifact(merged) == Served("s3://b/run-1/merged", "model", "sha256:m")
+    assert Served.from_artifact({}) is None
+    for served in (Served.from_artifact(adapter), Served.from_artifact(merged)):
+        assert served is not None and Served.parse(served.ref()) == served
+    assert Served.from_artifact(merged).ref() == "s3://b/run-1/merged#kind=model&digest=sha256:m"  # type: ignore[union-attr]
+
+
+def test_version_changes_with_the_kind_and_digest_of_what_is_served(md):
+    refs = [Served("pvc://a/x").ref(), Served("pvc://a/x", "model").ref(), Served("pvc://a/x", digest="sha256:1").ref()]
+    assert len({serving_version(md["spec"], r) for r in refs}) == 3

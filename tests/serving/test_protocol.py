@@ -129,7 +129,9 @@ def test_cli_bad_settings_exit_2_in_one_line(tmp_path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: --model {tmp_path / 'missing'}: not a directory"
+    assert (
+        proc.stderr.strip() == f"error: --model {tmp_path / 'missing'}: not a directory (nor a hub id such as org/name)"
+    )
 
 
 def test_metrics_are_labelled_and_start_at_zero() -> None:

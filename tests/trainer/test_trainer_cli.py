@@ -97,7 +97,14 @@ def test_artifact_model_card_and_result(write_spec, tmp_path):
     assert result["phase"] == "Succeeded" and result["evalPassed"] is True
     assert set(result["metrics"]) == {"evalLoss", "perplexity", "exactMatch"}
     artifact = out / "artifact"
-    assert result["artifact"] == {"uri": str(artifact), "digest": directory_digest(artifact)}
+    merged_dir = out / "merged"
+    assert result["artifact"] == {
+        "uri": str(artifact),
+        "digest": directory_digest(artifact),
+        "kind": "adapter",
+        "mergedUri": str(merged_dir),
+        "mergedDigest": directory_digest(merged_dir),
+    }
     names = {p.name for p in artifact.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "model_card.json"} <= names
     assert not any(n.endswith((".bin", ".pt")) for n in names)
@@ -134,6 +141,7 @@ def test_failing_gate_is_recorded_not_crashed(write_spec, tmp_path):
     assert outcome["phase"] == "Succeeded" and outcome["evalPassed"] is False
     assert outcome["gateFailures"][0].startswith("perplexity")
     assert (tmp_path / "out" / "artifact" / "model.safetensors").exists()
+    assert outcome["artifact"]["kind"] == "model" and "mergedUri" not in outcome["artifact"]
 
 
 @pytest.mark.slow

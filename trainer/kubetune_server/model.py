@@ -130,7 +130,11 @@ def load(settings: ServerSettings) -> LoadedModel:
 
     hf_logging.disable_progress_bar()  # pod logs are not terminals
     check_paths(settings)
+    # A directory, or a hub id that transformers finds in (or downloads into) the HF cache at HF_HOME,
+    # as the trainer loads one; HF_HUB_OFFLINE=1 keeps it to the cache.
     model_dir = Path(settings.model)
+    source = str(model_dir) if model_dir.is_dir() else settings.model
+    hub = {"revision": settings.revision} if settings.revision else {}
     adapter_dir = Path(settings.adapter) if settings.adapter else None
     device = pick_device(settings.device)
     torch.manual_seed(settings.seed)
@@ -138,12 +142,26 @@ def load(settings: ServerSettings) -> LoadedModel:
         torch.set_num_threads(settings.torch_threads)
     started = time.monotonic()
     # The trainer saves the tokenizer beside the adapter (pad token and all); prefer that copy.
-    tok_dir = adapter_dir if adapter_dir and (adapter_dir / "tokenizer_config.json").is_file() else model_dir
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    own_tokenizer = adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir if own_tokenizer else source, **hub)
+    except OSError as e:
+        if model_dir.is_dir() or own_tokenizer:
+            raise
+        raise RuntimeError(
+            f"--model {settings.model}: not a local directory, and {_hub_origin()} lacks it ({e})"
+        ) from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.float32 if device == "cpu" else "auto"
-    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hub)
+    except OSError as e:
+        if model_dir.is_dir():
+            raise
+        raise RuntimeError(
+            f"--model {settings.model}: not a local directory, and {_hub_origin()} lacks it ({e})"
+        ) from e
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -152,7 +170,7 @@ def load(settings: ServerSettings) -> LoadedModel:
     model.eval()
     log.info(
         "loaded %s%s on %s in %.1fs",
-        model_dir,
+        source,
         f" + adapter {adapter_dir} as '{settings.adapter_name}'" if adapter_dir else "",
         device,
         time.monotonic() - started,
@@ -160,6 +178,15 @@ def load(settings: ServerSettings) -> LoadedModel:
     return LoadedModel(
         model, tokenizer, device, settings.served_model_name, settings.adapter_name if adapter_dir else None
     )
+
+
+def _hub_origin() -> str:
+    import os
+
+    from huggingface_hub import constants
+
+    where = f"the Hugging Face cache at {constants.HF_HUB_CACHE}"
+    return f"{where} (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else f"the hub or {where}"
 
 
 def gpu_memory() -> tuple[float, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class ServerSettings:
     model: str
+    revision: str | None = None
     adapter: str | None = None
     adapter_name: str = "adapter"
     model_name: str | None = None  # defaults to the model directory's name
@@ -42,7 +44,8 @@ class ServerSettings:
 
 # (flag, type, help). The environment variable is ENV_PREFIX + the flag in upper snake case.
 FLAGS: list[tuple[str, type, str]] = [
-    ("model", str, "directory of the base model and its tokenizer (save_pretrained output)"),
+    ("model", str, "directory of the model and its tokenizer (save_pretrained output), or a hub id (HF cache)"),
+    ("revision", str, "branch, tag or commit of a hub-id --model (default: main)"),
     ("adapter", str, "directory of a PEFT adapter (save_pretrained output) to apply to the base model"),
     ("adapter-name", str, "name the adapter is served under in /v1/models and the request's 'model'"),
     ("model-name", str, "name the base model is served under (default: the model directory's name)"),
@@ -91,6 +94,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     # An empty variable (a Deployment template with no adapter) means "not set".
     values["adapter"] = values["adapter"] or None
     values["model_name"] = values["model_name"] or None
+    values["revision"] = values["revision"] or None
     settings = ServerSettings(**values)
     check(settings)
     return settings
@@ -117,9 +121,26 @@ def check(s: ServerSettings) -> None:
         raise SettingsError("--version must not be empty (it labels the metrics)")
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def is_hub_id(model: str) -> bool:
+    """``org/name`` or ``name``, as the hub spells ids; a path starts with / or . or has more parts.
+
+    >>> is_hub_id("Qwen/Qwen2.5-0.5B"), is_hub_id("/models/base"), is_hub_id("./m"), is_hub_id("a/b/c")
+    (True, False, False, False)
+    """
+    return HUB_ID.fullmatch(model) is not None
+
+
 def check_paths(s: ServerSettings) -> None:
-    """The model and adapter directories exist: fail in a line, before listening, not in a traceback later."""
-    if not Path(s.model).is_dir():
-        raise SettingsError(f"--model {s.model}: not a directory")
+    """The model and adapter directories exist: fail in a line, before listening, not in a traceback later.
+
+    A hub id that is not a local directory is looked up in the HF cache (``HF_HOME``) when loading.
+    """
+    if not Path(s.model).is_dir() and not is_hub_id(s.model):
+        raise SettingsError(f"--model {s.model}: not a directory (nor a hub id such as org/name)")
+    if s.revision and Path(s.model).is_dir():
+        raise SettingsError(f"--revision {s.revision}: only for a hub-id --model, not the directory {s.model}")
     if s.adapter and not (Path(s.adapter) / "adapter_config.json").is_file():
         raise SettingsError(f"--adapter {s.adapter}: no adapter_config.json there (not a PEFT adapter directory)")

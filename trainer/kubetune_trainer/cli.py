@@ -142,9 +142,12 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     export.write_json(out_dir / "eval.json", eval_report)
     card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, started)
     artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir, state_dict=gathered)
+    # kind tells a server what it holds: an adapter for the base model, or a whole model (full fine-tune).
+    kind = "model" if cfg.method == "full" else "adapter"
+    artifact = {"uri": export.artifact_uri(remote, out_dir), "digest": digest, "kind": kind}
     if cfg.output.merge_weights and cfg.method != "full":
-        export.write_merged(lm, tokenizer, out_dir)
-    artifact = {"uri": export.artifact_uri(remote, out_dir), "digest": digest}
+        _, merged_digest = export.write_merged(lm, tokenizer, out_dir)
+        artifact.update(mergedUri=export.artifact_uri(remote, out_dir, "merged"), mergedDigest=merged_digest)
     outcome.update(
         baseMetrics=base_metrics,
         gateFailures=reasons,

@@ -56,14 +56,14 @@ def write_artifact(
     return final, digest
 
 
-def write_merged(model: Any, tokenizer: Any, out_dir: Path) -> Path:
-    """Fold the adapter into the base weights (LoRA / IA3) and save a standalone model."""
+def write_merged(model: Any, tokenizer: Any, out_dir: Path) -> tuple[Path, str]:
+    """Fold the adapter into the base weights (LoRA / IA3) and save a standalone model; (path, digest)."""
     merged = model.merge_and_unload()
     path = out_dir / "merged"
     shutil.rmtree(path, ignore_errors=True)
     merged.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    return path
+    return path, directory_digest(path)
 
 
 def write_json(path: Path, data: dict[str, Any], compact: bool = False) -> Path:
@@ -96,11 +96,11 @@ def upload(local: Path, uri: str, skip: tuple[str, ...] = ()) -> None:
         fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(local).as_posix()}")
 
 
-def artifact_uri(remote: str | None, local_out: Path) -> str:
-    """Where others should load the artifact from: the uploaded copy, else pvc://claim/... or a path."""
+def artifact_uri(remote: str | None, local_out: Path, name: str = "artifact") -> str:
+    """Where others should load ``name`` (artifact, merged) from: the uploaded copy, else pvc://claim/... or a path."""
     if remote:
-        return remote.rstrip("/") + "/artifact"
-    return uris.to_uri(local_out / "artifact")
+        return remote.rstrip("/") + "/" + name
+    return uris.to_uri(local_out / name)
 
 
 TERMINATION_LOG = "/dev/termination-log"

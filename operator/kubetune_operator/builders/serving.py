@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from kubetune_operator import api
@@ -10,14 +11,16 @@ from kubetune_operator.builders.labels import child_labels, label_value, owner_r
 from kubetune_operator.builders.names import bounded
 from kubetune_operator.builders.resources import container_resources
 from kubetune_operator.builders.trainer_job import resolve_uri
-from kubetune_operator.builders.volumes import pvc_volumes
-from kubetune_operator.serving_spec import ModelDeploymentSpec
+from kubetune_operator.builders.volumes import claim_of, pvc_volumes
+from kubetune_operator.serving_spec import ModelDeploymentSpec, Served
 from kubetune_operator.settings import Settings
 
 COMPONENT = "server"
 LABEL_TRACK = f"{api.GROUP}/track"
 LABEL_VERSION = f"{api.GROUP}/version"
 STABLE, CANARY = "stable", "canary"
+# s3:// models and adapters are downloaded here (an emptyDir) by init containers.
+MODELS_VOLUME, MODELS_DIR = "models", "/models"
 
 
 def deployment_name(md: str, track: str) -> str:
@@ -40,26 +43,37 @@ def canary_replicas(total: int, weight: int) -> int:
 def build_deployment(
     md: dict[str, Any], track: str, version: str, adapter_uri: str | None, replicas: int, settings: Settings
 ) -> dict[str, Any]:
+    """``adapter_uri`` is a `Served` ref (see serving_spec): an adapter, or a whole model that replaces the base."""
     meta = md["metadata"]
     spec = ModelDeploymentSpec.from_dict(md["spec"])
     labels = child_labels(meta["name"], COMPONENT, {LABEL_TRACK: track, LABEL_VERSION: version})
-    uris = [u for u in (spec.base_model, adapter_uri) if u]
-    volumes, mounts = pvc_volumes(uris, settings.pvc_mount_root)
-    model = resolve_uri(spec.base_model, settings)
-    adapter = resolve_uri(adapter_uri, settings) if adapter_uri else None
+    src = model_sources(spec, Served.parse(adapter_uri) if adapter_uri else None, settings)
+    cache_claim = claim_of(spec.model_cache_uri) if src.hf_home and spec.model_cache_uri else None
+    volumes, mounts = pvc_volumes(src.pvc_uris, settings.pvc_mount_root, cache_claim)
+    mounts = [*mounts, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes = [*volumes, {"name": "tmp", "emptyDir": {}}]
+    if src.fetches:
+        volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
+        mounts.append({"name": MODELS_VOLUME, "mountPath": MODELS_DIR})
+    env = [{"name": "HF_HOME", "value": src.hf_home or "/tmp/hf"}]
     if spec.runtime == "vllm":
-        container = _vllm_container(spec, model, adapter, settings)
+        container = _vllm_container(spec, src, settings)
     else:
-        container = _builtin_container(spec, model, adapter, version, settings)
-    container["volumeMounts"] = [*mounts, {"name": "tmp", "mountPath": "/tmp"}]
+        container = _builtin_container(spec, src, version, settings)
+    container["env"] = env
+    if spec.env_from:
+        container["envFrom"] = spec.env_from
+    container["volumeMounts"] = mounts
     container["resources"] = container_resources(
         spec.resources.cpu, spec.resources.memory, spec.resources.gpus, spec.resources.gpu_resource_name
     )
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "volumes": [*volumes, {"name": "tmp", "emptyDir": {}}],
+        "volumes": volumes,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
     }
+    if src.fetches:
+        pod_spec["initContainers"] = [_fetch_container(f, spec, env, mounts, settings) for f in src.fetches]
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = spec.resources.node_selector
     if spec.resources.tolerations:
@@ -86,6 +100,67 @@ def build_deployment(
             },
         },
     }
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One download an init container makes before the server starts."""
+
+    what: str  # base | adapter | model: names the container and the folder
+    uri: str
+    path: str  # where it lands inside the pod
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the server finds what it serves, inside the pod."""
+
+    model: str  # a path, or a hub id resolved through the HF cache
+    model_name: str | None  # the name it is served under, when the path's last part would say nothing
+    revision: str | None  # of a hub id
+    adapter: str | None
+    fetches: tuple[Fetch, ...]
+    pvc_uris: list[str]  # pvc:// locations the pod mounts
+    hf_home: str | None  # the cache claim's path when a hub id is loaded through it
+
+
+def model_sources(spec: ModelDeploymentSpec, served: Served | None, settings: Settings) -> Sources:
+    """Local and pvc:// locations are read in place; s3:// ones are downloaded into an emptyDir first.
+
+    A whole model from a FineTuneJob replaces the base (nothing of the base is mounted or fetched)
+    and is served under the adapter's name, so clients keep naming the same model across versions.
+
+    >>> s = model_sources(ModelDeploymentSpec.from_dict({"baseModel": {"name": "org/m"}}),
+    ...                   Served("s3://b/run-1/artifact", "adapter", "sha256:1"), Settings())
+    >>> s.model, s.adapter, s.fetches[0].path
+    ('org/m', '/models/adapter', '/models/adapter')
+    """
+    fetches: list[Fetch] = []
+    pvc_uris: list[str] = []
+
+    def place(uri: str, what: str, digest: str | None) -> str:
+        if uri.startswith("s3://"):
+            fetches.append(Fetch(what, uri, f"{MODELS_DIR}/{what}", digest))
+            return f"{MODELS_DIR}/{what}"
+        pvc_uris.append(uri)
+        return resolve_uri(uri, settings)
+
+    if served is not None and served.kind == "model":
+        model = place(served.uri, "model", served.digest)
+        return Sources(model, spec.adapter_name, None, None, tuple(fetches), pvc_uris, None)
+    revision, model_name, hf_home = None, None, None
+    if spec.base_is_hub_id:
+        model, revision = spec.base_model, spec.base_revision
+        if spec.model_cache_uri:
+            pvc_uris.append(spec.model_cache_uri)
+            hf_home = resolve_uri(spec.model_cache_uri.rstrip("/"), settings)
+    else:
+        model = place(spec.base_model, "base", None)
+        if fetches:  # "/models/base" would name every downloaded base model alike
+            model_name = spec.base_model.rstrip("/").rsplit("/", 1)[-1]
+    adapter = place(served.uri, "adapter", served.digest) if served is not None else None
+    return Sources(model, model_name, revision, adapter, tuple(fetches), pvc_uris, hf_home)
 
 
 def build_services(md: dict[str, Any]) -> list[dict[str, Any]]:
@@ -149,12 +224,14 @@ def build_httproute(md: dict[str, Any], canary_weight: int) -> dict[str, Any]:
     }
 
 
-def _builtin_container(
-    spec: ModelDeploymentSpec, model: str, adapter: str | None, version: str, settings: Settings
-) -> dict[str, Any]:
-    args = ["--model", model, "--host", "0.0.0.0", "--port", str(spec.port), "--version", version]
-    if adapter:
-        args += ["--adapter", adapter, "--adapter-name", spec.adapter_name]
+def _builtin_container(spec: ModelDeploymentSpec, src: Sources, version: str, settings: Settings) -> dict[str, Any]:
+    args = ["--model", src.model, "--host", "0.0.0.0", "--port", str(spec.port), "--version", version]
+    if src.model_name:
+        args += ["--model-name", src.model_name]
+    if src.revision:
+        args += ["--revision", src.revision]
+    if src.adapter:
+        args += ["--adapter", src.adapter, "--adapter-name", spec.adapter_name]
     args += list(spec.builtin.get("extraArgs") or [])
     return {
         "name": COMPONENT,
@@ -164,29 +241,34 @@ def _builtin_container(
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "env": [{"name": "HF_HOME", "value": "/tmp/hf"}],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
 
 
-def _vllm_container(spec: ModelDeploymentSpec, model: str, adapter: str | None, settings: Settings) -> dict[str, Any]:
+def _vllm_container(spec: ModelDeploymentSpec, src: Sources, settings: Settings) -> dict[str, Any]:
     vllm = spec.vllm
     args = [
-        model,
+        src.model,
         "--port",
         str(spec.port),
         "--gpu-memory-utilization",
         str(vllm.get("gpuMemoryUtilization", 0.9)),
     ]
+    if src.model_name:
+        args += ["--served-model-name", src.model_name]
+    if src.revision:
+        args += ["--revision", src.revision]
+    if spec.trust_remote_code:
+        args += ["--trust-remote-code"]
     if spec.resources.gpus > 1:
         args += ["--tensor-parallel-size", str(spec.resources.gpus)]
     if vllm.get("maxModelLen"):
         args += ["--max-model-len", str(vllm["maxModelLen"])]
-    if adapter:
+    if src.adapter:
         args += [
             "--enable-lora",
             "--lora-modules",
-            f"{spec.adapter_name}={adapter}",
+            f"{spec.adapter_name}={src.adapter}",
             "--max-lora-rank",
             str(vllm.get("maxLoraRank", 64)),
         ]
@@ -198,6 +280,30 @@ def _vllm_container(spec: ModelDeploymentSpec, model: str, adapter: str | None, 
         "args": args,
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
-        "env": [{"name": "HF_HOME", "value": "/tmp/hf"}],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
+
+
+def _fetch_container(
+    fetch: Fetch, spec: ModelDeploymentSpec, env: list[dict[str, Any]], mounts: list[dict[str, Any]], settings: Settings
+) -> dict[str, Any]:
+    """Downloads one s3:// location into the pod (and checks its digest) before the server starts.
+
+    The server image has the downloader, also for vLLM pods; a builtin pod's own image is one.
+    """
+    args = [fetch.uri, fetch.path, *(["--digest", fetch.digest] if fetch.digest else [])]
+    container: dict[str, Any] = {
+        "name": f"fetch-{fetch.what}",
+        "image": spec.image if spec.image and spec.runtime == "builtin" else settings.server_image,
+        "command": ["python", "-m", "kubetune_server.fetch"],
+        "args": args,
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": container_resources(
+            spec.resources.cpu, spec.resources.memory, 0, spec.resources.gpu_resource_name
+        ),
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.env_from:
+        container["envFrom"] = spec.env_from
+    return container

@@ -16,7 +16,7 @@ from kubetune_operator.builders import serving
 from kubetune_operator.conditions import get_condition, set_condition
 from kubetune_operator.kube import Kube
 from kubetune_operator.prometheus import PrometheusUnavailable, query_value
-from kubetune_operator.serving_spec import ModelDeploymentSpec, serving_version
+from kubetune_operator.serving_spec import ModelDeploymentSpec, Served, serving_version
 from kubetune_operator.settings import Settings
 
 QueryFn = Callable[[str, str], float | None]
@@ -71,8 +71,8 @@ class _Context:
 
     # -- adapters from FineTuneJobs ---------------------------------------------------------------
     def _desired_adapter(self, r: canary.Rollout) -> tuple[str | None, str | None]:
-        """(adapter uri to serve, or a message saying why we wait). Keeps the current adapter while a
-        referenced FineTuneJob has no new artifact that passed its evaluation gates."""
+        """(what to serve as a `Served` ref, or a message saying why we wait). Keeps the current one while
+        a referenced FineTuneJob has no new artifact that passed its evaluation gates."""
         current = self.status.get("canaryAdapterUri") if r.canary_version else self.status.get("stableAdapterUri")
         if self.spec.adapter_ref is None:
             return self.spec.adapter_uri, None
@@ -80,7 +80,9 @@ class _Context:
         if ftj is None:
             return self._keep(current, f"FineTuneJob {self.spec.adapter_ref} not found")
         st = ftj.get("status") or {}
-        artifact = (st.get("artifact") or {}).get("uri")
+        # An adapter, or the whole model (full fine-tune, merged weights) that replaces the base.
+        served = Served.from_artifact(st.get("artifact") or {})
+        artifact = served.ref() if served else None
         gate = get_condition(st.get("conditions"), "EvalPassed")
         if st.get("phase") == "Succeeded" and artifact and gate and gate.get("status") == "True":
             return artifact, None
