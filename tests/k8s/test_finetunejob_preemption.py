@@ -14,6 +14,7 @@ import base64
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,31 @@ def test_a_bad_config_exit_fails_the_job_at_once(k8s, operator, executor, pods, 
     names = pods.names()
     assert len(names) == 1, names  # three retries allowed, none used
     assert 2 in [exit_code(p) for p in pods.seen(names[0])]
+
+
+def test_a_process_that_ignores_sigterm_is_killed_when_the_grace_period_ends(k8s, executor, pods):
+    ignore_sigterm = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    )
+    k8s.core.create_namespaced_pod(
+        k8s.ns,
+        {
+            "metadata": {"name": "stubborn"},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": NODE},
+                "terminationGracePeriodSeconds": 3,
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "containers": [{"name": "main", "image": "any", "command": ["python", "-c", ignore_sigterm]}],
+            },
+        },
+    )
+    log = executor.workdir / k8s.ns / "stubborn" / "container.log"
+    wait_for(lambda: log.exists() and "up" in log.read_text(), 60, "the process to start")
+    started = time.monotonic()
+    k8s.core.delete_namespaced_pod("stubborn", k8s.ns)
+    wait_for(lambda: any(t == "DELETED" for t, _ in pods.events), 30, "the pod to be gone")
+    waited = time.monotonic() - started
+    final = [p for p in pods.seen("stubborn") if p.status.phase == "Failed"]
+    assert final and exit_code(final[-1]) == 137, [p.status for p in pods.seen("stubborn")][-1]
+    assert 3 <= waited < 15, waited  # SIGTERM ignored: SIGKILL came when the 3 s were up, not before

@@ -277,8 +277,9 @@ def train(
                 captured = checkpoint.capture(model, optimizer, world.is_main)  # all ranks: a collective in fsdp
                 if captured is not None:
                     saved = checkpoint.save(ckpt_dir, step, captured, scheduler, snapshot())
+                    where = mirror(saved) or str(saved)  # within the grace period after a SIGTERM too
                     if reporter is not None:
-                        reporter.checkpoint(mirror(saved) or str(saved))
+                        reporter.checkpoint(where)
                 distributed.barrier(world)  # nobody runs ahead (or exits) while rank 0 writes
             if after_step is not None:
                 after_step(step)
