@@ -75,6 +75,7 @@ def save_step(ckpt_dir: Path, step: int) -> Path:
 def test_checkpoints_mirrored_to_s3_are_pulled_by_a_pod_with_an_empty_cache(s3, tmp_path):
     fs, bucket = s3
     remote = f"s3://{bucket}/runs/job/run-1/checkpoints"
+    checkpoint.claim(tmp_path / "node-a", "uid-a", "1")
     for step in (5, 10, 15):
         assert checkpoint.push(save_step(tmp_path / "node-a", step), remote) == f"{remote}/step-{step}"
     # The remote copy keeps the newest two, like the local folder; each with its manifest.
@@ -82,6 +83,7 @@ def test_checkpoints_mirrored_to_s3_are_pulled_by_a_pod_with_an_empty_cache(s3, 
     assert json.loads(fs.cat(f"{bucket}/runs/job/run-1/checkpoints/step-15/manifest.json"))["step"] == 15
 
     fresh = tmp_path / "node-b" / "checkpoints"
+    checkpoint.claim(fresh, "uid-a", "1")
     assert checkpoint.pull_latest(remote, fresh) == f"{remote}/step-15"
     local, original = fresh / "step-15", tmp_path / "node-a" / "step-15"
     assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in original.iterdir())
@@ -94,6 +96,7 @@ def test_checkpoints_mirrored_to_s3_are_pulled_by_a_pod_with_an_empty_cache(s3, 
 def test_a_half_uploaded_or_damaged_remote_checkpoint_is_never_used(s3, tmp_path):
     fs, bucket = s3
     remote = f"s3://{bucket}/out/checkpoints"
+    checkpoint.claim(tmp_path / "a", "uid-a", "1")
     checkpoint.push(save_step(tmp_path / "a", 5), remote)
     checkpoint.push(save_step(tmp_path / "a", 10), remote)
     # A pod killed mid-upload: step-15's files are there, its manifest (uploaded last) is not.
@@ -104,8 +107,21 @@ def test_a_half_uploaded_or_damaged_remote_checkpoint_is_never_used(s3, tmp_path
     fs.pipe(f"{bucket}/out/checkpoints/step-10/trainable.pt", b"truncated")
     assert [s for s, _ in checkpoint.remote_complete(remote)] == [5, 10]
     fresh = tmp_path / "c" / "checkpoints"
+    checkpoint.claim(fresh, "uid-a", "1")
     assert checkpoint.pull_latest(remote, fresh) == f"{remote}/step-5"
     assert [p.name for p in checkpoint.complete(fresh)] == ["step-5"] and not list(fresh.glob(".tmp-*"))
+
+
+def test_remote_checkpoints_of_another_finetunejob_are_not_pulled(s3, tmp_path):
+    """A FineTuneJob deleted and re-created under the same name and s3:// output has a new uid."""
+    _, bucket = s3
+    remote = f"s3://{bucket}/reused/run-1/checkpoints"
+    checkpoint.claim(tmp_path / "old", "uid-old", "1")
+    checkpoint.push(save_step(tmp_path / "old", 5), remote)
+    for uid, run, pulled in (("uid-new", "1", None), ("uid-old", "2", None), ("uid-old", "1", f"{remote}/step-5")):
+        fresh = tmp_path / f"{uid}-{run}" / "checkpoints"
+        checkpoint.claim(fresh, uid, run)
+        assert checkpoint.pull_latest(remote, fresh) == pulled, (uid, run)
 
 
 def test_hf_model_uri_prefers_a_local_copy(tmp_path, monkeypatch):

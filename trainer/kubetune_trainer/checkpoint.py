@@ -244,6 +244,9 @@ def push(path: Path, remote: str, keep: int | None = KEEP) -> str:
     files = sorted(f for f in path.iterdir() if f.is_file() and f.name != MANIFEST)
     for file in files:
         fs.put_file(str(file), f"{dest}/{file.name}")
+    owner = path.parent / OWNER_FILE
+    if owner.exists():  # before the manifest: a pull never sees a whole checkpoint without its owner
+        fs.put_file(str(owner), f"{root}/{OWNER_FILE}")
     fs.put_file(str(path / MANIFEST), f"{dest}/{MANIFEST}")
     if keep is not None:
         for _, old in remote_complete(remote)[:-keep]:
@@ -279,6 +282,8 @@ def pull_latest(remote: str, ckpt_dir: Path) -> str | None:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(remote)
+    if not _same_owner(fs, root, ckpt_dir):
+        return None
     local = complete(ckpt_dir)
     newest_local = int(local[-1].name.split("-")[1]) if local else -1
     pulled = None
@@ -292,6 +297,37 @@ def pull_latest(remote: str, ckpt_dir: Path) -> str | None:
     if pulled and not (ckpt_dir / "best").exists() and fs.exists(f"{best}/{MANIFEST}"):
         _download(fs, best, ckpt_dir, "best")
     return pulled
+
+
+def _same_owner(fs: Any, root: str, ckpt_dir: Path) -> bool:
+    """Remote checkpoints count only when the run that pulls them wrote them (see ``claim``): a
+    FineTuneJob re-created under the same name and s3:// output must not resume a deleted one's run."""
+    remote_owner = f"{root.rstrip('/')}/{OWNER_FILE}"
+    local_owner = ckpt_dir / OWNER_FILE
+    fs.invalidate_cache()
+    if not fs.exists(remote_owner):
+        if remote_complete_any(fs, root):
+            log.warning("ignoring remote checkpoints in %s: no %s says which run wrote them", root, OWNER_FILE)
+            return False
+        return True
+    theirs = json.loads(fs.cat_file(remote_owner))
+    mine = json.loads(local_owner.read_text()) if local_owner.exists() else None
+    if theirs != mine:
+        log.warning(
+            "ignoring remote checkpoints in %s: written by FineTuneJob uid %s run %s, not by this one (%s)",
+            root,
+            theirs.get("uid"),
+            theirs.get("run"),
+            mine,
+        )
+        return False
+    return True
+
+
+def remote_complete_any(fs: Any, root: str) -> bool:
+    return fs.exists(root) and any(
+        re.fullmatch(r"step-\d+", e.rstrip("/").rsplit("/", 1)[-1]) for e in fs.ls(root, detail=False)
+    )
 
 
 def _download(fs: Any, path: str, ckpt_dir: Path, name: str) -> bool:
