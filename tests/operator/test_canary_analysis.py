@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,8 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 RATIO = Check("latencyP99Ratio", {"canary": "c", "stable": "s"}, None, 1.2, "pause", kind=analysis.QUANTILE_RATIO)
 ERRORS = Check("errorRate", {"value": "e"}, None, 0.01, "pause")
 REQUESTS = Check("requests", {"value": "r"}, 50, None, "pause", gate=True)
-GPU = Check("gpu", {"value": "g"}, None, 0.95, "pause", presence={"exported": "x", "scraped": "y"}, skip_reason="no GPU")
+PRESENCE = {"exported": "x", "scraped": "y"}
+GPU = Check("gpu", {"value": "g"}, None, 0.95, "pause", presence=PRESENCE, skip_reason="no GPU")
 
 
 def one(value: float) -> list[tuple[dict[str, str], float]]:
@@ -133,32 +135,29 @@ def test_too_few_requests_means_no_verdict_of_any_check_is_acted_on():
     assert analysis.gate([judge(REQUESTS, {"value": one(80)}), slow])[1].verdict == "Fail"
 
 
+def deployment(generation: int, seen: int, ready: int, updated: int) -> dict[str, Any]:
+    status = {"observedGeneration": seen, "readyReplicas": ready, "updatedReplicas": updated}
+    return {"metadata": {"generation": generation}, "spec": {"replicas": 2}, "status": status}
+
+
 def test_progress_deadline():
     c = Canary(progress_deadline_seconds=60)
-    ready = canary.readiness(
-        {"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": {"observedGeneration": 3,
-         "readyReplicas": 2, "updatedReplicas": 2}}  # fmt: skip
-    )
+    ready = canary.readiness(deployment(3, 3, 2, 2))
     assert ready.ok and canary.progress_deadline(ready, T0, c, T0 + dt.timedelta(hours=1)) == (None, None)
-    old_template = canary.readiness(
-        {"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": {"observedGeneration": 3,
-         "readyReplicas": 2, "updatedReplicas": 0}}  # fmt: skip
-    )
-    assert not old_template.ok
-    unseen = canary.readiness(
-        {"metadata": {"generation": 4}, "spec": {"replicas": 1}, "status": {"observedGeneration": 3, "readyReplicas": 1}}
-    )
+    assert not canary.readiness(deployment(3, 3, 2, 0)).ok  # Ready pods of the old template
+    unseen = canary.readiness(deployment(4, 3, 2, 2))  # the controller has not seen the new spec yet
     assert not unseen.ok
     assert canary.progress_deadline(unseen, T0, c, T0 + dt.timedelta(seconds=60)) == (T0, None)
     since, reason = canary.progress_deadline(unseen, T0, c, T0 + dt.timedelta(seconds=61))
-    assert since == T0 and reason is not None and "not Ready" in reason and "0/1" in reason
+    assert since == T0 and reason is not None and "not Ready" in reason and "0/2" in reason
 
 
 def test_checks_for_builtin_on_cpu_have_no_gpu_check():
     sel = Selectors('version="c"', 'version="s"')
     checks = analysis.build_checks(Analysis(enabled=True, prometheus="http://p"), "builtin", sel, "30s", 0, 0.9)
     assert [c.name for c in checks] == ["requests", "latencyP99Ratio", "errorRate"]
-    assert checks[1].queries["canary"] == 'sum by (le) (rate(kubetune_request_duration_seconds_bucket{version="c"}[30s]))'
+    bucket_rates = 'sum by (le) (rate(kubetune_request_duration_seconds_bucket{version="c"}[30s]))'
+    assert checks[1].queries["canary"] == bucket_rates
     with_gpu = analysis.build_checks(Analysis(enabled=True, prometheus="http://p"), "builtin", sel, "30s", 1, 0.9)
     assert with_gpu[-1].name == "gpuMemoryUtilization" and with_gpu[-1].presence["exported"].startswith("count(")
 
