@@ -308,8 +308,9 @@ class _Context:
             self._rollback(r, reason)
             return True
         if (since and _iso(since)) != start:
-            message = f"waiting for canary pods to be Ready ({ready.ready}/{ready.wanted})"
-            self._patch({"canaryNotReadySince": since and _iso(since), **({"message": message} if since else {})})
+            state = "waiting for canary pods to be Ready" if since else "canary pods Ready"
+            message = f"{state} ({ready.ready}/{ready.wanted})"
+            self._patch({"canaryNotReadySince": since and _iso(since), "message": message})
         return since is not None
 
     def _analyse(self, r: canary.Rollout) -> list[analysis.Verdict]:
