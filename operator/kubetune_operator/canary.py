@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kubetune_operator.analysis import ERROR, FAIL, NO_DATA, PASS, SKIPPED, Verdict
+from kubetune_operator.analysis import ERROR, FAIL, NO_DATA, PASS, SKIPPED, Verdict, gate
 from kubetune_operator.schedule import parse_time
 from kubetune_operator.serving_spec import Canary
 
@@ -71,7 +71,11 @@ class Decision:
 
 
 def decide(r: Rollout, canary: Canary, verdicts: list[Verdict], now: dt.datetime) -> Decision:
-    """After an analysis (or after the interval when analysis is off) at step `r.step`."""
+    """After an analysis (or after the interval when analysis is off) at step `r.step`.
+
+    Gated first: with fewer canary requests than minRequests no Pass or Fail is acted on.
+    """
+    verdicts = gate(verdicts)
     failed = [v for v in verdicts if v.verdict == FAIL]
     missing = [v for v in verdicts if v.verdict in (NO_DATA, ERROR)]
     if failed:
@@ -111,3 +115,58 @@ def apply_policy(verdict: Verdict, policy: str) -> Verdict:
         return verdict
     settled = PASS if policy == "pass" else FAIL
     return replace(verdict, verdict=settled, message=f"{verdict.message} (noDataPolicy {policy})")
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """How many of the canary Deployment's pods of its current template are Ready."""
+
+    ready: int
+    wanted: int
+
+    @property
+    def ok(self) -> bool:
+        return self.ready >= self.wanted
+
+
+def readiness(deployment: dict[str, Any] | None) -> Readiness:
+    """From a Deployment as read back: ready pods that run its current spec (an old template's
+    Ready pods do not count, nor a status the controller wrote before it saw the current spec).
+
+    >>> readiness({"metadata": {"generation": 2}, "spec": {"replicas": 1},
+    ...            "status": {"observedGeneration": 2, "readyReplicas": 1, "updatedReplicas": 1}}).ok
+    True
+    >>> readiness(None)
+    Readiness(ready=0, wanted=1)
+    """
+    if deployment is None:
+        return Readiness(0, 1)
+    wanted = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+    st = deployment.get("status") or {}
+    if int(st.get("observedGeneration") or 0) < int((deployment.get("metadata") or {}).get("generation") or 0):
+        return Readiness(0, wanted)
+    return Readiness(min(int(st.get("readyReplicas") or 0), int(st.get("updatedReplicas") or 0)), wanted)
+
+
+def progress_deadline(
+    ready: Readiness, not_ready_since: dt.datetime | None, canary: Canary, now: dt.datetime
+) -> tuple[dt.datetime | None, str | None]:
+    """(when the canary was first seen not Ready, or None while it is Ready; the rollback reason
+    once it has not been Ready for longer than spec.canary.progressDeadline, else None).
+
+    >>> c = Canary(progress_deadline_seconds=60)
+    >>> t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    >>> progress_deadline(Readiness(0, 1), None, c, t0) == (t0, None)
+    True
+    >>> progress_deadline(Readiness(0, 1), t0, c, t0 + dt.timedelta(seconds=61))[1]
+    'canary pods not Ready within progressDeadline 60s: 0/1 Ready'
+    """
+    if ready.ok:
+        return None, None
+    since = not_ready_since or now
+    if (now - since).total_seconds() > canary.progress_deadline_seconds:
+        return since, (
+            f"canary pods not Ready within progressDeadline {canary.progress_deadline_seconds:g}s: "
+            f"{ready.ready}/{ready.wanted} Ready"
+        )
+    return since, None

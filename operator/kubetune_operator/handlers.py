@@ -132,6 +132,8 @@ def _fresh(body: kopf.Body) -> dict[str, Any]:
 @kopf.timer(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS, interval=SETTINGS.rollout_check_seconds)
 def reconcile_modeldeployment(body: kopf.Body, **_: Any) -> None:
     # One level-triggered function for events and the timer: steps are timed from status, not memory.
+    # After a restart the resume handler and the timer may run it at once: its status patches carry the
+    # resourceVersion they were computed from, so only one of them takes a step (see StaleStatus).
     current = Kube().get_custom(api.MODELDEPLOYMENTS, body["metadata"]["namespace"], body["metadata"]["name"])
     if current is not None:
         modeldeployment.reconcile_rollout(Kube(), current, SETTINGS, dt.datetime.now(dt.UTC))

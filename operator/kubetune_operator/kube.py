@@ -140,11 +140,19 @@ class Kube:
                 return None
             raise
 
-    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """JSON merge patch of `.status` (None values delete fields)."""
-        self.custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, plural, name, {"status": status}
-        )
+    def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> str | None:
+        """JSON merge patch of `.status` (None values delete fields); returns the new resourceVersion.
+
+        With `resource_version` the patch applies only to that version of the object: a concurrent
+        writer got there first when it raises ApiException 409.
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        obj = self.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, plural, name, body)
+        return ((obj or {}).get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
 
     # -- events --------------------------------------------------------------------------------
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:

@@ -33,6 +33,7 @@ class Canary:
     auto_promote: bool = True
     manual_gate: bool = False
     abort: bool = False
+    progress_deadline_seconds: float = 600.0  # a canary not Ready for this long is rolled back
     analysis: Analysis = field(default_factory=Analysis)
 
 
@@ -146,6 +147,7 @@ class ModelDeploymentSpec:
                 auto_promote=bool(c.get("autoPromote", True)),
                 manual_gate=bool(c.get("manualGate", False)),
                 abort=bool(c.get("abort", False)),
+                progress_deadline_seconds=parse_duration(c.get("progressDeadline", "10m")),
                 analysis=analysis,
             ),
         )

@@ -215,3 +215,83 @@ def test_prometheus_down_mid_rollout_pauses_instead_of_promoting(k8s, operator, 
         assert errors and "Prometheus unavailable" in errors[0]["message"]
         time.sleep(10)
         assert k8s.get_md("blind")["status"]["phase"] == "Paused"
+
+
+def advertise_gpus(k8s, count: int | None) -> None:
+    """Let the local node accept GPU pods (its processes still run on CPU), or stop that (None)."""
+    value = None if count is None else str(count)
+    k8s.core.patch_node_status(
+        "local", {"status": {"capacity": {"nvidia.com/gpu": value}, "allocatable": {"nvidia.com/gpu": value}}}
+    )
+
+
+def test_too_few_requests_gate_every_verdict_and_say_why(k8s, operator, executor, prometheus, models):
+    """One slow canary with more checks than data: minRequests never met (so the latency Fail it would
+    get is not acted on), a GPU gate on a server that exports no GPU series (Skipped), and a custom
+    query with a PromQL syntax error (Error, with Prometheus' own message)."""
+    ex, _ = executor
+    advertise_gpus(k8s, 4)
+    try:
+        spec = md_spec(models, prometheus)
+        spec["resources"]["gpus"] = 1
+        spec["canary"]["analysis"].update(
+            minRequests=100000,
+            noDataLimit=50,
+            queries=[{"name": "typo", "query": "sum(rate(kubetune_requests_total{ {{canary}} }[1m])", "max": 1}],
+        )
+        k8s.create_md("gated", spec)
+        stable = wait_for(phase(k8s, "gated", "Stable"), 30, "Stable")["stableVersion"]
+        wait_for(lambda: serving(ex, k8s.ns, "stable") == 2, 60, "two stable server processes")
+
+        def gated_fail():
+            status = k8s.get_md("gated").get("status") or {}
+            entries = status.get("analysis") or []
+            latency = [a for a in entries if a["check"] == "latencyP99Ratio" and "would be Fail" in a["message"]]
+            return status if latency else None
+
+        with Load(ex, k8s.ns):
+            k8s.patch_md("gated", {"builtin": {"extraArgs": ["--inject-latency-ms", "1500"]}})
+            status = wait_for(gated_fail, 120, "an analysis whose latency Fail was not acted on")
+    finally:
+        advertise_gpus(k8s, None)
+    assert status["phase"] == "Paused" and status["currentStep"] == 0 and status["stableVersion"] == stable
+    assert not status.get("failures") and status["canaryVersion"]
+    assert "waiting for data" in status["message"] and "minRequests" in status["message"]
+    last = {a["check"]: a for a in status["analysis"] if a["time"] == status["analysis"][-1]["time"]}
+    assert last["requests"]["verdict"] == "NoData" and "canary requests in the window" in last["requests"]["message"]
+    latency = last["latencyP99Ratio"]
+    assert latency["verdict"] == "NoData" and "not acted on" in latency["message"]
+    assert latency["value"] > 1.2 and latency["low"] <= latency["value"] <= latency["high"]
+    assert last["gpuMemoryUtilization"]["verdict"] == "Skipped"
+    assert "exports no GPU memory series" in last["gpuMemoryUtilization"]["message"]
+    typo = last["typo"]
+    assert typo["verdict"] == "Error" and "Prometheus rejected the query" in typo["message"]
+    assert "parse error" in typo["message"] and "unavailable" not in typo["message"]
+    # Nothing was decided on any of it.
+    assert not [a for a in status["analysis"] if a["verdict"] in ("Pass", "Fail")]
+    assert not [e for e in k8s.events_for("gated") if e.reason in ("RolledBack", "Promoted", "StepAdvanced")]
+
+
+def test_canary_that_never_gets_ready_is_rolled_back_at_its_progress_deadline(
+    k8s, operator, executor, prometheus, models
+):
+    ex, _ = executor
+    start_stable(k8s, ex, models, prometheus, "stuck")
+    stable = k8s.get_md("stuck")["status"]["stableVersion"]
+    # The new version's pods ask for a node that does not exist: Pending, never Ready.
+    nowhere = {"gpus": 0, "nodeSelector": {"kubernetes.io/hostname": "nowhere"}}
+    k8s.patch_md("stuck", {"resources": nowhere, "canary": {"progressDeadline": "15s"}})
+
+    def waiting():
+        status = k8s.get_md("stuck").get("status") or {}
+        return status if status.get("canaryNotReadySince") else None
+
+    status = wait_for(waiting, 30, "the canary seen not Ready")
+    assert status["phase"] == "Progressing" and "waiting for canary pods to be Ready (0/1)" in status["message"]
+    status = wait_for(phase(k8s, "stuck", "RolledBack", "Promoted"), 60, "a decision")
+    assert status["phase"] == "RolledBack" and status["stableVersion"] == stable
+    assert "canary pods not Ready within progressDeadline 15s: 0/1 Ready" in status["message"]
+    assert not status.get("analysis")  # no analysis ran on pods that never served
+    assert not status.get("canaryNotReadySince")
+    assert k8s.deployment("stuck-canary").spec.replicas == 0
+    wait_for(lambda: any(e.reason == "RolledBack" for e in k8s.events_for("stuck")), 15, "a RolledBack event")

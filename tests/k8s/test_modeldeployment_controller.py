@@ -7,6 +7,7 @@ Prometheus in tests/serving.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 import urllib.request
@@ -181,6 +182,32 @@ def test_operator_restart_mid_rollout_continues_from_status(k8s, operator):
     weights = watch_weights(k8s, "resilient", "Promoted", 60)
     assert weights == sorted(weights) and weights[0] >= before["canaryWeight"]  # never restarted from step 0
     assert k8s.get_md("resilient")["status"]["stableVersion"] == before["canaryVersion"]
+
+
+def test_operator_killed_between_steps_posts_each_step_once_and_skips_none(k8s, operator):
+    """On restart the resume handler and the timer both reconcile; with the step already due, both
+    would advance it. The status patch is conditional on the resourceVersion read, so one wins."""
+    steps = [10, 40, 70, 100]
+    k8s.create_md("restarted", md_spec(canary={"steps": steps, "interval": "3s"}))
+    wait_for(md_phase(k8s, "restarted", "Stable"), 30, "Stable")
+    k8s.patch_md("restarted", {"adapter": {"uri": "/adapters/v2"}})
+    for _ in range(2):  # two restarts, each with a step due the moment the operator is back
+        weight = wait_for(lambda: k8s.get_md("restarted")["status"].get("canaryWeight"), 30, "a canary step")
+        wait_for(lambda w=weight: k8s.get_md("restarted")["status"].get("canaryWeight") != w, 30, "the next step")
+        operator.kill(signal.SIGKILL)
+        time.sleep(4)  # longer than the interval: the step is due at restart
+        operator.start()
+    weights = watch_weights(k8s, "restarted", "Promoted", 60)
+    assert weights == sorted(weights)
+
+    def advanced() -> list[str]:
+        events = [e for e in k8s.events_for("restarted") if e.reason == "StepAdvanced"]
+        return [e.message for e in events for _ in range(e.count or 1)]
+
+    expected = [f"step {a}% passed; moving to {b}%" for a, b in itertools.pairwise(steps)]
+    assert wait_for(lambda: sorted(advanced()) == sorted(expected) or None, 15, "one StepAdvanced per step")
+    promoted = [e for e in k8s.events_for("restarted") if e.reason == "Promoted"]
+    assert len(promoted) == 1
 
 
 def test_manual_gate_and_manual_promotion_wait_for_annotations(k8s, operator):

@@ -140,15 +140,15 @@ def test_metrics_are_labelled_and_start_at_zero() -> None:
     # Known statuses exist from the start (rate 0, not absent); the histogram has its buckets.
     assert metric_value(text, "kubetune_requests_total", version="canary", status="500") == 0.0
     assert metric_value(text, "kubetune_request_duration_seconds_bucket", version="canary", le="0.005") == 0.0
-    assert metric_value(text, "kubetune_request_duration_seconds_bucket", version="canary", le="30.0") == 0.0
+    assert metric_value(text, "kubetune_request_duration_seconds_bucket", version="canary", le="61.45") == 0.0
     assert metric_value(text, "kubetune_requests_in_flight", version="canary") == 0.0
     # No GPU gauges unless a CUDA model registered them: no GPU is not "0 bytes of GPU".
     assert "kubetune_gpu_memory" not in text
     m.observe_request(200, 0.4)
     m.observe_generation(prompt_tokens=5, generated_tokens=3, ttft_seconds=0.1)
     text = m.exposition().decode()
-    assert metric_value(text, "kubetune_request_duration_seconds_bucket", version="canary", le="0.3") == 0.0
-    assert metric_value(text, "kubetune_request_duration_seconds_bucket", version="canary", le="0.4") == 1.0
+    assert metric_value(text, "kubetune_request_duration_seconds_bucket", version="canary", le="0.3844") == 0.0
+    assert metric_value(text, "kubetune_request_duration_seconds_bucket", version="canary", le="0.4037") == 1.0
     assert metric_value(text, "kubetune_prompt_tokens_total", version="canary") == 5.0
     assert metric_value(text, "kubetune_generation_tokens_total", version="canary") == 3.0
     assert metric_value(text, "kubetune_time_to_first_token_seconds_count", version="canary") == 1.0

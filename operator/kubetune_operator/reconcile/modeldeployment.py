@@ -11,11 +11,14 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from kubetune_operator import analysis, api, canary, metrics
 from kubetune_operator.builders import serving
 from kubetune_operator.conditions import get_condition, set_condition
 from kubetune_operator.kube import Kube
-from kubetune_operator.prometheus import PrometheusUnavailable, query_value
+from kubetune_operator.prometheus import PrometheusQueryError, PrometheusUnavailable, query
+from kubetune_operator.schedule import parse_time
 from kubetune_operator.serving_spec import ModelDeploymentSpec, Served, serving_version
 from kubetune_operator.settings import Settings
 
@@ -28,14 +31,23 @@ CANARY_ENDED: dict[str, Any] = {
     "canaryWeight": 0,
     "currentStep": None,
     "awaitingPromotion": None,
+    "canaryNotReadySince": None,
 }
 APPROVE = f"{api.GROUP}/approve-step"
 PROMOTE = f"{api.GROUP}/promote"
 
 
+class StaleStatus(Exception):
+    """Another reconcile of the same object (the resume handler and the timer after a restart)
+    patched its status after we read it: ours is based on old news, so this run stops here."""
+
+
 def reconcile_rollout(kube: Kube, md: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
     ctx = _Context(kube, md, settings, now)
-    ctx.run()
+    try:
+        ctx.run()
+    except StaleStatus:
+        return  # the other run took this step (and posted its event); the next tick re-reads
 
 
 class _Context:
@@ -46,6 +58,7 @@ class _Context:
         self.status: dict[str, Any] = md.get("status") or {}
         self.spec = ModelDeploymentSpec.from_dict(md["spec"])
         self.generation = int(self.meta.get("generation", 1))
+        self.resource_version: str | None = self.meta.get("resourceVersion")
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -169,6 +182,8 @@ class _Context:
             if (self.meta.get("annotations") or {}).get(PROMOTE) == "true":
                 self._promote(r, "promoted by annotation kubetune.io/promote")
             return
+        if self._canary_not_ready(r):
+            return
         if not canary.step_due(r, c, self.now):
             return
         verdicts = self._analyse(r)
@@ -291,6 +306,23 @@ class _Context:
         if weight is not None:
             metrics.CANARY_WEIGHT.labels(self.ns, self.name).set(weight)
 
+    def _canary_not_ready(self, r: canary.Rollout) -> bool:
+        """True while the canary's pods are not all Ready (steps wait); after spec.canary.progressDeadline
+        of that, roll it back with that reason. Self-contained: reads the canary Deployment itself."""
+        dep = self.kube.get_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY))
+        ready = canary.readiness(dep)
+        start = self.status.get("canaryNotReadySince")
+        seen = parse_time(start) if start else None
+        since, reason = canary.progress_deadline(ready, seen, self.spec.canary, self.now)
+        if reason is not None:
+            self._rollback(r, reason)
+            return True
+        if (since and _iso(since)) != start:
+            state = "waiting for canary pods to be Ready" if since else "canary pods Ready"
+            message = f"{state} ({ready.ready}/{ready.wanted})"
+            self._patch({"canaryNotReadySince": since and _iso(since), "message": message})
+        return since is not None
+
     def _analyse(self, r: canary.Rollout) -> list[analysis.Verdict]:
         a = self.spec.canary.analysis
         if not a.enabled or not a.prometheus:
@@ -300,27 +332,14 @@ class _Context:
             self.spec.runtime, self.ns, self.name, r.canary_version or "", r.stable_version or ""
         )
         budget = float(self.spec.vllm.get("gpuMemoryUtilization", 0.9))
+        checks = analysis.build_checks(a, self.spec.runtime, sel, window, self.spec.resources.gpus, budget)
         verdicts = []
-        for check in analysis.build_checks(a, self.spec.runtime, sel, window, self.spec.resources.gpus, budget):
-            try:
-                answers = {
-                    role: query_value(a.prometheus, q, self.settings.prometheus_timeout_seconds)
-                    for role, q in check.queries.items()
-                }
-                verdict = analysis.judge(check, answers)
-            except PrometheusUnavailable as err:
-                verdict = analysis.Verdict(
-                    check.name,
-                    analysis.ERROR,
-                    None,
-                    "",
-                    " ; ".join(check.queries.values()),
-                    f"Prometheus unavailable: {err}",
-                )
+        for check in checks:
+            verdict = judge_check(check, a.prometheus, self.settings.prometheus_timeout_seconds)
             if verdict.value is not None:
                 metrics.ANALYSIS_VALUE.labels(self.ns, self.name, check.name).set(verdict.value)
             verdicts.append(canary.apply_policy(verdict, check.policy))
-        return verdicts
+        return analysis.gate(verdicts)
 
     def _history(self, r: canary.Rollout, verdicts: list[analysis.Verdict]) -> list[dict[str, Any]]:
         entries = list(self.status.get("analysis") or [])
@@ -332,6 +351,8 @@ class _Context:
                     "check": v.check,
                     "query": v.query[:1000],
                     "value": v.value,
+                    "low": v.low,
+                    "high": v.high,
                     "threshold": v.threshold,
                     "verdict": v.verdict,
                     "message": v.message,
@@ -346,8 +367,26 @@ class _Context:
             patch["conditions"] = set_condition(
                 self.status.get("conditions"), type_, on, reason, message, self.generation, _iso(self.now)
             )
-        self.kube.patch_status(api.MODELDEPLOYMENTS, self.ns, self.name, patch)
+        try:
+            rv = self.kube.patch_status(api.MODELDEPLOYMENTS, self.ns, self.name, patch, self.resource_version)
+        except ApiException as err:
+            if err.status == 409:
+                raise StaleStatus() from err
+            raise
+        self.resource_version = rv
         self.status = {**self.status, **patch}
+
+
+def judge_check(check: analysis.Check, address: str, timeout: float) -> analysis.Verdict:
+    """Ask Prometheus a check's queries and judge the answers; an unreachable Prometheus and a
+    refused query are both Errors, each with its own message (the latter Prometheus' own)."""
+    try:
+        answers = {role: query(address, q, timeout) for role, q in {**check.queries, **check.presence}.items()}
+    except PrometheusUnavailable as err:
+        return analysis.error_verdict(check, f"Prometheus unavailable: {err}")
+    except PrometheusQueryError as err:
+        return analysis.error_verdict(check, f"Prometheus rejected the query: {err}")
+    return analysis.judge(check, answers)
 
 
 def _iso(t: dt.datetime) -> str:
