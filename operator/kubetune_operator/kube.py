@@ -154,7 +154,9 @@ class Kube:
         path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
         ops = [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}]
         try:
-            self.custom.patch_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, name, ops)
+            self.custom.patch_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, plural, name, ops, _content_type="application/json-patch+json"
+            )
         except ApiException as err:
             if err.status in (404, 409, 422):
                 return False
