@@ -162,3 +162,16 @@ def test_spec_defaults_and_durations(md):
     assert spec.canary.analysis.enabled is False  # no analysis block: steps advance on time
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration("5 minutes")
+
+
+def test_readme_share_table_is_what_replica_split_gives():
+    from pathlib import Path
+
+    steps = (5, 25, 50, 100)
+    rows = ["| replicas | " + " | ".join(f"step {w}%" for w in steps) + " |", "|---|" + "---|" * len(steps)]
+    for total in (2, 4, 10, 20):
+        cells = [f"{s.achieved:g}% ({s.canary}:{s.stable})" for s in (replica_split(total, w) for w in steps)]
+        rows.append(f"| {total} | " + " | ".join(cells) + " |")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- share-table:start -->\n")[1].split("\n<!-- share-table:end -->")[0]
+    assert table == "\n".join(rows), "\n".join(rows)
