@@ -88,3 +88,19 @@ def judge(key: str, value: str, s: State) -> Ruling:
     if s.steps.index(w) <= s.step:
         return Ruling(False, f"{name}: step {w}% is already reached: ignored")
     return Ruling(True, f"approves step {w}% of {version}", w)
+
+
+def abort_action(flag: bool, observed: bool, canary: str | None) -> str:
+    """What `spec.canary.abort` does now: it is edge-triggered, so a flag left true in a GitOps repo
+    stops the canary in flight when first seen and no later version.
+
+    >>> abort_action(True, False, "v1"), abort_action(True, True, "v2")  # v1 stopped; v2 rolls on
+    ('rollback', 'none')
+    >>> abort_action(False, True, None), abort_action(True, False, None)  # re-armed; nothing to stop
+    ('rearm', 'ignore')
+    """
+    if not flag:
+        return "rearm" if observed else "none"
+    if observed:
+        return "none"
+    return "rollback" if canary else "ignore"

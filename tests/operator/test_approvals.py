@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune_operator.approvals import APPROVE, PROMOTE, RETRY, State, judge
+from kubetune_operator.approvals import APPROVE, PROMOTE, RETRY, State, abort_action, judge
 
 STEPS = (5, 25, 50, 100)
 AT_25 = State(canary="v2", steps=STEPS, step=1, rolled_back=None, desired="v2")
@@ -46,3 +46,19 @@ def test_promote_at_the_last_step_skips_nothing():
 def test_an_approval_carries_the_weight_it_opens():
     assert judge(APPROVE, "v2/100", AT_25).step == 100
     assert judge(APPROVE, "v1/100", AT_25).step is None
+
+
+@pytest.mark.parametrize(
+    ("flag", "observed", "canary", "action"),
+    [
+        (True, False, "v1", "rollback"),  # abort given while v1 rolls: v1 stops
+        (True, True, "v2", "none"),  # still true in the repo when v2 arrives: v2 is not touched
+        (True, True, None, "none"),
+        (True, False, None, "ignore"),  # nothing in flight: it aborts nothing, now or later
+        (False, True, None, "rearm"),  # set false: the next true counts again
+        (False, True, "v2", "rearm"),
+        (False, False, "v2", "none"),
+    ],
+)
+def test_abort_is_edge_triggered(flag, observed, canary, action):
+    assert abort_action(flag, observed, canary) == action

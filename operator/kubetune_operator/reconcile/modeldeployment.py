@@ -324,14 +324,14 @@ class _Context:
     def _abort(self, r: canary.Rollout) -> bool:
         """spec.canary.abort stops the canary in flight when first seen true, and no later one: the
         operator records that it acted (status.abortObserved) until the flag is set false again."""
-        observed = bool(self.status.get("abortObserved"))
-        if not self.spec.canary.abort:
-            if observed:
-                self._patch({"abortObserved": None})  # re-armed: the next true aborts the canary then in flight
+        action = approvals.abort_action(
+            self.spec.canary.abort, bool(self.status.get("abortObserved")), r.canary_version
+        )
+        if action == "rearm":
+            self._patch({"abortObserved": None})  # the next true aborts the canary in flight then
+        if action in ("none", "rearm"):
             return False
-        if observed:
-            return False
-        if r.canary_version:
+        if action == "rollback":
             self._rollback(r, "aborted: spec.canary.abort is true", aborted=True)
             return True
         self._patch({"abortObserved": True})
