@@ -118,9 +118,9 @@ def main() -> int:
             status = watch(cp, "glossary-lora")
             if status.get("phase") == "Succeeded":
                 decisions, problems = rollouts(cp, prometheus)
+                status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
             else:
                 problems.append(f"run 1 did not succeed: {status.get('phase')}: {status.get('message')}")
-                status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
         finally:
             operator.send_signal(signal.SIGTERM)
             operator.wait(timeout=30)
