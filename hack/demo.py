@@ -110,14 +110,17 @@ def main() -> int:
             [sys.executable, "-m", "kubetune_operator"], env=env, stdout=oplog, stderr=subprocess.STDOUT
         )
         decisions: list[str] = []
+        problems: list[str] = []
         try:
             cp.kubectl("apply", "-f", "-", input=volume_manifests(pvc_root))
             say("kubectl apply -f examples/finetunejob.yaml")
             print(cp.kubectl("apply", "-f", str(REPO / "examples" / "finetunejob.yaml")).stdout, end="")
             status = watch(cp, "glossary-lora")
             if status.get("phase") == "Succeeded":
-                decisions = rollouts(cp, prometheus)
+                decisions, problems = rollouts(cp, prometheus)
                 status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
+            else:
+                problems.append(f"run 1 did not succeed: {status.get('phase')}: {status.get('message')}")
         finally:
             operator.send_signal(signal.SIGTERM)
             operator.wait(timeout=30)
@@ -135,7 +138,11 @@ def main() -> int:
             print(f"  rollout:     {line}")
         print(f"  local path:  {pvc_root / 'demo' / 'runs'}")
         print(f"  total time:  {time.time() - started:.0f}s")
-        return 0 if status.get("phase") == "Succeeded" else 1
+        if status.get("phase") != "Succeeded":
+            problems.append(f"run {status.get('run')} ended {status.get('phase')}")
+        for problem in problems:
+            print(f"\033[1;31mFAILED: {problem}\033[0m")
+        return 1 if problems else 0
 
 
 def md_status(cp, name: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -145,23 +152,32 @@ def md_status(cp, name: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
     return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
 
 
-def wait_md(cp, name: str, phases: tuple[str, ...], timeout: float = 300) -> dict:  # type: ignore[no-untyped-def,type-arg]
-    """Print canary weight changes until the ModelDeployment reaches one of `phases`."""
+def wait_md(cp, name: str, phases: tuple[str, ...], timeout: float = 300) -> tuple[dict, list[tuple[int, float]]]:  # type: ignore[no-untyped-def,type-arg]
+    """Print canary weight changes until the ModelDeployment reaches one of `phases`; return its
+    status and the (nominal, achieved) canary shares of the steps it went through."""
     deadline = time.monotonic() + timeout
     last = None
+    steps: list[tuple[int, float]] = []
     while time.monotonic() < deadline:
         st = md_status(cp, name)
-        now = (st.get("phase"), st.get("canaryWeight"))
+        now = (st.get("phase"), st.get("canaryWeight"), st.get("achievedCanaryWeight"))
         if now != last:
             print(
-                f"  {time.strftime('%H:%M:%S')} mdep/{name} phase={now[0]} canary={now[1]}% {st.get('message', '')}",
+                f"  {time.strftime('%H:%M:%S')} mdep/{name} phase={now[0]} canary={now[1]}% "
+                f"(achieved {now[2]}% of requests) {st.get('message', '')}",
                 flush=True,
             )
             last = now
+        if st.get("canaryVersion") and st.get("canaryWeight") and (not steps or steps[-1][0] != now[1]):
+            steps.append((now[1], now[2]))
         if st.get("phase") in phases:
-            return st
+            return st, steps
         time.sleep(1)
     raise SystemExit(f"mdep/{name} did not reach {phases} within {timeout:.0f}s")
+
+
+def shares(steps: list[tuple[int, float]]) -> str:
+    return ", ".join(f"step {w}% -> {a}% of requests" for w, a in steps) or "no step"
 
 
 class Load(threading.Thread):
@@ -179,39 +195,54 @@ class Load(threading.Thread):
             if not urls:
                 time.sleep(0.5)
                 continue
-            result = run_load(urls, max_requests=16, max_duration=2.0, body=completion_body(max_tokens=4), timeout=20)
+            # A new seed per batch: each request picks a pod uniformly, as a Service does.
+            result = run_load(urls, max_requests=16, max_duration=2.0, body=completion_body(max_tokens=4), timeout=20,
+                              seed=self.sent)  # fmt: skip
             self.sent += len(result.records)
 
 
-def rollouts(cp, prometheus: PrometheusServer) -> list[str]:  # type: ignore[no-untyped-def]
+def rollouts(cp, prometheus: PrometheusServer) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
+    """Run the two rollouts; return what happened and what did not happen as the story says."""
     import yaml
 
     md = yaml.safe_load((REPO / "examples" / "modeldeployment.yaml").read_text())
     md["spec"]["canary"]["analysis"]["prometheus"]["address"] = prometheus.url
     say(f"kubectl apply -f examples/modeldeployment.yaml (Prometheus at {prometheus.url})")
     print(cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(md)).stdout, end="")
-    st = wait_md(cp, "glossary-chat", ("Stable",))
+    steps = list(md["spec"]["canary"]["steps"])
+    st, _ = wait_md(cp, "glossary-chat", ("Stable",))
     decisions = [f"stable {st['stableVersion']} serves {st.get('stableAdapterUri')}"]
+    problems: list[str] = []
     say("retraining: a spec change starts run 2; a passing run rolls out as a canary")
     cp.kubectl("patch", "ftj", "glossary-lora", "--type=merge", "-p", '{"spec":{"training":{"seed":7}}}')
-    watch(cp, "glossary-lora", run=2)
+    run2 = watch(cp, "glossary-lora", run=2)
     # Traffic from here on: the canary needs requests to be judged (and the CPU is the trainer's until now).
     load = Load(prometheus.targets_file)
     load.start()
     try:
-        st = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
+        st, seen = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
         decisions.append(f"run 2 canary -> {st['phase']}: {st.get('message')}")
+        decisions.append(f"run 2 shares: {shares(seen)}")
+        if st["phase"] != "Promoted" or st.get("stableAdapterUri") != (run2.get("artifact") or {}).get("uri"):
+            problems.append(f"run 2 was not promoted: {st['phase']} serving {st.get('stableAdapterUri')}")
+        if [w for w, _ in seen] != steps or any(a is None for _, a in seen):
+            problems.append(f"run 2 did not go through every step {steps} with its achieved share: {seen}")
         say("a deliberately slow version (1.5 s injected latency) rolls out as a canary")
         cp.kubectl("patch", "mdep", "glossary-chat", "--type=merge", "-p",
                    '{"spec":{"builtin":{"extraArgs":["--inject-latency-ms","1500"]}}}')  # fmt: skip
         time.sleep(2)
-        st = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
+        st, seen = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
         decisions.append(f"slow canary -> {st['phase']}: {st.get('message')}")
+        decisions.append(f"slow canary shares: {shares(seen)}")
+        if st["phase"] != "RolledBack" or "latencyP99Ratio" not in (st.get("message") or ""):
+            problems.append(f"the slow version was not rolled back for its latency: {st['phase']}: {st.get('message')}")
+        if not seen or any(a is None for _, a in seen):
+            problems.append(f"the slow canary's steps show no achieved share: {seen}")
     finally:
         load.halt.set()
         load.join(timeout=30)
     decisions.append(f"{load.sent} completions sent by the load generator")
-    return decisions
+    return decisions, problems
 
 
 def watch(cp, name: str, run: int = 1) -> dict:  # type: ignore[no-untyped-def,type-arg]

@@ -40,19 +40,52 @@ def args_of(dep) -> list[str]:
     return dep.spec.template.spec.containers[0].args
 
 
-def watch_weights(k8s, name: str, until: str, timeout: float) -> list[int]:
-    """Canary weights seen (deduplicated, in order) until the phase is `until`."""
-    seen: list[int] = []
+def watch_steps(k8s, name: str, until: str, timeout: float) -> list[tuple[int, float]]:
+    """(nominal, achieved) canary weights seen (deduplicated, in order) until the phase is `until`."""
+    seen: list[tuple[int, float]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = k8s.get_md(name).get("status") or {}
-        weight = status.get("canaryWeight")
-        if status.get("canaryVersion") and weight and (not seen or seen[-1] != weight):
-            seen.append(weight)
+        step = (status.get("canaryWeight"), status.get("achievedCanaryWeight"))
+        if status.get("canaryVersion") and step[0] and (not seen or seen[-1] != step):
+            seen.append(step)
         if status.get("phase") == until:
             return seen
         time.sleep(0.2)
-    raise AssertionError(f"{name} did not reach {until}; weights {seen}; status {k8s.get_md(name).get('status')}")
+    raise AssertionError(f"{name} did not reach {until}; steps {seen}; status {k8s.get_md(name).get('status')}")
+
+
+def watch_weights(k8s, name: str, until: str, timeout: float) -> list[int]:
+    """Nominal canary weights seen (deduplicated, in order) until the phase is `until`."""
+    weights: list[int] = []
+    for weight, _ in watch_steps(k8s, name, until, timeout):
+        if not weights or weights[-1] != weight:
+            weights.append(weight)
+    return weights
+
+
+def annotate(k8s, name: str, key: str, value: str | None) -> None:
+    k8s.custom.patch_namespaced_custom_object(
+        "kubetune.io", "v1alpha1", k8s.ns, "modeldeployments", name, {"metadata": {"annotations": {key: value}}}
+    )
+
+
+def annotations(k8s, name: str) -> dict[str, str]:
+    """The rollout's own annotations (not kopf's bookkeeping)."""
+    mine = ("kubetune.io/approve-step", "kubetune.io/promote", "kubetune.io/retry")
+    return {k: v for k, v in (k8s.get_md(name)["metadata"].get("annotations") or {}).items() if k in mine}
+
+
+def used_up(k8s, name: str, key: str, outcome: str):
+    """The operator removed annotation `key` and recorded what it did with it."""
+
+    def check():
+        md = k8s.get_md(name)
+        action = (md.get("status") or {}).get("lastManualAction") or {}
+        gone = key not in (md["metadata"].get("annotations") or {})
+        return md["status"] if gone and action.get("annotation") == key and action.get("outcome") == outcome else None
+
+    return check
 
 
 def test_new_adapter_rolls_out_step_by_step_and_is_promoted(k8s, operator):
@@ -70,11 +103,15 @@ def test_new_adapter_rolls_out_step_by_step_and_is_promoted(k8s, operator):
     k8s.patch_md("chat", {"adapter": {"uri": "/adapters/v2"}})
     wait_for(md_phase(k8s, "chat", "Progressing"), 30, "Progressing")
     canary = k8s.deployment("chat-canary")
-    assert "/adapters/v2" in args_of(canary) and canary.spec.replicas == 1  # 20% of 2, at least one
-    assert "/adapters/v1" in args_of(k8s.deployment("chat-stable"))  # stable untouched during the canary
-    weights = watch_weights(k8s, "chat", "Promoted", 60)
-    assert weights == [20, 50, 100]
+    assert "/adapters/v2" in args_of(canary) and canary.spec.replicas in (1, 2)  # 1 at 20% and 50%, 2 at 100%
+    stable = k8s.deployment("chat-stable")
+    assert "/adapters/v1" in args_of(stable)  # stable keeps its version during the canary...
+    assert stable.spec.replicas == 1  # ...but gives up pods to it: 2 replicas carry 1:1, never 1:2
+    steps = watch_steps(k8s, "chat", "Promoted", 60)
+    # Two replicas cannot carry 20%: one canary pod of two is 50% of the requests; at 100% stable keeps one pod.
+    assert steps == [(20, 50), (50, 50), (100, 66.7)]
     status = k8s.get_md("chat")["status"]
+    assert status["achievedCanaryWeight"] == 0 and k8s.deployment("chat-stable").spec.replicas == 2
     assert status["stableVersion"] != v1 and status.get("canaryVersion") is None
     assert "/adapters/v2" in args_of(k8s.deployment("chat-stable"))
     wait_for(
@@ -84,6 +121,13 @@ def test_new_adapter_rolls_out_step_by_step_and_is_promoted(k8s, operator):
     )
     reasons = [e.reason for e in k8s.events_for("chat")]
     assert reasons.count("StepAdvanced") == 2 and "Promoted" in reasons and "CanaryStarted" in reasons
+    rounded = [e.message for e in k8s.events_for("chat") if e.reason == "ShareRounded" and e.type == "Warning"]
+    assert sorted(rounded) == [
+        "step 100% rounded to 66.7% of requests: 2 canary and 1 stable pod(s) from replicas 2 (more replicas or "
+        "traffic: gatewayAPI give finer shares)",
+        "step 20% rounded to 50% of requests: 1 canary and 1 stable pod(s) from replicas 2 (more replicas or "
+        "traffic: gatewayAPI give finer shares)",
+    ]
     # The operator's own metrics count the decisions (dashboards and alerts read these).
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -97,19 +141,43 @@ def test_new_adapter_rolls_out_step_by_step_and_is_promoted(k8s, operator):
     assert decisions == {"start": 1.0, "advance": 2.0, "promote": 1.0}
 
 
-def test_abort_rolls_back_and_keeps_stable(k8s, operator):
+def test_abort_stops_the_canary_in_flight_and_no_later_version(k8s, operator):
     k8s.create_md("abortme", md_spec(canary={"steps": [10, 100], "interval": "1h"}))
     wait_for(md_phase(k8s, "abortme", "Stable"), 30, "Stable")
     k8s.patch_md("abortme", {"adapter": {"uri": "/adapters/bad"}})
-    wait_for(md_phase(k8s, "abortme", "Progressing"), 30, "Progressing")
+    bad = wait_for(md_phase(k8s, "abortme", "Progressing"), 30, "Progressing")["canaryVersion"]
     k8s.patch_md("abortme", {"canary": {"abort": True}})
     status = wait_for(md_phase(k8s, "abortme", "RolledBack"), 30, "RolledBack")
-    assert "aborted" in status["message"] and status["canaryWeight"] == 0 and status["rolledBackVersion"]
+    assert "aborted" in status["message"] and status["canaryWeight"] == 0 and status["rolledBackVersion"] == bad
+    assert status["abortedVersion"] == bad and status["abortObserved"] is True
     assert k8s.deployment("abortme-canary").spec.replicas == 0
-    assert "/adapters/v1" in args_of(k8s.deployment("abortme-stable"))
+    stable = k8s.deployment("abortme-stable")
+    assert "/adapters/v1" in args_of(stable) and stable.spec.replicas == 2  # back to full size
     assert any(e.reason == "RolledBack" and e.type == "Warning" for e in k8s.events_for("abortme"))
-    time.sleep(3)  # the rolled-back version is not retried until the spec changes again
+    time.sleep(3)  # the rolled-back version is not retried until the spec changes again, or a retry names it
     assert k8s.get_md("abortme")["status"]["phase"] == "RolledBack"
+
+    # Argo's retry: the annotation names the version; abort (still true) already did its work and does not stop it.
+    annotate(k8s, "abortme", "kubetune.io/retry", bad)
+    status = wait_for(used_up(k8s, "abortme", "kubetune.io/retry", "Used"), 30, "retry used")
+    status = wait_for(md_phase(k8s, "abortme", "Progressing"), 30, "the retried canary")
+    assert status["canaryVersion"] == bad and status["currentStep"] == 0 and not status.get("rolledBackVersion")
+
+    # A later version, with abort still true in the spec (as a GitOps repo would leave it), rolls out normally.
+    k8s.patch_md("abortme", {"adapter": {"uri": "/adapters/v3"}, "canary": {"interval": "1s"}})
+    status = wait_for(md_phase(k8s, "abortme", "Promoted"), 60, "v3 promoted with abort still true")
+    assert "/adapters/v3" in args_of(k8s.deployment("abortme-stable")) and status["abortedVersion"] == bad
+    assert [e.reason for e in k8s.events_for("abortme")].count("RolledBack") == 1
+
+    # Set false, abort is armed again: set true, it stops the version in flight then.
+    k8s.patch_md("abortme", {"canary": {"abort": False}})
+    wait_for(lambda: not k8s.get_md("abortme")["status"].get("abortObserved"), 30, "abort re-armed")
+    k8s.patch_md("abortme", {"adapter": {"uri": "/adapters/v4"}, "canary": {"interval": "1h"}})
+    v4 = wait_for(md_phase(k8s, "abortme", "Progressing"), 30, "v4 canary")["canaryVersion"]
+    k8s.patch_md("abortme", {"canary": {"abort": True}})
+    status = wait_for(md_phase(k8s, "abortme", "RolledBack"), 30, "v4 aborted")
+    assert status["abortedVersion"] == v4 == status["rolledBackVersion"]
+    assert "/adapters/v3" in args_of(k8s.deployment("abortme-stable"))
 
 
 def run_ref(run: int) -> str:
@@ -210,34 +278,92 @@ def test_operator_killed_between_steps_posts_each_step_once_and_skips_none(k8s, 
     assert len(promoted) == 1
 
 
-def test_manual_gate_and_manual_promotion_wait_for_annotations(k8s, operator):
+def test_approvals_and_promotion_name_their_version_and_are_used_once(k8s, operator, control_plane):
     spec = md_spec(canary={"steps": [30, 100], "interval": "1s", "manualGate": True, "autoPromote": False})
     k8s.create_md("gated", spec)
     wait_for(md_phase(k8s, "gated", "Stable"), 30, "Stable")
     k8s.patch_md("gated", {"adapter": {"uri": "/adapters/v2"}})
     status = wait_for(md_phase(k8s, "gated", "Paused"), 30, "Paused at the gate")
-    assert "kubetune.io/approve-step=100" in status["message"] and status["canaryWeight"] == 30
+    v2 = status["canaryVersion"]
+    assert f"kubetune.io/approve-step={v2}/100" in status["message"] and status["canaryWeight"] == 30
+    assert status["achievedCanaryWeight"] == 50  # one canary pod beside one stable pod
+    table = control_plane.kubectl("get", "mdep", "gated", "-n", k8s.ns).stdout.split("\n")
+    assert table[0].split()[:5] == ["NAME", "RUNTIME", "PHASE", "CANARY", "ACHIEVED"]
+    assert table[1].split()[:5] == ["gated", "builtin", "Paused", "30", "50"]
     time.sleep(3)
     assert k8s.get_md("gated")["status"]["canaryWeight"] == 30  # no approval, no progress
 
-    def annotate(key: str, value: str) -> None:
-        k8s.custom.patch_namespaced_custom_object(
-            "kubetune.io", "v1alpha1", k8s.ns, "modeldeployments", "gated", {"metadata": {"annotations": {key: value}}}
-        )
+    # The old unversioned form is removed unused, and says what to write instead.
+    annotate(k8s, "gated", "kubetune.io/approve-step", "100")
+    status = wait_for(used_up(k8s, "gated", "kubetune.io/approve-step", "Ignored"), 30, "unversioned approval ignored")
+    assert f"must be <version>/<weight>, e.g. {v2}/100" in status["lastManualAction"]["message"]
+    assert status["canaryWeight"] == 30
 
-    annotate("kubetune.io/approve-step", "100")
+    # A new version replaces the gated canary; the approval written for the old one does not open its gate.
+    k8s.patch_md("gated", {"adapter": {"uri": "/adapters/v3"}})
+    status = wait_for(lambda: k8s.get_md("gated")["status"].get("canaryVersion") not in (None, v2)
+                      and md_phase(k8s, "gated", "Paused")(), 30, "v3 at the gate")  # fmt: skip
+    v3 = status["canaryVersion"]
+    annotate(k8s, "gated", "kubetune.io/approve-step", f"{v2}/100")
+    status = wait_for(used_up(k8s, "gated", "kubetune.io/approve-step", "Ignored"), 30, "stale approval ignored")
+    assert f"names version {v2}, but the canary in flight is {v3}" in status["lastManualAction"]["message"]
+    time.sleep(2)
+    status = k8s.get_md("gated")["status"]
+    assert status["canaryVersion"] == v3 and status["canaryWeight"] == 30 and status["phase"] == "Paused"
+    assert any(e.reason == "AnnotationIgnored" and e.type == "Warning" for e in k8s.events_for("gated"))
+
+    annotate(k8s, "gated", "kubetune.io/approve-step", f"{v3}/100")
     status = wait_for(
         lambda: k8s.get_md("gated")["status"].get("awaitingPromotion") and k8s.get_md("gated")["status"],
         30,
         "all steps done",
     )
-    assert (
-        status["phase"] == "Paused"
-        and status["canaryWeight"] == 100
-        and "kubetune.io/promote=true" in status["message"]
-    )
+    assert status["phase"] == "Paused" and status["canaryWeight"] == 100
+    assert f"kubetune.io/promote={v3}" in status["message"]
+    assert "kubetune.io/approve-step" not in annotations(k8s, "gated")  # used once, then removed
+    assert status["lastManualAction"]["outcome"] == "Used" and status["lastManualAction"]["value"] == f"{v3}/100"
+
+    annotate(k8s, "gated", "kubetune.io/promote", "true")  # the old form names no version
+    wait_for(used_up(k8s, "gated", "kubetune.io/promote", "Ignored"), 30, "promote=true ignored")
     time.sleep(2)
     assert k8s.get_md("gated")["status"]["phase"] == "Paused"
-    annotate("kubetune.io/promote", "true")
+    annotate(k8s, "gated", "kubetune.io/promote", v3)
     status = wait_for(md_phase(k8s, "gated", "Promoted"), 30, "Promoted by annotation")
-    assert "/adapters/v2" in args_of(k8s.deployment("gated-stable"))
+    assert "/adapters/v3" in args_of(k8s.deployment("gated-stable")) and status["stableVersion"] == v3
+    assert status["lastManualAction"]["annotation"] == "kubetune.io/promote"
+    assert status["lastManualAction"]["outcome"] == "Used"
+    assert annotations(k8s, "gated") == {}
+
+    # The promotion was used up: the next version waits at its gate again.
+    k8s.patch_md("gated", {"adapter": {"uri": "/adapters/v4"}})
+    status = wait_for(lambda: k8s.get_md("gated")["status"].get("canaryVersion") not in (None, v3)
+                      and md_phase(k8s, "gated", "Paused")(), 30, "v4 at the gate")  # fmt: skip
+    time.sleep(3)
+    assert k8s.get_md("gated")["status"]["phase"] == "Paused" and k8s.get_md("gated")["status"]["canaryWeight"] == 30
+
+
+def test_promote_names_the_canary_and_skips_the_remaining_steps(k8s, operator):
+    """Argo's `promote --full`: every remaining step and its analysis is skipped, for that version only."""
+    k8s.create_md("hurry", md_spec(canary={"steps": [10, 50, 100], "interval": "1h"}))
+    wait_for(md_phase(k8s, "hurry", "Stable"), 30, "Stable")
+    k8s.patch_md("hurry", {"adapter": {"uri": "/adapters/v2"}})
+    v2 = wait_for(md_phase(k8s, "hurry", "Progressing"), 30, "Progressing")["canaryVersion"]
+    annotate(k8s, "hurry", "kubetune.io/promote", v2)
+    status = wait_for(md_phase(k8s, "hurry", "Promoted"), 30, "promoted at once")
+    assert status["stableVersion"] == v2 and "skipping steps [50, 100]" in status["lastManualAction"]["message"]
+    assert annotations(k8s, "hurry") == {} and k8s.deployment("hurry-stable").spec.replicas == 2
+
+
+def test_an_annotation_is_consumed_once_and_only_with_the_value_read(k8s, api):
+    """The operator acts on an annotation only after removing it with a test of its value (one atomic
+    JSON patch), so two reconciles cannot both act on it and a value changed meanwhile is kept."""
+    from kubetune_operator.kube import Kube
+
+    k8s.create_md("once", md_spec())
+    annotate(k8s, "once", "kubetune.io/promote", "v-new")
+    kube = Kube(api)
+    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-old") is False
+    assert annotations(k8s, "once") == {"kubetune.io/promote": "v-new"}
+    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-new") is True
+    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-new") is False
+    assert annotations(k8s, "once") == {}

@@ -8,11 +8,14 @@ from typing import Any
 import pytest
 
 from kubetune_operator.builders.serving import (
+    Split,
     build_deployment,
     build_httproute,
     build_services,
     canary_replicas,
+    replica_split,
     track_selector,
+    traffic_split,
 )
 from kubetune_operator.serving_spec import ModelDeploymentSpec, Served, parse_duration, serving_version
 from kubetune_operator.settings import Settings
@@ -113,8 +116,60 @@ def test_httproute_weights(md):
 @pytest.mark.parametrize(
     ("total", "weight", "expected"), [(2, 5, 1), (2, 50, 1), (4, 25, 1), (4, 75, 3), (10, 100, 10)]
 )
-def test_canary_replicas(total, weight, expected):
+def test_canary_replicas_carry_the_share_at_stable_load_per_pod(total, weight, expected):
     assert canary_replicas(total, weight) == expected
+
+
+@pytest.mark.parametrize(
+    ("total", "weight", "split"),
+    [
+        (1, 5, Split(1, 1, 50.0)),  # one replica: a canary pod beside the stable one, half the requests
+        (1, 100, Split(1, 1, 50.0)),
+        (2, 5, Split(1, 1, 50.0)),
+        (2, 50, Split(1, 1, 50.0)),
+        (2, 100, Split(1, 2, 66.7)),  # stable keeps a pod until promotion
+        (4, 5, Split(3, 1, 25.0)),
+        (4, 25, Split(3, 1, 25.0)),
+        (4, 50, Split(2, 2, 50.0)),
+        (4, 75, Split(1, 3, 75.0)),
+        (4, 100, Split(1, 4, 80.0)),
+        (10, 5, Split(9, 1, 10.0)),
+        (10, 25, Split(8, 2, 20.0)),  # 20% and 30% are equally near: the smaller canary
+        (10, 33, Split(7, 3, 30.0)),
+        (10, 100, Split(1, 10, 90.9)),
+        (20, 5, Split(19, 1, 5.0)),
+        (20, 25, Split(15, 5, 25.0)),
+        (1000, 1, Split(990, 10, 1.0)),
+    ],
+)
+def test_replica_split_holds_the_total_and_reports_the_share_it_achieves(total, weight, split):
+    got = replica_split(total, weight)
+    assert got == split
+    assert got.stable >= 1 and got.canary >= 1
+    assert got.stable + got.canary == max(total, got.canary + 1)  # R pods, R + 1 only when the canary has R
+    assert got.achieved == round(100 * got.canary / (got.stable + got.canary), 1)
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 10, 20, 50])
+def test_replica_split_is_the_nearest_achievable_share_and_grows_with_the_weight(total):
+    splits = [replica_split(total, w) for w in range(1, 101)]
+    achievable = {round(100 * c / (c + max(1, total - c)), 1) for c in range(1, total + 1)}
+    for w, got in enumerate(splits, start=1):
+        assert got.achieved in achievable
+        assert abs(got.achieved - w) <= min(abs(a - w) for a in achievable) + 0.05
+    assert [s.canary for s in splits] == sorted(s.canary for s in splits)
+
+
+@pytest.mark.parametrize("bad", [(0, 50), (4, 0), (4, 101)])
+def test_replica_split_refuses_impossible_input(bad):
+    with pytest.raises(ValueError):
+        replica_split(*bad)
+
+
+def test_gateway_api_weights_are_exact_and_stable_keeps_every_replica():
+    assert traffic_split("gatewayAPI", 4, 5) == Split(4, 1, 5.0)
+    assert traffic_split("gatewayAPI", 4, 100) == Split(4, 4, 100.0)
+    assert traffic_split("replicas", 4, 100) == replica_split(4, 100)
 
 
 def test_version_ignores_rollout_settings(md):
@@ -234,3 +289,16 @@ def test_what_a_finetunejob_artifact_serves():
 def test_version_changes_with_the_kind_and_digest_of_what_is_served(md):
     refs = [Served("pvc://a/x").ref(), Served("pvc://a/x", "model").ref(), Served("pvc://a/x", digest="sha256:1").ref()]
     assert len({serving_version(md["spec"], r) for r in refs}) == 3
+
+
+def test_readme_share_table_is_what_replica_split_gives():
+    from pathlib import Path
+
+    steps = (5, 25, 50, 100)
+    rows = ["| replicas | " + " | ".join(f"step {w}%" for w in steps) + " |", "|---|" + "---|" * len(steps)]
+    for total in (2, 4, 10, 20):
+        cells = [f"{s.achieved:g}% ({s.canary}:{s.stable})" for s in (replica_split(total, w) for w in steps)]
+        rows.append(f"| {total} | " + " | ".join(cells) + " |")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- share-table:start -->\n")[1].split("\n<!-- share-table:end -->")[0]
+    assert table == "\n".join(rows), "\n".join(rows)

@@ -118,10 +118,10 @@ def test_remote_checkpoints_of_another_finetunejob_are_not_pulled(s3, tmp_path):
     remote = f"s3://{bucket}/reused/run-1/checkpoints"
     checkpoint.claim(tmp_path / "old", "uid-old", "1")
     checkpoint.push(save_step(tmp_path / "old", 5), remote)
-    for uid, run, pulled in (("uid-new", "1", None), ("uid-old", "2", None), ("uid-old", "1", f"{remote}/step-5")):
-        fresh = tmp_path / f"{uid}-{run}" / "checkpoints"
-        checkpoint.claim(fresh, uid, run)
-        assert checkpoint.pull_latest(remote, fresh) == pulled, (uid, run)
+    for uid, run_, pulled in (("uid-new", "1", None), ("uid-old", "2", None), ("uid-old", "1", f"{remote}/step-5")):
+        fresh = tmp_path / f"{uid}-{run_}" / "checkpoints"
+        checkpoint.claim(fresh, uid, run_)
+        assert checkpoint.pull_latest(remote, fresh) == pulled, (uid, run_)
 
 
 def test_hf_model_uri_prefers_a_local_copy(tmp_path, monkeypatch):

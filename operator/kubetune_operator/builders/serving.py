@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from fractions import Fraction
+from typing import Any, NamedTuple
 
 from kubetune_operator import api
 from kubetune_operator.builders.labels import child_labels, label_value, owner_reference
@@ -31,13 +32,67 @@ def track_selector(md: str, track: str) -> dict[str, str]:
     return {api.LABEL_INSTANCE: label_value(md), api.LABEL_COMPONENT: COMPONENT, LABEL_TRACK: track}
 
 
+class Split(NamedTuple):
+    """Pods per track, and the percent of requests the canary gets when load is spread evenly over
+    every Ready pod (a Service) or split by HTTPRoute weights (Gateway API)."""
+
+    stable: int
+    canary: int
+    achieved: float
+
+
+def replica_split(total: int, weight: int) -> Split:
+    """Stable and canary pods whose ratio carries `weight` percent of a Service's requests.
+
+    The canary gets the pod count whose share canary / (stable + canary) is nearest to `weight`
+    (a tie goes to fewer canary pods), at least one; stable keeps max(1, total - canary), so the pods
+    serving stay at `total` (total + 1 only when the canary has all `total`) and stable, the baseline
+    the analysis compares against and the rollback target, keeps a warm pod until promotion.
+
+    >>> replica_split(4, 25), replica_split(4, 50)
+    (Split(stable=3, canary=1, achieved=25.0), Split(stable=2, canary=2, achieved=50.0))
+    >>> replica_split(4, 100)  # stable keeps one pod until promotion
+    Split(stable=1, canary=4, achieved=80.0)
+    >>> replica_split(2, 5)  # two pods cannot carry less than half: rounded up to one canary pod
+    Split(stable=1, canary=1, achieved=50.0)
+    >>> replica_split(20, 5)
+    Split(stable=19, canary=1, achieved=5.0)
+    """
+    if total < 1 or not 0 < weight <= 100:
+        raise ValueError(f"need total >= 1 and 0 < weight <= 100, got {total}, {weight}")
+    target = Fraction(weight, 100)
+
+    def share(canary: int) -> Fraction:
+        return Fraction(canary, canary + max(1, total - canary))
+
+    canary = min(range(1, total + 1), key=lambda c: (abs(share(c) - target), c))
+    return Split(max(1, total - canary), canary, round(float(share(canary)) * 100, 1))
+
+
 def canary_replicas(total: int, weight: int) -> int:
-    """Canary pods for a traffic weight when the weight is carried by replica ratio (at least one).
+    """Canary pods that carry `weight` percent of the load at the stable pods' load per pod (at least one).
 
     >>> canary_replicas(4, 5), canary_replicas(4, 50), canary_replicas(4, 100)
     (1, 2, 4)
     """
     return max(1, math.ceil(total * weight / 100))
+
+
+def traffic_split(traffic: str, total: int, weight: int) -> Split:
+    """Pods per track for a canary step.
+
+    `replicas`: the weight is carried by the pod ratio (`replica_split`), rounded to what the pods allow.
+    `gatewayAPI`: the HTTPRoute weights are exact, so stable keeps all `total` pods (ready to take
+    everything back at once) and the canary gets the pods its share needs at stable's load per pod.
+
+    >>> traffic_split("gatewayAPI", 4, 5)
+    Split(stable=4, canary=1, achieved=5.0)
+    >>> traffic_split("replicas", 4, 5)
+    Split(stable=3, canary=1, achieved=25.0)
+    """
+    if traffic == "gatewayAPI":
+        return Split(total, canary_replicas(total, weight), float(weight))
+    return replica_split(total, weight)
 
 
 def build_deployment(

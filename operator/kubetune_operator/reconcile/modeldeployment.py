@@ -13,7 +13,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator import analysis, api, canary, metrics
+from kubetune_operator import analysis, api, approvals, canary, metrics
 from kubetune_operator.builders import serving
 from kubetune_operator.conditions import get_condition, set_condition
 from kubetune_operator.kube import Kube
@@ -29,12 +29,11 @@ CANARY_ENDED: dict[str, Any] = {
     "canaryVersion": None,
     "canaryAdapterUri": None,
     "canaryWeight": 0,
+    "achievedCanaryWeight": 0,
     "currentStep": None,
     "awaitingPromotion": None,
     "canaryNotReadySince": None,
 }
-APPROVE = f"{api.GROUP}/approve-step"
-PROMOTE = f"{api.GROUP}/promote"
 
 
 class StaleStatus(Exception):
@@ -69,7 +68,11 @@ class _Context:
             return
         for svc in serving.build_services(self.md):
             self.kube.apply(svc)
+        if self._abort(rollout):
+            return
         desired = serving_version(self.md["spec"], adapter)
+        if self._retry(rollout, desired):
+            rollout = canary.Rollout.from_status(self.status)
         action = canary.on_version(rollout, desired)
         if action == "deploy-stable":
             self._deploy_stable(desired, adapter)
@@ -79,8 +82,11 @@ class _Context:
             self._end_canary(canary.STABLE, "the spec went back to the stable version: canary cancelled", rollout)
         elif rollout.canary_version:
             self._progress(rollout)
-        elif self.status.get("observedGeneration") != self.generation:
-            self._patch({})  # nothing to roll out; record that this generation was seen
+        else:
+            self._manual(rollout)  # approvals and promotions with no canary to apply to are removed
+            self._scale_stable(self.spec.replicas)  # after a rollout, or when spec.replicas changed
+            if self.status.get("observedGeneration") != self.generation:
+                self._patch({})  # nothing to roll out; record that this generation was seen
 
     # -- adapters from FineTuneJobs ---------------------------------------------------------------
     def _desired_adapter(self, r: canary.Rollout) -> tuple[str | None, str | None]:
@@ -138,6 +144,7 @@ class _Context:
                 "stableVersion": version,
                 "stableAdapterUri": adapter,
                 "canaryWeight": 0,
+                "achievedCanaryWeight": 0,
                 "message": f"serving version {version}",
             },
             ("Available", True, "Deployed", f"version {version}"),
@@ -146,7 +153,7 @@ class _Context:
 
     def _start_canary(self, version: str, adapter: str | None, restarted: bool) -> None:
         weight = self.spec.canary.steps[0]
-        self._scale_canary(version, adapter, weight)
+        split = self._scale_canary(version, adapter, weight)
         self._patch(
             {
                 "phase": canary.PROGRESSING,
@@ -154,6 +161,7 @@ class _Context:
                 "canaryAdapterUri": adapter,
                 "currentStep": 0,
                 "canaryWeight": weight,
+                "achievedCanaryWeight": split.achieved,
                 "stepStartTime": _iso(self.now),
                 "failures": 0,
                 "noDataCount": 0,
@@ -170,17 +178,19 @@ class _Context:
             reason,
             f"canary version {version} at {weight}% (stable {self.status.get('stableVersion')})",
         )
+        self._warn_rounded(weight, split)
 
     def _progress(self, r: canary.Rollout) -> None:
         c = self.spec.canary
         weight = c.steps[min(r.step, len(c.steps) - 1)]
-        self._scale_canary(r.canary_version or "", self.status.get("canaryAdapterUri"), weight)  # idempotent
-        if c.abort:
-            self._rollback(r, "aborted: spec.canary.abort is true")
+        split = self._scale_canary(r.canary_version or "", self.status.get("canaryAdapterUri"), weight)  # idempotent
+        if self.status.get("achievedCanaryWeight") != split.achieved:  # e.g. spec.replicas changed mid-step
+            self._patch({"achievedCanaryWeight": split.achieved})
+        manual = self._manual(r)
+        if approvals.PROMOTE in manual and self._consume(approvals.PROMOTE, *manual[approvals.PROMOTE]):
+            self._promote(r, f"promoted by annotation {approvals.PROMOTE}={r.canary_version}")
             return
         if self.status.get("awaitingPromotion"):
-            if (self.meta.get("annotations") or {}).get(PROMOTE) == "true":
-                self._promote(r, "promoted by annotation kubetune.io/promote")
             return
         if self._canary_not_ready(r):
             return
@@ -194,9 +204,8 @@ class _Context:
         elif decision.kind == "promote":
             self._promote(r, decision.reason, history)
         elif decision.kind == "await-promotion":
-            self._patch(
-                {"phase": canary.PAUSED, "message": decision.reason, "analysis": history, "awaitingPromotion": True}
-            )
+            why = f"all steps passed; annotate {approvals.PROMOTE}={r.canary_version} to promote"
+            self._patch({"phase": canary.PAUSED, "message": why, "analysis": history, "awaitingPromotion": True})
         elif decision.kind == "hold":
             nd = decision.rollout
             phase = canary.PAUSED if nd.no_data > r.no_data else canary.PROGRESSING
@@ -217,21 +226,26 @@ class _Context:
         else:  # advance
             nd = decision.rollout
             nxt = c.steps[nd.step]
-            if c.manual_gate and (self.meta.get("annotations") or {}).get(APPROVE) != str(nxt):
+            approval = f"{r.canary_version}/{nxt}"
+            if c.manual_gate and not (
+                manual.get(approvals.APPROVE, ("",))[0] == approval
+                and self._consume(approvals.APPROVE, *manual[approvals.APPROVE])
+            ):
                 self._patch(
                     {
                         "phase": canary.PAUSED,
                         "analysis": history,
-                        "message": f"step passed; annotate {APPROVE}={nxt} to continue to {nxt}%",
+                        "message": f"step passed; annotate {approvals.APPROVE}={approval} to continue to {nxt}%",
                     }
                 )
                 return
-            self._scale_canary(r.canary_version or "", self.status.get("canaryAdapterUri"), nxt)
+            split = self._scale_canary(r.canary_version or "", self.status.get("canaryAdapterUri"), nxt)
             self._patch(
                 {
                     "phase": canary.PROGRESSING,
                     "currentStep": nd.step,
                     "canaryWeight": nxt,
+                    "achievedCanaryWeight": split.achieved,
                     "failures": 0,
                     "noDataCount": 0,
                     "stepStartTime": _iso(self.now),
@@ -241,6 +255,7 @@ class _Context:
             )
             self._count("advance", nxt)
             self.kube.event(self.md, "Normal", "StepAdvanced", decision.reason)
+            self._warn_rounded(nxt, split)
 
     def _promote(self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None) -> None:
         version, adapter = r.canary_version or "", self.status.get("canaryAdapterUri")
@@ -263,7 +278,10 @@ class _Context:
         self._count("promote", 0)
         self.kube.event(self.md, "Normal", "Promoted", f"version {version} promoted: {reason}")
 
-    def _rollback(self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None) -> None:
+    def _rollback(
+        self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None, aborted: bool = False
+    ) -> None:
+        self._scale_stable(self.spec.replicas)  # stable back to full size before the canary goes
         self.kube.scale_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY), 0)
         if self.spec.traffic == "gatewayAPI":
             self.kube.apply(serving.build_httproute(self.md, 0))
@@ -275,11 +293,14 @@ class _Context:
         }
         if history is not None:
             patch["analysis"] = history
+        if aborted:
+            patch.update(abortedVersion=r.canary_version, abortObserved=True)
         self._patch(patch, ("Progressing", False, "RolledBack", reason))
         self._count("rollback", 0)
         self.kube.event(self.md, "Warning", "RolledBack", f"version {r.canary_version} rolled back: {reason}")
 
     def _end_canary(self, phase: str, message: str, r: canary.Rollout) -> None:
+        self._scale_stable(self.spec.replicas)
         self.kube.delete_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY))
         if self.spec.traffic == "gatewayAPI":
             self.kube.apply(serving.build_httproute(self.md, 0))
@@ -295,11 +316,115 @@ class _Context:
         self.kube.event(self.md, "Normal", "CanaryCancelled", message)
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _scale_canary(self, version: str, adapter: str | None, weight: int) -> None:
-        replicas = serving.canary_replicas(self.spec.replicas, weight)
-        self.kube.apply(serving.build_deployment(self.md, serving.CANARY, version, adapter, replicas, self.settings))
+    def _scale_canary(self, version: str, adapter: str | None, weight: int) -> serving.Split:
+        """Both tracks sized for `weight`: the canary grows before stable shrinks, so capacity holds."""
+        split = serving.traffic_split(self.spec.traffic, self.spec.replicas, weight)
+        self.kube.apply(
+            serving.build_deployment(self.md, serving.CANARY, version, adapter, split.canary, self.settings)
+        )
+        self._scale_stable(split.stable)
         if self.spec.traffic == "gatewayAPI":
             self.kube.apply(serving.build_httproute(self.md, weight))
+        return split
+
+    def _scale_stable(self, replicas: int) -> None:
+        """Read, and write only when the stable Deployment's size differs."""
+        name = serving.deployment_name(self.name, serving.STABLE)
+        dep = self.kube.get_deployment(self.ns, name)
+        if dep is not None and (dep.get("spec") or {}).get("replicas") != replicas:
+            self.kube.scale_deployment(self.ns, name, replicas)
+
+    def _warn_rounded(self, weight: int, split: serving.Split) -> None:
+        if split.achieved != weight:
+            self.kube.event(
+                self.md,
+                "Warning",
+                "ShareRounded",
+                f"step {weight}% rounded to {split.achieved:g}% of requests: {split.canary} canary and "
+                f"{split.stable} stable pod(s) from replicas {self.spec.replicas} (more replicas or "
+                "traffic: gatewayAPI give finer shares)",
+            )
+
+    # -- abort, retry, approvals -------------------------------------------------------------------
+    def _abort(self, r: canary.Rollout) -> bool:
+        """spec.canary.abort stops the canary in flight when first seen true, and no later one: the
+        operator records that it acted (status.abortObserved) until the flag is set false again."""
+        action = approvals.abort_action(
+            self.spec.canary.abort, bool(self.status.get("abortObserved")), r.canary_version
+        )
+        if action == "rearm":
+            self._patch({"abortObserved": None})  # the next true aborts the canary in flight then
+        if action in ("none", "rearm"):
+            return False
+        if action == "rollback":
+            self._rollback(r, "aborted: spec.canary.abort is true", aborted=True)
+            return True
+        self._patch({"abortObserved": True})
+        self.kube.event(
+            self.md,
+            "Warning",
+            "AbortIgnored",
+            "spec.canary.abort is true but no canary is in flight: it aborts no later version "
+            "(set it false, then true, to abort one)",
+        )
+        return False
+
+    def _retry(self, r: canary.Rollout, desired: str) -> bool:
+        value = (self.meta.get("annotations") or {}).get(approvals.RETRY)
+        if value is None:
+            return False
+        ruling = approvals.judge(approvals.RETRY, value, self._approval_state(r, desired))
+        if not ruling.ok:
+            self._ignore(approvals.RETRY, value, ruling.message)
+            return False
+        if not self._consume(approvals.RETRY, value, ruling.message):
+            return False
+        self._patch({"rolledBackVersion": None, "message": ruling.message})
+        return True
+
+    def _manual(self, r: canary.Rollout) -> dict[str, tuple[str, str]]:
+        """{key: (value, what it does)} of the approve-step / promote annotations that apply to the
+        canary in flight; the others are removed, with an Event saying why."""
+        notes = self.meta.get("annotations") or {}
+        state = self._approval_state(r, None)
+        valid = {}
+        for key in (approvals.APPROVE, approvals.PROMOTE):
+            if key in notes:
+                ruling = approvals.judge(key, notes[key], state)
+                if ruling.ok:
+                    valid[key] = (notes[key], ruling.message)
+                else:
+                    self._ignore(key, notes[key], ruling.message)
+        return valid
+
+    def _approval_state(self, r: canary.Rollout, desired: str | None) -> approvals.State:
+        return approvals.State(r.canary_version, self.spec.canary.steps, r.step, r.rolled_back_version, desired)
+
+    def _consume(self, key: str, value: str, message: str) -> bool:
+        """Remove the annotation, and act only when this call removed it (exactly once)."""
+        if not self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value):
+            return False
+        self._record(key, value, "Used", message)
+        self.kube.event(self.md, "Normal", "AnnotationUsed", f"{key}={value} {message}; removed")
+        return True
+
+    def _ignore(self, key: str, value: str, message: str) -> None:
+        if self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value):
+            self._record(key, value, "Ignored", message)
+            self.kube.event(self.md, "Warning", "AnnotationIgnored", f"{message}; removed")
+
+    def _record(self, key: str, value: str, outcome: str, message: str) -> None:
+        self._patch(
+            {
+                "lastManualAction": {
+                    "annotation": key,
+                    "value": value,
+                    "outcome": outcome,
+                    "message": message,
+                    "time": _iso(self.now),
+                }
+            }
+        )
 
     def _count(self, decision: str, weight: int | None) -> None:
         metrics.ROLLOUTS.labels(self.ns, self.name, decision).inc()
