@@ -135,8 +135,8 @@ class LocalExecutor:
         body = {
             "metadata": {"name": self.node, "labels": {"kubernetes.io/hostname": self.node}},
             "status": {
-                "capacity": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "20"},
-                "allocatable": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "20"},
+                "capacity": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "110"},
+                "allocatable": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "110"},
                 "conditions": [
                     {"type": "Ready", "status": "True", "reason": "LocalExecutor", "message": "runs pods as processes"}
                 ],
@@ -147,6 +147,13 @@ class LocalExecutor:
         except ApiException as err:
             if err.status != 409:
                 raise
+            self._cordon(False)  # an executor that ran here before cordoned it when it stopped
+
+    def _cordon(self, unschedulable: bool) -> None:
+        """A stopped executor runs nothing: cordon its Node, as a drained kubelet's is, so the scheduler
+        does not bind pods to a node whose pods would never start."""
+        with contextlib.suppress(ApiException):
+            self.core.patch_node(self.node, {"spec": {"unschedulable": unschedulable}})
 
     def serve(self) -> None:
         while not self.stop.is_set():
@@ -157,6 +164,7 @@ class LocalExecutor:
                     return
                 print(f"[executor] API error: {err.reason}", file=sys.stderr)
             self.stop.wait(0.5)
+        self._cordon(True)
         for run in self.running.values():
             run.proc.terminate()
 
