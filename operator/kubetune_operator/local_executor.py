@@ -152,7 +152,7 @@ class LocalExecutor:
     def _cordon(self, unschedulable: bool) -> None:
         """A stopped executor runs nothing: cordon its Node, as a drained kubelet's is, so the scheduler
         does not bind pods to a node whose pods would never start."""
-        with contextlib.suppress(ApiException):
+        with contextlib.suppress(Exception):  # best effort: at shutdown the apiserver may be gone first
             self.core.patch_node(self.node, {"spec": {"unschedulable": unschedulable}})
 
     def serve(self) -> None:
