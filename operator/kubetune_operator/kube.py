@@ -154,22 +154,24 @@ class Kube:
         obj = self.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, plural, name, body)
         return ((obj or {}).get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
 
-    def remove_annotation(self, plural: str, namespace: str, name: str, key: str, value: str) -> bool:
+    def remove_annotation(self, plural: str, namespace: str, name: str, key: str, value: str) -> str | None:
         """Remove annotation `key` if it still holds `value` (JSON patch test + remove, one atomic call).
 
-        False when someone changed or removed it first: only one caller can consume an annotation.
+        Returns the object's new resourceVersion (the caller's next guarded status patch builds on
+        this write of its own); None when someone changed or removed it first: only one caller can
+        consume an annotation.
         """
         path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
         ops = [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}]
         try:
-            self.custom.patch_namespaced_custom_object(
+            patched = self.custom.patch_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, plural, name, ops, _content_type="application/json-patch+json"
             )
         except ApiException as err:
             if err.status in (404, 409, 422):
-                return False
+                return None
             raise
-        return True
+        return str(patched["metadata"]["resourceVersion"])
 
     # -- events --------------------------------------------------------------------------------
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:

@@ -8,6 +8,7 @@ Prometheus in tests/serving.
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import time
 import urllib.request
@@ -182,8 +183,8 @@ def test_abort_stops_the_canary_in_flight_and_no_later_version(k8s, operator):
 
 def is_run(served: str | None, run: int) -> bool:
     """Whether a ModelDeployment serves run N of the kwok trainer: its adapter, with the digest that run's
-    pod recorded (`sha256:kwok-<pod uid>`)."""
-    return (served or "").startswith(f"/models/out/run-{run}#digest=sha256:kwok-")
+    pod recorded (`sha256:kwok-<pod uid>`; the eval-fail stage records plain `sha256:kwok`)."""
+    return re.fullmatch(rf"/models/out/run-{run}#digest=sha256:kwok(-[0-9a-f-]+)?", served or "") is not None
 
 
 def test_finetunejob_runs_that_pass_evaluation_roll_out_and_failed_gates_do_not(k8s, operator):
@@ -363,8 +364,8 @@ def test_an_annotation_is_consumed_once_and_only_with_the_value_read(k8s, api):
     k8s.create_md("once", md_spec())
     annotate(k8s, "once", "kubetune.io/promote", "v-new")
     kube = Kube(api)
-    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-old") is False
+    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-old") is None
     assert annotations(k8s, "once") == {"kubetune.io/promote": "v-new"}
-    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-new") is True
-    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-new") is False
+    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-new") is not None
+    assert kube.remove_annotation("modeldeployments", k8s.ns, "once", "kubetune.io/promote", "v-new") is None
     assert annotations(k8s, "once") == {}

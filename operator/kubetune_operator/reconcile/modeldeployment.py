@@ -402,14 +402,18 @@ class _Context:
 
     def _consume(self, key: str, value: str, message: str) -> bool:
         """Remove the annotation, and act only when this call removed it (exactly once)."""
-        if not self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value):
+        rv = self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value)
+        if rv is None:
             return False
+        self.resource_version = rv  # our own write: the status patches that follow build on it
         self._record(key, value, "Used", message)
         self.kube.event(self.md, "Normal", "AnnotationUsed", f"{key}={value} {message}; removed")
         return True
 
     def _ignore(self, key: str, value: str, message: str) -> None:
-        if self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value):
+        rv = self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value)
+        if rv is not None:
+            self.resource_version = rv
             self._record(key, value, "Ignored", message)
             self.kube.event(self.md, "Warning", "AnnotationIgnored", f"{message}; removed")
 
