@@ -158,6 +158,110 @@ def start_stable(k8s, executor, models, prometheus, name: str) -> None:
     wait_for(lambda: serving(executor, k8s.ns, "stable") == 2, 60, "two stable server processes")
 
 
+# First in the module, on a fresh executor node: in one whole-suite run it timed out waiting for its
+# 50 % gate when it ran after the six rollouts below (cause not found; it passed alone in 3 min).
+def serving_pods(executor: LocalExecutor, ns: str) -> dict[str, str]:
+    """{pod: track} of the Ready serving pods the load generator sends to."""
+    return {
+        labels["pod"]: labels["kubetune_io_track"] for _, labels in executor.targets() if labels.get("namespace") == ns
+    }
+
+
+def served(prometheus: PrometheusServer, ns: str) -> dict[tuple[str, str], float]:
+    """{(track, pod): requests answered so far, any status} from the servers' own counters."""
+    out: dict[tuple[str, str], float] = {}
+    for m, v in prometheus.query(f'kubetune_requests_total{{namespace="{ns}"}}'):
+        key = (m["kubetune_io_track"], m["pod"])
+        out[key] = out.get(key, 0.0) + v
+    return out
+
+
+def measure_share(k8s, ex: LocalExecutor, prometheus: PrometheusServer, want: int, timeout: float) -> dict[str, Any]:
+    """The canary's share of the requests answered while the pods stay as they are now, once `want`
+    requests were answered (or `timeout` passed)."""
+    pods = serving_pods(ex, k8s.ns)
+    # Prometheus must have scraped every serving pod first: a pod missing from `before` would not count.
+    before = wait_for(lambda: (b := served(prometheus, k8s.ns)) and {p for _, p in b} >= set(pods) and b, 30,
+                      "every serving pod scraped")  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(2)
+        after = served(prometheus, k8s.ns)
+        counts = {"stable": 0.0, "canary": 0.0}
+        for (track, pod), value in after.items():
+            if pod in pods:
+                counts[track] += value - before.get((track, pod), 0.0)
+        n = counts["stable"] + counts["canary"]
+        if n >= want or time.monotonic() > deadline:
+            break
+    assert serving_pods(ex, k8s.ns) == pods, "the serving pods changed while the share was measured"
+    return {"n": n, "share": counts["canary"] / n if n else float("nan")}
+
+
+def at_gate(k8s, name: str, weight: int) -> dict[str, Any] | None:
+    """The status once the canary waits at `weight` for an approval or a promotion."""
+    status = k8s.get_md(name)["status"]
+    return status if status.get("canaryWeight") == weight and "annotate kubetune.io/" in status["message"] else None
+
+
+def test_each_version_serves_the_share_the_status_reports(k8s, operator, executor, prometheus, models):
+    """Replicas 4, steps 25/50/100: the share of requests the canary's servers really answered
+    (their own kubetune_requests_total in Prometheus, while load is spread evenly over every Ready
+    pod as a Service spreads it) matches status.achievedCanaryWeight at each step.
+
+    The manual gate holds each step (approved by version, like a person would) until the share is
+    measured over enough requests, however slow the machine. Each request picks its pod
+    independently, so the canary's count among n requests is binomial(n, p), p the achieved share:
+    the measured share must lie within 3.5 standard deviations, sqrt(p(1-p)/n), of p (a false
+    failure about once in 2,000 steps). With n = 200 that is within 12 points at 50% and 10 at 80%,
+    which tells the true shares (25, 50, 80%) from what extra canary pods beside a full stable
+    gave before (20, 33, 50%) at the 50% and 100% steps.
+    """
+    ex, _ = executor
+    spec = md_spec(models, prometheus, steps=[25, 50, 100], interval="5s", manualGate=True, autoPromote=False)
+    spec["replicas"] = 4
+    # Up to five servers on a shared CPU: latency is judged in the tests above; here only the shares are.
+    spec["canary"]["analysis"]["latencyP99Ratio"] = 10.0
+    k8s.create_md("shares", spec)
+    wait_for(phase(k8s, "shares", "Stable"), 30, "Stable")
+    wait_for(lambda: serving(ex, k8s.ns, "stable") == 4, 120, "four stable server processes")
+    started = time.monotonic()
+    report, failures, shares = [], [], []
+    with Load(ex, k8s.ns, max_seconds=900, concurrency=4):
+        k8s.patch_md("shares", {"adapter": {"uri": str(models["v2"])}})
+        for weight, nxt in ((25, 50), (50, 100), (100, None)):
+            status = wait_for(lambda w=weight: at_gate(k8s, "shares", w), 240, f"the gate after {weight}%")
+            version, achieved = status["canaryVersion"], status["achievedCanaryWeight"]
+            pods = {t: k8s.deployment(f"shares-{t}").spec.replicas for t in ("stable", "canary")}
+            wait_for(lambda p=pods: all(serving(ex, k8s.ns, t) == n for t, n in p.items()), 120, f"pods {pods}")
+            shares.append((weight, achieved, pods))
+            m = measure_share(k8s, ex, prometheus, want=200, timeout=150)
+            p = achieved / 100
+            tolerance = 3.5 * math.sqrt(p * (1 - p) / m["n"]) if m["n"] else float("inf")
+            report.append(f"step {weight}% (achieved {achieved}%, pods {pods}): canary served {m['share']:.1%} "
+                          f"of {m['n']:.0f} requests (tolerance {tolerance:.1%})")  # fmt: skip
+            print(report[-1], flush=True)
+            if m["n"] < 100:
+                failures.append(f"too few requests to judge: {report[-1]}")
+            elif abs(m["share"] - p) > tolerance:
+                failures.append(f"outside the tolerance: {report[-1]}")
+            key, value = ("kubetune.io/approve-step", f"{version}/{nxt}") if nxt else ("kubetune.io/promote", version)
+            k8s.custom.patch_namespaced_custom_object(
+                "kubetune.io",
+                "v1alpha1",
+                k8s.ns,
+                "modeldeployments",
+                "shares",
+                {"metadata": {"annotations": {key: value}}},
+            )
+        status = wait_for(phase(k8s, "shares", "Promoted", "RolledBack"), 60, "promoted")
+    print("\n".join(["measured shares:", *report, f"rollout took {time.monotonic() - started:.0f}s"]))
+    assert status["phase"] == "Promoted", status.get("message")
+    assert shares == [(25, 25, {"stable": 3, "canary": 1}), (50, 50, {"stable": 2, "canary": 2}),
+                      (100, 80, {"stable": 1, "canary": 4})]  # fmt: skip
+    assert not failures, failures
+
+
 def test_healthy_canary_is_promoted_step_by_step(k8s, operator, executor, prometheus, models):
     ex, _ = executor
     start_stable(k8s, ex, models, prometheus, "healthy")
@@ -298,105 +402,3 @@ def test_canary_that_never_gets_ready_is_rolled_back_at_its_progress_deadline(
     assert not status.get("canaryNotReadySince")
     assert k8s.deployment("stuck-canary").spec.replicas == 0
     wait_for(lambda: any(e.reason == "RolledBack" for e in k8s.events_for("stuck")), 15, "a RolledBack event")
-
-
-def serving_pods(executor: LocalExecutor, ns: str) -> dict[str, str]:
-    """{pod: track} of the Ready serving pods the load generator sends to."""
-    return {
-        labels["pod"]: labels["kubetune_io_track"] for _, labels in executor.targets() if labels.get("namespace") == ns
-    }
-
-
-def served(prometheus: PrometheusServer, ns: str) -> dict[tuple[str, str], float]:
-    """{(track, pod): requests answered so far, any status} from the servers' own counters."""
-    out: dict[tuple[str, str], float] = {}
-    for m, v in prometheus.query(f'kubetune_requests_total{{namespace="{ns}"}}'):
-        key = (m["kubetune_io_track"], m["pod"])
-        out[key] = out.get(key, 0.0) + v
-    return out
-
-
-def measure_share(k8s, ex: LocalExecutor, prometheus: PrometheusServer, want: int, timeout: float) -> dict[str, Any]:
-    """The canary's share of the requests answered while the pods stay as they are now, once `want`
-    requests were answered (or `timeout` passed)."""
-    pods = serving_pods(ex, k8s.ns)
-    # Prometheus must have scraped every serving pod first: a pod missing from `before` would not count.
-    before = wait_for(lambda: (b := served(prometheus, k8s.ns)) and {p for _, p in b} >= set(pods) and b, 30,
-                      "every serving pod scraped")  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while True:
-        time.sleep(2)
-        after = served(prometheus, k8s.ns)
-        counts = {"stable": 0.0, "canary": 0.0}
-        for (track, pod), value in after.items():
-            if pod in pods:
-                counts[track] += value - before.get((track, pod), 0.0)
-        n = counts["stable"] + counts["canary"]
-        if n >= want or time.monotonic() > deadline:
-            break
-    assert serving_pods(ex, k8s.ns) == pods, "the serving pods changed while the share was measured"
-    return {"n": n, "share": counts["canary"] / n if n else float("nan")}
-
-
-def at_gate(k8s, name: str, weight: int) -> dict[str, Any] | None:
-    """The status once the canary waits at `weight` for an approval or a promotion."""
-    status = k8s.get_md(name)["status"]
-    return status if status.get("canaryWeight") == weight and "annotate kubetune.io/" in status["message"] else None
-
-
-def test_each_version_serves_the_share_the_status_reports(k8s, operator, executor, prometheus, models):
-    """Replicas 4, steps 25/50/100: the share of requests the canary's servers really answered
-    (their own kubetune_requests_total in Prometheus, while load is spread evenly over every Ready
-    pod as a Service spreads it) matches status.achievedCanaryWeight at each step.
-
-    The manual gate holds each step (approved by version, like a person would) until the share is
-    measured over enough requests, however slow the machine. Each request picks its pod
-    independently, so the canary's count among n requests is binomial(n, p), p the achieved share:
-    the measured share must lie within 3.5 standard deviations, sqrt(p(1-p)/n), of p (a false
-    failure about once in 2,000 steps). With n = 200 that is within 12 points at 50% and 10 at 80%,
-    which tells the true shares (25, 50, 80%) from what extra canary pods beside a full stable
-    gave before (20, 33, 50%) at the 50% and 100% steps.
-    """
-    ex, _ = executor
-    spec = md_spec(models, prometheus, steps=[25, 50, 100], interval="5s", manualGate=True, autoPromote=False)
-    spec["replicas"] = 4
-    # Up to five servers on a shared CPU: latency is judged in the tests above; here only the shares are.
-    spec["canary"]["analysis"]["latencyP99Ratio"] = 10.0
-    k8s.create_md("shares", spec)
-    wait_for(phase(k8s, "shares", "Stable"), 30, "Stable")
-    wait_for(lambda: serving(ex, k8s.ns, "stable") == 4, 120, "four stable server processes")
-    started = time.monotonic()
-    report, failures, shares = [], [], []
-    with Load(ex, k8s.ns, max_seconds=900, concurrency=4):
-        k8s.patch_md("shares", {"adapter": {"uri": str(models["v2"])}})
-        for weight, nxt in ((25, 50), (50, 100), (100, None)):
-            status = wait_for(lambda w=weight: at_gate(k8s, "shares", w), 240, f"the gate after {weight}%")
-            version, achieved = status["canaryVersion"], status["achievedCanaryWeight"]
-            pods = {t: k8s.deployment(f"shares-{t}").spec.replicas for t in ("stable", "canary")}
-            wait_for(lambda p=pods: all(serving(ex, k8s.ns, t) == n for t, n in p.items()), 120, f"pods {pods}")
-            shares.append((weight, achieved, pods))
-            m = measure_share(k8s, ex, prometheus, want=200, timeout=150)
-            p = achieved / 100
-            tolerance = 3.5 * math.sqrt(p * (1 - p) / m["n"]) if m["n"] else float("inf")
-            report.append(f"step {weight}% (achieved {achieved}%, pods {pods}): canary served {m['share']:.1%} "
-                          f"of {m['n']:.0f} requests (tolerance {tolerance:.1%})")  # fmt: skip
-            print(report[-1], flush=True)
-            if m["n"] < 100:
-                failures.append(f"too few requests to judge: {report[-1]}")
-            elif abs(m["share"] - p) > tolerance:
-                failures.append(f"outside the tolerance: {report[-1]}")
-            key, value = ("kubetune.io/approve-step", f"{version}/{nxt}") if nxt else ("kubetune.io/promote", version)
-            k8s.custom.patch_namespaced_custom_object(
-                "kubetune.io",
-                "v1alpha1",
-                k8s.ns,
-                "modeldeployments",
-                "shares",
-                {"metadata": {"annotations": {key: value}}},
-            )
-        status = wait_for(phase(k8s, "shares", "Promoted", "RolledBack"), 60, "promoted")
-    print("\n".join(["measured shares:", *report, f"rollout took {time.monotonic() - started:.0f}s"]))
-    assert status["phase"] == "Promoted", status.get("message")
-    assert shares == [(25, 25, {"stable": 3, "canary": 1}), (50, 50, {"stable": 2, "canary": 2}),
-                      (100, 80, {"stable": 1, "canary": 4})]  # fmt: skip
-    assert not failures, failures
