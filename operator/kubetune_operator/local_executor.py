@@ -324,11 +324,12 @@ class LocalExecutor:
             state = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message}
             statuses.append({"name": init.name, "image": init.image, "imageID": "", "ready": code == 0,
                              "restartCount": 0, "state": {"terminated": {**state, "finishedAt": _now()}}})  # fmt: skip
-            self.core.patch_namespaced_pod_status(name, ns, {"status": {"initContainerStatuses": statuses}})
             if code != 0:
+                # One write: a reader never sees the failed init container on a pod still Pending.
                 waiting = {"waiting": {"reason": "PodInitializing", "message": f"init container {init.name} failed"}}
-                self._patch(ns, name, "Failed", pod.spec.containers[0], waiting)
+                self._patch(ns, name, "Failed", pod.spec.containers[0], waiting, init_statuses=statuses)
                 return False
+            self.core.patch_namespaced_pod_status(name, ns, {"status": {"initContainerStatuses": statuses}})
         return True
 
     @staticmethod
@@ -364,7 +365,14 @@ class LocalExecutor:
         )
 
     def _patch(
-        self, ns: str, name: str, phase: str, container: Any, state: dict[str, Any], ready: bool = False
+        self,
+        ns: str,
+        name: str,
+        phase: str,
+        container: Any,
+        state: dict[str, Any],
+        ready: bool = False,
+        init_statuses: list[dict[str, Any]] | None = None,
     ) -> None:
         now = _now()
         status = {
@@ -388,6 +396,8 @@ class LocalExecutor:
                 }
             ],
         }
+        if init_statuses is not None:
+            status["initContainerStatuses"] = init_statuses
         self.core.patch_namespaced_pod_status(name, ns, {"status": status})
 
     def _env_from(self, ns: str, container: Any) -> dict[str, str]:
