@@ -165,6 +165,8 @@ def test_a_recreated_finetunejob_does_not_resume_from_the_old_ones_checkpoint(
     out = tmp_path / "support" / "run-1"  # the same name and output: the same run-1 directory
     run(as_uid("uid-deleted"), str(out))
     assert checkpoint.complete(out / "checkpoints")
+    # Deleted before it finished: its checkpoints are there, no Succeeded result (that one is kept: see below).
+    (out / "result.json").unlink()
 
     caplog.set_level("WARNING", logger="kubetune_trainer")
     outcome = run(as_uid("uid-recreated"), str(out))
@@ -176,3 +178,32 @@ def test_a_recreated_finetunejob_does_not_resume_from_the_old_ones_checkpoint(
     # A retry of the re-created FineTuneJob's own run does resume from its own checkpoint.
     run(as_uid("uid-recreated"), str(out))
     assert resumed_from(out) is not None and "step-4" in resumed_from(out)
+
+
+@pytest.mark.slow
+def test_a_recreated_finetunejob_never_overwrites_the_finished_run_of_the_old_one(
+    write_spec, tmp_path, monkeypatch, termination_log
+):
+    import yaml
+
+    from kubetune_trainer.export import directory_digest
+
+    monkeypatch.setenv("KUBETUNE_RUN", "1")
+    obj = yaml.safe_load(write_spec({"training": {"maxSteps": 2}}).read_text())
+    out = tmp_path / "support" / "run-1"
+
+    def train_as(uid: str) -> int:
+        obj["metadata"]["uid"] = uid
+        (tmp_path / f"{uid}.yaml").write_text(yaml.safe_dump(obj))
+        return main(["train", str(tmp_path / f"{uid}.yaml"), "--output", str(out)])
+
+    assert train_as("uid-deleted") == 0
+    result, digest = (out / "result.json").read_text(), directory_digest(out / "artifact")
+    assert json.loads(result)["owner"] == {"uid": "uid-deleted", "run": "1"}
+
+    assert train_as("uid-recreated") == 2  # final: retrying cannot help
+    message = json.loads(termination_log.read_text())
+    assert message["reason"] == "OutputTaken" and "spec.output.uri" in message["message"]
+    assert "uid-deleted" in message["message"]
+    # Nothing stored was touched: the old run's result and the artifact its digest names.
+    assert (out / "result.json").read_text() == result and directory_digest(out / "artifact") == digest

@@ -65,6 +65,8 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     # 1. config: everything that can be wrong with the spec fails here.
     cfg = load_config(spec_path)
     out_dir, remote = output_location(cfg, output)
+    owner = {"uid": cfg.uid or "", "run": os.environ.get("KUBETUNE_RUN", "0")}
+    export.refuse_foreign_result(out_dir, remote, owner)
     world = distributed.init()  # a no-op unless launched by torchrun
     main_rank = world.is_main  # only rank 0 writes files and talks to Kubernetes
     if main_rank:
@@ -78,7 +80,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
     if main_rank:
         reporter.data(prepared.counts())
         # Resume only from checkpoints this FineTuneJob's run wrote (a re-created one has a new uid).
-        checkpoint.claim(out_dir / "checkpoints", cfg.uid, os.environ.get("KUBETUNE_RUN", "0"))
+        checkpoint.claim(out_dir / "checkpoints", cfg.uid, owner["run"])
         distributed.barrier(world)
 
     # 3. model: tokenizer first, so the data is tokenised once.
@@ -123,6 +125,7 @@ def run(spec_path: str, output: str | None = None) -> dict[str, Any]:
         "metrics": metrics,
         "evalPassed": passed,
         "data": prepared.counts(),
+        "owner": owner,  # refuse_foreign_result: a later FineTuneJob with this output does not overwrite it
     }
     # Under fsdp the trained weights are sharded: gather them (every rank takes part) for rank 0 to save.
     gathered = distributed.full_state_dict(lm) if distributed.is_sharded(lm) else None
@@ -198,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         reason = "InvalidConfig" if isinstance(e, ConfigError) else "InvalidData"
         _record_failure(spec, args.output, str(e), reason, getattr(e, "data", None))
         return EXIT_BAD_CONFIG
+    except export.OutputTaken as e:  # final, and the result.json there is not ours to replace
+        print(f"error: {e}", file=sys.stderr)
+        export.write_termination_message(
+            {"phase": "Failed", "reason": "OutputTaken", "message": str(e), "evalPassed": False, "metrics": {}}
+        )
+        return EXIT_BAD_CONFIG
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -235,7 +244,8 @@ def _record_failure(
     """Best effort: tell the operator (termination message) and leave a Failed result.json if we can.
 
     ``reason`` (CamelCase: InvalidConfig, InvalidData, TrainerError) and ``message`` become the
-    FineTuneJob's Failed condition; ``data`` (the cleaning counts so far) its status.data.
+    FineTuneJob's Failed condition; ``data`` (the cleaning counts so far) its status.data. (``main``
+    reports OutputTaken itself: that result.json is not ours to replace.)
     """
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return

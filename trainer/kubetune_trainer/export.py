@@ -81,6 +81,39 @@ def write_result(out_dir: Path, result: dict[str, Any]) -> Path:
     return write_json(out_dir / "result.json", result)
 
 
+class OutputTaken(RuntimeError):
+    """The run's output location already holds another FineTuneJob's finished run: never written over."""
+
+
+def refuse_foreign_result(out_dir: Path, remote: str | None, owner: dict[str, str]) -> None:
+    """Raise `OutputTaken` when ``result.json`` here (or at ``remote``) is a Succeeded run of another owner.
+
+    A FineTuneJob deleted and re-created under the same name and output gets a new uid but the same
+    ``run-1/``: training again there would replace the artifact whose digest the old run recorded (and a
+    ModelDeployment may serve). Checked before anything is written. A result without an owner (written
+    before owners were recorded) counts as foreign; a Failed result is no artifact and may be replaced.
+    """
+    # With a remote output the local folder is only a cache: the remote copy is what others read.
+    text, where = None, f"{remote.rstrip('/')}/result.json" if remote else str(out_dir / "result.json")
+    if remote:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(f"{remote.rstrip('/')}/result.json")
+        text = fs.cat_file(path).decode() if fs.exists(path) else None
+    elif (out_dir / "result.json").is_file():
+        text = (out_dir / "result.json").read_text()
+    if text is None:
+        return
+    result = json.loads(text)
+    theirs = result.get("owner") or {}
+    if result.get("phase") == "Succeeded" and theirs.get("uid") != owner.get("uid"):
+        raise OutputTaken(
+            f"spec.output.uri: {where} already holds the artifact of another FineTuneJob "
+            f"(uid {theirs.get('uid', 'unrecorded')}, run {theirs.get('run', '?')}); nothing was written. "
+            "Choose a new spec.output.uri, or move that run away first"
+        )
+
+
 def upload(local: Path, uri: str, skip: tuple[str, ...] = ()) -> None:
     """Copy the files of the local output folder to the same paths under a remote (s3://) location.
 
