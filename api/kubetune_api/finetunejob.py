@@ -305,7 +305,7 @@ class FineTuneJobSpec(ApiModel):
         ),
         Rule(
             "!self.output.mergeWeights || !(self.method in ['prefix', 'prompt'])",
-            "output.mergeWeights is not available with method prefix or prompt (virtual tokens cannot be merged)",
+            "spec.output.mergeWeights is not available with method prefix or prompt (virtual tokens cannot be merged)",
             lambda s: not s.output.merge_weights or s.method not in PROMPT_LEARNING,
         ),
         Rule(
