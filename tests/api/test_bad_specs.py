@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 import pytest
-from kubetune_api import SpecError, parse_finetunejob, parse_modeldeployment
 
+from kubetune_api import SpecError, parse_finetunejob, parse_modeldeployment
 from tests.support.bad_specs import BAD_SPECS, FTJ, GOOD_SPECS, Case, spec_of
 
 PARSERS = {FTJ: parse_finetunejob, "ModelDeployment": parse_modeldeployment}
