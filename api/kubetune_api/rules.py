@@ -47,11 +47,9 @@ class ApiModel(BaseModel):
         alias_generator=to_camel,
         validate_by_name=True,
         validate_by_alias=True,
-        serialize_by_alias=False,
         extra="forbid",
         strict=True,
         json_schema_extra=_schema_extra,
-        use_attribute_docstrings=False,
     )
     rules: ClassVar[tuple[Rule, ...]] = ()
 

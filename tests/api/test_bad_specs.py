@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kubetune_api import SpecError, parse_finetunejob, parse_modeldeployment
+from kubetune_api import SpecError, crd, parse_finetunejob, parse_modeldeployment
 from tests.support.bad_specs import BAD_SPECS, FTJ, GOOD_SPECS, Case, spec_of
 
 PARSERS = {FTJ: parse_finetunejob, "ModelDeployment": parse_modeldeployment}
@@ -47,3 +47,23 @@ def test_the_api_package_imports_neither_torch_nor_kubernetes():
         "import sys, kubetune_api, kubetune_api.crd; sys.exit(bool({'torch', 'kubernetes', 'kopf'} & set(sys.modules)))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def _rule_messages(node: dict[str, Any]) -> list[str]:
+    found = [v["message"] for v in node.get("x-kubernetes-validations", [])]
+    for child in [*(node.get("properties") or {}).values(), *([node["items"]] if "items" in node else [])]:
+        found += _rule_messages(child)
+    return found
+
+
+def test_every_cel_rule_has_a_row_that_breaks_it():
+    """A rule added to a model without a row in the table fails here: the table is what keeps the CEL and
+    the Python spelling of each rule saying the same thing."""
+    said = set()
+    for case in BAD_SPECS:
+        with pytest.raises(SpecError) as err:
+            PARSERS[case.kind](spec_of(case))
+        said.add(str(err.value))
+    for resource in crd.RESOURCES:
+        for message in _rule_messages(crd.crd(resource)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
+            assert any(message in text for text in said), f"{resource.kind}: no row breaks {message!r}"
