@@ -15,9 +15,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# setuptools finds packages under both operator/ and trainer/ (pyproject.toml); the trainer's
+# setuptools finds packages under api/, operator/ and trainer/ (pyproject.toml); the trainer's
 # sources are plain Python and import nothing heavy at install time.
 COPY pyproject.toml README.md ./
+COPY api/ api/
 COPY operator/ operator/
 COPY trainer/ trainer/
 # The local package, whose extras pin the operator's dependencies (pyproject.toml): DL3013 wants

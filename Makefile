@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV = $(shell bash hack/setup.sh | tail -1)
 
-.PHONY: test lint demo setup control-plane chart-crds
+.PHONY: test lint demo setup control-plane crds chart-crds
 
 setup:
 	@bash hack/setup.sh
@@ -10,22 +10,27 @@ setup:
 control-plane:
 	@bash hack/build-control-plane.sh --with-helm
 
-# crds/ is the single source of truth; the chart carries a copy (a test fails when they differ).
-chart-crds:
-	@bash hack/sync-chart-crds.sh
+# The API models (api/kubetune_api) are the single source of truth: they give crds/, the chart's copy
+# and the README's API reference (a test fails when any of them is stale).
+crds:
+	@venv="$(VENV)"; set -e; \
+	"$$venv/bin/python" hack/gen_crds.py ; \
+	"$$venv/bin/python" hack/gen_api_reference.py
+
+chart-crds: crds
 
 lint:
 	@venv="$(VENV)"; set -e; \
 	"$$venv/bin/ruff" check . ; \
 	"$$venv/bin/ruff" format --check . ; \
-	"$$venv/bin/mypy" operator trainer
+	"$$venv/bin/mypy" api operator trainer
 
 # Every tier this machine can run: unit, k8s (real apiserver), slow (real training); gpu skips without CUDA.
 test:
 	@venv="$(VENV)"; set -e; \
 	"$$venv/bin/ruff" check . ; \
 	"$$venv/bin/ruff" format --check . ; \
-	"$$venv/bin/mypy" operator trainer ; \
+	"$$venv/bin/mypy" api operator trainer ; \
 	"$$venv/bin/python" -m pytest --doctest-modules operator/kubetune_operator tests
 
 demo:

@@ -1,4 +1,4 @@
-"""Generate the API reference section of README.md from the CRDs in crds/ (the single source of truth).
+"""Generate the API reference section of README.md from the CRDs in crds/ (generated from api/kubetune_api).
 
 python hack/gen_api_reference.py          # rewrite the section in README.md
 python hack/gen_api_reference.py --check  # exit 1 if README.md is stale (a test runs this)
@@ -53,7 +53,7 @@ def row(path: str, s: dict[str, Any], required: bool) -> str:
 
 
 def render() -> str:
-    parts = [START, "", "## API reference (generated from `crds/` by `hack/gen_api_reference.py`)", ""]
+    parts = [START, "", "## API reference (generated from the API models in `api/` by `make crds`)", ""]
     for crd_file in sorted((REPO / "crds").glob("*.yaml")):
         crd = yaml.safe_load(crd_file.read_text())
         names = crd["spec"]["names"]

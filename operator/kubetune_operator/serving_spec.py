@@ -1,4 +1,8 @@
-"""The operator's typed view of a ModelDeployment spec, and the version that identifies what pods serve."""
+"""The operator's view of a ModelDeployment spec, and the version that identifies what pods serve.
+
+`from_dict` parses the spec once through the API model (kubetune_api), which holds every default and
+rule; the views here flatten what the reconciler and the builders need, with the model's defaults.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +11,73 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
+from kubetune_api import modeldeployment as api
+from kubetune_api import parse_modeldeployment
 from kubetune_operator.specs import PodResources
 
-DEFAULT_STEPS = (5, 25, 50, 100)
+
+def _default(model: type[BaseModel], name: str) -> Any:
+    """A field's default, read from the API model: the views below repeat no default of their own."""
+    return model.model_fields[name].get_default(call_default_factory=True)
 
 
 @dataclass(frozen=True)
 class Analysis:
-    enabled: bool = False
+    enabled: bool = False  # no analysis section: steps advance on time alone
     prometheus: str | None = None
-    min_requests: int = 50
-    no_data_policy: str = "pause"
-    no_data_limit: int = 5
-    latency_p99_ratio: float = 1.2
-    max_gpu_memory_utilization: float = 0.95
-    max_error_rate: float = 0.01
+    min_requests: int = _default(api.Analysis, "min_requests")
+    no_data_policy: str = _default(api.Analysis, "no_data_policy")
+    no_data_limit: int = _default(api.Analysis, "no_data_limit")
+    latency_p99_ratio: float = _default(api.Analysis, "latency_p99_ratio")
+    max_gpu_memory_utilization: float = _default(api.Analysis, "max_gpu_memory_utilization")
+    max_error_rate: float = _default(api.Analysis, "max_error_rate")
     queries: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def from_model(cls, a: api.Analysis | None) -> Analysis:
+        if a is None:
+            return cls()
+        return cls(
+            enabled=a.enabled,
+            prometheus=a.prometheus.address if a.prometheus else None,
+            min_requests=a.min_requests,
+            no_data_policy=a.no_data_policy,
+            no_data_limit=a.no_data_limit,
+            latency_p99_ratio=a.latency_p99_ratio,
+            max_gpu_memory_utilization=a.max_gpu_memory_utilization,
+            max_error_rate=a.max_error_rate,
+            queries=tuple(q.model_dump(by_alias=True, exclude_none=True) for q in a.queries or ()),
+        )
 
 
 @dataclass(frozen=True)
 class Canary:
-    steps: tuple[int, ...] = DEFAULT_STEPS
-    interval_seconds: float = 60.0
-    failure_limit: int = 0
-    auto_promote: bool = True
-    manual_gate: bool = False
-    abort: bool = False
-    progress_deadline_seconds: float = 600.0  # a canary not Ready for this long is rolled back
+    steps: tuple[int, ...] = api.DEFAULT_STEPS
+    interval_seconds: float = field(default_factory=lambda: parse_duration(_default(api.Canary, "interval")))
+    failure_limit: int = _default(api.Canary, "failure_limit")
+    auto_promote: bool = _default(api.Canary, "auto_promote")
+    manual_gate: bool = _default(api.Canary, "manual_gate")
+    abort: bool = _default(api.Canary, "abort")
+    # A canary not Ready for this long is rolled back.
+    progress_deadline_seconds: float = field(
+        default_factory=lambda: parse_duration(_default(api.Canary, "progress_deadline"))
+    )
     analysis: Analysis = field(default_factory=Analysis)
+
+    @classmethod
+    def from_model(cls, c: api.Canary) -> Canary:
+        return cls(
+            steps=tuple(c.steps),
+            interval_seconds=parse_duration(c.interval),
+            failure_limit=c.failure_limit,
+            auto_promote=c.auto_promote,
+            manual_gate=c.manual_gate,
+            abort=c.abort,
+            progress_deadline_seconds=parse_duration(c.progress_deadline),
+            analysis=Analysis.from_model(c.analysis),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,53 +146,30 @@ class ModelDeploymentSpec:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> ModelDeploymentSpec:
-        base = spec.get("baseModel") or {}
-        adapter = spec.get("adapter") or {}
-        c = spec.get("canary") or {}
-        a = c.get("analysis")
-        analysis = Analysis()
-        if a is not None:
-            analysis = Analysis(
-                enabled=bool(a.get("enabled", True)),
-                prometheus=(a.get("prometheus") or {}).get("address"),
-                min_requests=int(a.get("minRequests", 50)),
-                no_data_policy=a.get("noDataPolicy", "pause"),
-                no_data_limit=int(a.get("noDataLimit", 5)),
-                latency_p99_ratio=float(a.get("latencyP99Ratio", 1.2)),
-                max_gpu_memory_utilization=float(a.get("maxGpuMemoryUtilization", 0.95)),
-                max_error_rate=float(a.get("maxErrorRate", 0.01)),
-                queries=tuple(a.get("queries") or ()),
-            )
-        ref = (adapter.get("fineTuneJobRef") or {}).get("name")
+        """Raises `kubetune_api.SpecError` (a ValueError) naming the field when the spec breaks the API."""
+        m = parse_modeldeployment(spec)
+        base, adapter = m.base_model, m.adapter
+        ref = adapter.fine_tune_job_ref.name if adapter and adapter.fine_tune_job_ref else None
         return cls(
-            base_model=base.get("uri") or base.get("name") or "",
-            base_is_hub_id=not base.get("uri"),
-            base_revision=base.get("revision"),
-            trust_remote_code=bool(base.get("trustRemoteCode", False)),
-            model_cache_uri=base.get("cacheUri"),
-            env_from=list(spec.get("envFrom") or []),
-            adapter_uri=adapter.get("uri"),
+            base_model=base.uri or base.name or "",
+            base_is_hub_id=base.uri is None,
+            base_revision=base.revision,
+            trust_remote_code=base.trust_remote_code,
+            model_cache_uri=base.cache_uri,
+            env_from=[e.model_dump(by_alias=True, exclude_none=True) for e in m.env_from or []],
+            adapter_uri=adapter.uri if adapter else None,
             adapter_ref=ref,
-            adapter_name=adapter.get("name") or ref or "adapter",
-            runtime=spec.get("runtime", "builtin"),
-            image=spec.get("image"),
-            port=int(spec.get("port", 8000)),
-            replicas=int(spec.get("replicas", 2)),
-            resources=PodResources.from_dict(spec.get("resources")),
-            builtin=dict(spec.get("builtin") or {}),
-            vllm=dict(spec.get("vllm") or {}),
-            traffic=spec.get("traffic", "replicas"),
-            gateway=spec.get("gateway"),
-            canary=Canary(
-                steps=tuple(c.get("steps") or DEFAULT_STEPS),
-                interval_seconds=parse_duration(c.get("interval", "1m")),
-                failure_limit=int(c.get("failureLimit", 0)),
-                auto_promote=bool(c.get("autoPromote", True)),
-                manual_gate=bool(c.get("manualGate", False)),
-                abort=bool(c.get("abort", False)),
-                progress_deadline_seconds=parse_duration(c.get("progressDeadline", "10m")),
-                analysis=analysis,
-            ),
+            adapter_name=(adapter.name if adapter else None) or ref or "adapter",
+            runtime=m.runtime,
+            image=m.image,
+            port=m.port,
+            replicas=m.replicas,
+            resources=PodResources.from_model(m.resources),
+            builtin=m.builtin.model_dump(by_alias=True, exclude_none=True),
+            vllm=m.vllm.model_dump(by_alias=True, exclude_none=True),
+            traffic=m.traffic,
+            gateway=m.gateway.model_dump(by_alias=True, exclude_none=True) if m.gateway else None,
+            canary=Canary.from_model(m.canary),
         )
 
 

@@ -1,7 +1,8 @@
-"""The operator's typed view of a FineTuneJob spec, and the checks the CRD schema cannot make.
+"""The operator's view of a FineTuneJob spec, and the checks the CRD schema cannot make.
 
-The apiserver has already applied the schema's defaults to stored objects; `from_dict` applies the
-same defaults again so builders can be tested with minimal dicts.
+`from_dict` parses the spec once through the API model (kubetune_api), which holds every default and
+every rule the apiserver checks; this view only flattens what the builders need. What the apiserver
+cannot check (cron semantics, locations that overlap) is `validate`'s.
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from croniter import croniter
+
+from kubetune_api import SpecError, parse_finetunejob
+from kubetune_api import common as api_common
+from kubetune_api.finetunejob import FineTuneJobSpec as ApiFineTuneJobSpec
 
 # Fields that change how a run is scheduled or kept, not what it computes: editing them must not
 # start a new training run (toggling `suspend` pauses the same run, as for a batch/v1 Job).
@@ -22,34 +27,34 @@ NON_RUN_FIELDS = ("suspend", "schedule", "ttlSecondsAfterFinished")
 @dataclass(frozen=True)
 class SecretKeyRef:
     name: str
-    key: str = "token"
+    key: str
 
 
 @dataclass(frozen=True)
 class PodResources:
     """`spec.resources` of both kinds: what a trainer or server pod asks for and where it may run."""
 
-    gpus: int = 1
-    gpu_resource_name: str = "nvidia.com/gpu"
-    cpu: str | None = None
-    memory: str | None = None
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = field(default_factory=list)
-    affinity: dict[str, Any] | None = None
-    priority_class_name: str | None = None
+    gpus: int
+    gpu_resource_name: str
+    cpu: str | None
+    memory: str | None
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, Any]]
+    affinity: dict[str, Any] | None
+    priority_class_name: str | None
 
     @classmethod
-    def from_dict(cls, res: dict[str, Any] | None) -> PodResources:
-        res = res or {}
+    def from_model(cls, res: api_common.TrainerResources | api_common.ServingResources) -> PodResources:
+        affinity = getattr(res, "affinity", None)
         return cls(
-            gpus=int(res.get("gpus", 1)),
-            gpu_resource_name=res.get("gpuResourceName", "nvidia.com/gpu"),
-            cpu=None if res.get("cpu") is None else str(res["cpu"]),
-            memory=None if res.get("memory") is None else str(res["memory"]),
-            node_selector=dict(res.get("nodeSelector") or {}),
-            tolerations=list(res.get("tolerations") or []),
-            affinity=res.get("affinity"),
-            priority_class_name=res.get("priorityClassName"),
+            gpus=res.gpus,
+            gpu_resource_name=res.gpu_resource_name,
+            cpu=None if res.cpu is None else str(res.cpu),
+            memory=None if res.memory is None else str(res.memory),
+            node_selector=dict(res.node_selector or {}),
+            tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations or []],
+            affinity=affinity,
+            priority_class_name=getattr(res, "priority_class_name", None),
         )
 
 
@@ -74,45 +79,69 @@ class FineTuneJobSpec:
     gate_mode: str  # job_state.GATED / NO_GATES / UNGATED: what decides EvalPassed
     raw: dict[str, Any]
 
+    problems: tuple[str, ...] = ()  # the API's own rules a stored spec breaks (it predates them)
+
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FineTuneJobSpec:
-        secret = (spec.get("baseModel") or {}).get("tokenSecretRef")
+        try:
+            return cls.from_model(parse_finetunejob(spec), spec)
+        except SpecError as err:
+            # Stored before a rule was added (the apiserver checks rules on write only): report it in
+            # status like any other problem, with a view that no builder will be handed.
+            return cls.unusable(spec, str(err))
+
+    @classmethod
+    def from_model(cls, m: ApiFineTuneJobSpec, raw: dict[str, Any]) -> FineTuneJobSpec:
+        secret = m.base_model.token_secret_ref
         return cls(
-            method=spec.get("method", "lora"),
-            base_model_uri=(spec.get("baseModel") or {}).get("uri"),
-            dataset_uri=(spec.get("dataset") or {}).get("uri", ""),
-            output_uri=(spec.get("output") or {}).get("uri", ""),
-            golden_dataset_uri=(spec.get("evaluation") or {}).get("goldenDatasetUri"),
-            mix_uri=((spec.get("dataset") or {}).get("mix") or {}).get("uri"),
-            token_secret=SecretKeyRef(secret["name"], secret.get("key", "token")) if secret else None,
-            env_from=list(spec.get("envFrom") or []),
-            resources=PodResources.from_dict(spec.get("resources")),
-            image=spec.get("image"),
-            service_account_name=spec.get("serviceAccountName"),
-            backoff_limit=int(spec.get("backoffLimit", 2)),
-            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
-            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
-            suspend=bool(spec.get("suspend", False)),
-            schedule=spec.get("schedule"),
-            gate_mode=_gate_mode(spec.get("evaluation") or {}),
-            raw=spec,
+            method=m.method,
+            base_model_uri=m.base_model.uri,
+            dataset_uri=m.dataset.uri,
+            output_uri=m.output.uri,
+            golden_dataset_uri=m.evaluation.golden_dataset_uri,
+            mix_uri=m.dataset.mix.uri if m.dataset.mix else None,
+            token_secret=SecretKeyRef(secret.name, secret.key) if secret else None,
+            env_from=[e.model_dump(by_alias=True, exclude_none=True) for e in m.env_from or []],
+            resources=PodResources.from_model(m.resources),
+            image=m.image,
+            service_account_name=m.service_account_name,
+            backoff_limit=m.backoff_limit,
+            active_deadline_seconds=m.active_deadline_seconds,
+            ttl_seconds_after_finished=m.ttl_seconds_after_finished,
+            suspend=m.suspend,
+            schedule=m.schedule,
+            gate_mode=m.gate_mode,
+            raw=raw,
+        )
+
+    @classmethod
+    def unusable(cls, raw: dict[str, Any], problem: str) -> FineTuneJobSpec:
+        return cls(
+            method="",
+            base_model_uri=None,
+            dataset_uri="",
+            output_uri="",
+            golden_dataset_uri=None,
+            mix_uri=None,
+            token_secret=None,
+            env_from=[],
+            resources=PodResources.from_model(api_common.TrainerResources()),
+            image=None,
+            service_account_name=None,
+            backoff_limit=0,
+            active_deadline_seconds=None,
+            ttl_seconds_after_finished=None,
+            suspend=bool(raw.get("suspend")),
+            schedule=None,
+            gate_mode="noGates",
+            raw=raw,
+            problems=(problem,),
         )
 
     def pvc_uris(self) -> list[str]:
         """Every `pvc://` location the trainer reads or writes, in a stable order."""
         uris = [self.base_model_uri, self.dataset_uri, self.mix_uri, self.golden_dataset_uri, self.output_uri]
         return [u for u in uris if u and u.startswith("pvc://")]
-
-
-def _gate_mode(evaluation: dict[str, Any]) -> str:
-    """Gated when any gate is set; without gates a run is never EvalPassed, unless the spec opts out.
-
-    >>> _gate_mode({"gates": {"maxPerplexity": 9}}), _gate_mode({}), _gate_mode({"requireGates": False})
-    ('gated', 'noGates', 'ungated')
-    """
-    if any(v is not None for v in (evaluation.get("gates") or {}).values()):
-        return "gated"
-    return "noGates" if evaluation.get("requireGates", True) else "ungated"
 
 
 def normalize_location(uri: str) -> str:
@@ -203,11 +232,11 @@ def run_spec_hash(spec: dict[str, Any]) -> str:
 
 def validate(spec: FineTuneJobSpec) -> list[str]:
     """Problems the schema cannot see, each a sentence a user can act on. Empty when valid."""
+    if spec.problems:
+        return list(spec.problems)  # nothing else in an unparsed spec can be trusted
     problems = []
     if spec.schedule and not croniter.is_valid(spec.schedule):
         problems.append(f"spec.schedule {spec.schedule!r} is not a valid cron expression (5 fields, e.g. '0 3 * * 1')")
-    if spec.method == "qlora" and spec.resources.gpus < 1:
-        problems.append("spec.method qlora quantizes with bitsandbytes on CUDA: set spec.resources.gpus >= 1")
     inputs = {
         "spec.dataset.uri": spec.dataset_uri,
         "spec.baseModel.uri": spec.base_model_uri,

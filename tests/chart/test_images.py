@@ -101,4 +101,4 @@ def test_operator_image_runs_the_operator() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".git", ".venv", "tests", "**/__pycache__"} <= ignored
-    assert not {"operator", "trainer", "pyproject.toml", "README.md"} & ignored  # what the images COPY
+    assert not {"api", "operator", "trainer", "pyproject.toml", "README.md"} & ignored  # what the images COPY

@@ -164,12 +164,7 @@ def test_created_suspended_starts_nothing_until_resumed(k8s, operator):
     ("name", "overrides", "reason", "fragment"),
     [
         ("badcron", {"schedule": "61 * * * *"}, "InvalidSpec", "not a valid cron expression"),
-        (
-            "qlora-cpu",
-            {"method": "qlora", "quantization": {}, "resources": {"gpus": 0}},
-            "InvalidSpec",
-            "set spec.resources.gpus >= 1",
-        ),
+        # qlora on zero GPUs is a CEL rule now: the bad-spec table (tests/support/bad_specs.py) has it.
         (
             "badaffinity",
             {

@@ -80,6 +80,7 @@ def write_spec(tmp_path: Path, tiny_model_dir: Path):
     def _write(spec_override: dict[str, Any] | None = None, name: str = "job.yaml") -> Path:
         obj = copy.deepcopy(BASE_SPEC)
         obj["spec"]["baseModel"]["uri"] = str(tiny_model_dir)
+        obj["spec"]["output"] = {"uri": str(tmp_path / "output")}  # required by the API; --output overrides it
         obj["spec"] = merge(obj["spec"], spec_override or {})
         path = tmp_path / name
         path.write_text(yaml.safe_dump(obj))

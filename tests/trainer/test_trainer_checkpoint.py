@@ -23,7 +23,7 @@ SPEC = {"training": {"maxSteps": 60, "checkpointSteps": 5, "loggingSteps": 5, "e
 
 
 def start(spec: Path, out: Path) -> subprocess.Popen:
-    env = dict(os.environ, KUBETUNE_METRICS_PORT="0", PYTHONPATH=str(REPO / "trainer"))
+    env = dict(os.environ, KUBETUNE_METRICS_PORT="0", PYTHONPATH=f"{REPO / 'trainer'}{os.pathsep}{REPO / 'api'}")
     cmd = [sys.executable, "-m", "kubetune_trainer", "train", "--spec", str(spec), "--output", str(out)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

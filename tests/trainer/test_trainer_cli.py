@@ -32,7 +32,7 @@ def test_bad_config_exits_2_with_one_line(write_spec, tmp_path, capsys):
     spec = write_spec({"lora": {"alpha": 8}})
     assert main(["train", str(spec), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: spec.lora.alpha: set spec.lora.r too (alpha only makes sense relative to a rank)"]
+    assert err == ["error: spec.lora: lora.alpha requires lora.r (alpha scales r; when both are absent r=16, alpha=2r)"]
     assert read_json(tmp_path / "out" / "result.json")["phase"] == "Failed"
 
 
@@ -46,7 +46,7 @@ def test_missing_base_model_directory_is_a_one_line_error(write_spec, tmp_path, 
 def test_qlora_on_cpu_fails_fast_with_a_clear_message(write_spec, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the gpu-marked test covers qlora")
-    assert main(["train", "--spec", str(write_spec({"method": "qlora"}))]) == 2
+    assert main(["train", "--spec", str(write_spec({"method": "qlora", "quantization": {}}))]) == 2
     assert "spec.method: qlora needs a CUDA GPU" in capsys.readouterr().err
 
 
@@ -57,7 +57,8 @@ def test_bad_data_fails_before_any_model_is_loaded(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text(
         "kind: FineTuneJob\nmetadata: {name: j}\n"
-        f"spec: {{baseModel: {{uri: {tmp_path}/no-such-model}}, dataset: {{uri: {data}}}}}\n"
+        f"spec: {{baseModel: {{uri: {tmp_path}/no-such-model}}, dataset: {{uri: {data}}},"
+        f" output: {{uri: {tmp_path}/o}}}}\n"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "kubetune_trainer", "train", "--spec", str(spec), "--output", str(tmp_path / "o")],
@@ -74,8 +75,9 @@ def test_bad_data_fails_before_any_model_is_loaded(tmp_path):
 
 
 def test_output_location_precedence(monkeypatch, tmp_path):
-    cfg = parse_job({"metadata": {"name": "j"}, "spec": {"baseModel": {"name": "m"}, "dataset": {"uri": "d"}}})
-    assert output_location(cfg, None) == (Path("kubetune-output/j"), None)
+    spec = {"baseModel": {"name": "m"}, "dataset": {"uri": "/d"}, "output": {"uri": "/out"}}
+    cfg = parse_job({"metadata": {"name": "j"}, "spec": spec})
+    assert output_location(cfg, None) == (Path("/out"), None)
     cfg.output.uri = "pvc://artifacts/j"
     monkeypatch.setenv("KUBETUNE_PVC_ROOT", str(tmp_path))
     assert output_location(cfg, None) == (tmp_path / "artifacts" / "j", None)
@@ -187,7 +189,7 @@ def test_failure_reaches_the_termination_message(write_spec, tmp_path, monkeypat
     log = tmp_path / "termination-log"
     log.write_text("")  # the kubelet creates the file; we only write into an existing one
     monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
-    assert main(["train", str(write_spec({"method": "qlora"}))]) == 2
+    assert main(["train", str(write_spec({"method": "qlora", "quantization": {}}))]) == 2
     message = json.loads(log.read_text())
     assert message["phase"] == "Failed" and "qlora" in message["message"]
 

@@ -127,9 +127,9 @@ def test_outliers_dropped_only_when_asked():
 
 def test_split_is_seeded_disjoint_and_complete():
     rows = [{"i": i} for i in range(100)]
-    a = data.split_rows(rows, SplitConfig(0.1, 0.2, seed=3))
-    b = data.split_rows(rows, SplitConfig(0.1, 0.2, seed=3))
-    c = data.split_rows(rows, SplitConfig(0.1, 0.2, seed=4))
+    a = data.split_rows(rows, SplitConfig(validation=0.1, test=0.2, seed=3))
+    b = data.split_rows(rows, SplitConfig(validation=0.1, test=0.2, seed=3))
+    c = data.split_rows(rows, SplitConfig(validation=0.1, test=0.2, seed=4))
     assert a == b and a != c
     assert [len(a[k]) for k in ("train", "validation", "test")] == [70, 10, 20]
     assert sorted(r["i"] for part in a.values() for r in part) == list(range(100))
@@ -137,7 +137,7 @@ def test_split_is_seeded_disjoint_and_complete():
 
 def test_split_refuses_when_nothing_is_left_to_train():
     with pytest.raises(DataError, match="too few"):
-        data.split_rows([{"i": 0}, {"i": 1}], SplitConfig(0.1, 0.1))
+        data.split_rows([{"i": 0}, {"i": 1}], SplitConfig(validation=0.1, test=0.1))
 
 
 def test_chat_uses_the_tokenizer_template_or_a_default():

@@ -20,7 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def trainer_env() -> dict[str, str]:
     """Trainer subprocesses: no metrics server, one thread per rank, this checkout's package."""
-    return dict(os.environ, KUBETUNE_METRICS_PORT="0", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "trainer"))
+    return dict(
+        os.environ,
+        KUBETUNE_METRICS_PORT="0",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=f"{REPO / 'trainer'}{os.pathsep}{REPO / 'api'}",
+    )
 
 
 def step_losses(text: str) -> list[float]:

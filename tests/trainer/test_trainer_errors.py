@@ -74,7 +74,7 @@ def test_an_empty_target_modules_list(write_spec, termination_log, tmp_path):
     assert msg == {
         "phase": "Failed",
         "reason": "InvalidConfig",
-        "message": "spec.lora.targetModules: must name at least one module",
+        "message": "spec.lora.targetModules: List should have at least 1 item after validation, not 0",
         "evalPassed": False,
         "metrics": {},
     }
@@ -97,7 +97,11 @@ def test_a_huge_row_is_dropped_and_counted_without_being_loaded(tmp_path):
 def test_oversized_rows_are_in_the_cleaning_counts(tmp_path):
     rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(20)]
     uri = jsonl(tmp_path / "d.jsonl", [*rows, {"prompt": "p" * 5000, "response": "r"}])
-    spec = {"baseModel": {"name": "m"}, "dataset": {"uri": uri, "cleaning": {"maxRowBytes": 1000}}}
+    spec = {
+        "baseModel": {"name": "m"},
+        "dataset": {"uri": uri, "cleaning": {"maxRowBytes": 1000}},
+        "output": {"uri": str(tmp_path / "out")},
+    }
     prepared = prepare(parse_job({"metadata": {"name": "j"}, "spec": spec}), tmp_path / "out")
     counts = prepared.counts()
     assert counts["rowsRead"] == 21 and counts["oversizedDropped"] == 1 and counts["rowsKept"] == 20
@@ -115,7 +119,10 @@ def test_a_directory_of_files_counts_oversized_rows_of_each(tmp_path):
 def test_data_errors_raised_before_cleaning_carry_the_rows_read(tmp_path):
     uri = jsonl(tmp_path / "d.jsonl", [{"q": "a", "a": "b"}] * 3)
     with pytest.raises(DataError) as err:
-        prepare(parse_job({"spec": {"baseModel": {"name": "m"}, "dataset": {"uri": uri}}}), tmp_path / "out")
+        prepare(
+            parse_job({"spec": {"baseModel": {"name": "m"}, "dataset": {"uri": uri}, "output": {"uri": "/out"}}}),
+            tmp_path / "out",
+        )
     assert err.value.data == {"rowsRead": 3}
 
 

@@ -65,7 +65,7 @@ def test_one_process_per_gpu_with_nccl(write_spec, tmp_path, strategy):
 
     repo = Path(__file__).resolve().parents[2]
     spec = write_spec({"training": {"precision": "bf16", "maxSteps": 4, "distributed": {"strategy": strategy}}})
-    env = dict(os.environ, KUBETUNE_METRICS_PORT="0", PYTHONPATH=str(repo / "trainer"))
+    env = dict(os.environ, KUBETUNE_METRICS_PORT="0", PYTHONPATH=f"{repo / 'trainer'}{os.pathsep}{repo / 'api'}")
     cmd = [sys.executable, "-m", "kubetune_trainer", "train", "--spec", str(spec), "--output", str(tmp_path / "o")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -53,7 +53,13 @@ def test_missing_s3_data_and_model_are_clear_errors(s3):
     _, bucket = s3
     with pytest.raises(DataError, match=f"s3://{bucket}/nope.jsonl: no such object"):
         load_rows(f"s3://{bucket}/nope.jsonl")
-    job = {"spec": {"baseModel": {"uri": f"s3://{bucket}/models/none"}, "dataset": {"uri": "d"}}}
+    job = {
+        "spec": {
+            "baseModel": {"uri": f"s3://{bucket}/models/none"},
+            "dataset": {"uri": "/d"},
+            "output": {"uri": "/out"},
+        }
+    }
     with pytest.raises(ConfigError, match=r"spec\.baseModel\.uri: s3://.*/models/none: no such object"):
         resolve_model_source(parse_job(job))
 
@@ -127,7 +133,7 @@ def test_remote_checkpoints_of_another_finetunejob_are_not_pulled(s3, tmp_path):
 def test_hf_model_uri_prefers_a_local_copy(tmp_path, monkeypatch):
     (tmp_path / "acme" / "tiny").mkdir(parents=True)
     monkeypatch.setenv("KUBETUNE_HF_ROOT", str(tmp_path))
-    job = {"spec": {"baseModel": {"uri": "hf://acme/tiny"}, "dataset": {"uri": "d"}}}
+    job = {"spec": {"baseModel": {"uri": "hf://acme/tiny"}, "dataset": {"uri": "/d"}, "output": {"uri": "/out"}}}
     assert resolve_model_source(parse_job(job)) == str(tmp_path / "acme" / "tiny")
     job["spec"]["baseModel"]["uri"] = "hf://acme/other"
     assert resolve_model_source(parse_job(job)) == "acme/other"  # a hub id, fetched with HF_TOKEN
@@ -136,7 +142,7 @@ def test_hf_model_uri_prefers_a_local_copy(tmp_path, monkeypatch):
 def test_no_rows_left_after_cleaning_is_a_data_error(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "  ", "response": "x"}\n{"prompt": "a", "response": " "}\n')
-    cfg = parse_job({"spec": {"baseModel": {"name": "m"}, "dataset": {"uri": str(data)}}})
+    cfg = parse_job({"spec": {"baseModel": {"name": "m"}, "dataset": {"uri": str(data)}, "output": {"uri": "/out"}}})
     with pytest.raises(DataError, match="no rows left after cleaning"):
         prepare(cfg, tmp_path / "out")
 
@@ -144,7 +150,7 @@ def test_no_rows_left_after_cleaning_is_a_data_error(tmp_path):
 def test_splits_are_written_once_and_reused(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(20)))
-    cfg = parse_job({"spec": {"baseModel": {"name": "m"}, "dataset": {"uri": str(data)}}})
+    cfg = parse_job({"spec": {"baseModel": {"name": "m"}, "dataset": {"uri": str(data)}, "output": {"uri": "/out"}}})
     info = tmp_path / "out" / "data" / "split.json"
     first = prepare(cfg, tmp_path / "out")
     written = info.stat().st_mtime_ns

@@ -47,11 +47,9 @@ def output_location(cfg: JobConfig, override: str | None) -> tuple[Path, str | N
     hands us a local working directory.
     """
     target = override or os.environ.get("KUBETUNE_OUTPUT_DIR") or cfg.output.uri
-    if not target:
-        return Path("kubetune-output") / cfg.name, None
     if uris.scheme(target) in ("file", "pvc"):
         spec_uri = cfg.output.uri
-        remote = spec_uri if not override and spec_uri and uris.scheme(spec_uri) not in ("file", "pvc") else None
+        remote = spec_uri if not override and uris.scheme(spec_uri) not in ("file", "pvc") else None
         return uris.local_path(target), remote
     run = os.environ.get("KUBETUNE_RUN", "0")
     return uris.cache_dir() / "runs" / f"{cfg.namespace or 'local'}-{cfg.name}-{run}", target

@@ -108,12 +108,11 @@ def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = Fals
     task = peft.TaskType.CAUSAL_LM
     if method in ("lora", "qlora"):
         lo = cfg.lora
-        assert lo.r is not None and lo.alpha is not None  # filled in by config.validate
         targets = lo.target_modules
         peft_config: Any = peft.LoraConfig(
             task_type=task,
             r=lo.r,
-            lora_alpha=lo.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
+            lora_alpha=lo.scaling,  # type: ignore[arg-type]  # peft annotates int; floats work
             lora_dropout=lo.dropout,
             target_modules="all-linear" if targets == ["all-linear"] else targets,
         )

@@ -1,0 +1,122 @@
+"""Shapes both kinds share: locations, references to Secrets and ConfigMaps, pod placement, conditions.
+
+Room: the API package. Pure models; nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, WithJsonSchema
+
+from kubetune_api.rules import ApiModel, Rule, has
+
+CLAIM = "pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.*"
+# Where a pod can read from or write to: a claim, an S3 prefix, or a path inside the image.
+LOCATION = f"^({CLAIM}|s3://[^/]+/.*|/.*)$"
+# Inputs of the trainer may also come from the hub (hf://org/name; a local copy wins when present).
+INPUT_LOCATION = f"^({CLAIM}|s3://[^/]+/.*|hf://[^/]+/[^/]+.*|/.*)$"
+DURATION = "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
+
+
+def _matches(pattern: str) -> AfterValidator:
+    """The apiserver applies an int-or-string field's pattern to its string form only."""
+
+    def check(value: int | str) -> int | str:
+        if isinstance(value, str) and not re.search(pattern, value):
+            raise ValueError(f"String should match pattern '{pattern}'")
+        return value
+
+    return AfterValidator(check)
+
+
+CPU, MEMORY = "^([0-9]+(\\.[0-9]+)?m?)$", "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+# A Kubernetes quantity: an integer or a string.
+Quantity = Annotated[int | str, WithJsonSchema({"x-kubernetes-int-or-string": True})]
+CpuQuantity = Annotated[int | str, _matches(CPU), WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": CPU})]
+MemoryQuantity = Annotated[
+    int | str, _matches(MEMORY), WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": MEMORY})
+]
+# Passed to the pod unchanged: its shape is core/v1's, which the apiserver checks on the pod.
+Affinity = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "A core/v1 Affinity, passed to the trainer pod unchanged.",
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
+    ),
+]
+
+
+class LocalObjectRef(ApiModel):
+    name: str = Field(max_length=253)
+    optional: bool | None = None
+
+
+class EnvFromSource(ApiModel):
+    rules = (
+        Rule(
+            "has(self.secretRef) != has(self.configMapRef)",
+            "each envFrom entry needs exactly one of secretRef or configMapRef",
+            lambda s: has(s, "secret_ref") != has(s, "config_map_ref"),
+        ),
+    )
+    prefix: str | None = Field(None, max_length=64, description="Prepended to every variable name.")
+    secret_ref: LocalObjectRef | None = None
+    config_map_ref: LocalObjectRef | None = None
+
+
+class Toleration(ApiModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ServingResources(ApiModel):
+    """What each serving pod asks for and where it may run."""
+
+    gpus: int = Field(1, ge=0, le=64)
+    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253)
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = Field(None, max_length=32)
+
+
+class TrainerResources(ApiModel):
+    """What the trainer pod asks for and where it may run."""
+
+    gpus: int = Field(1, ge=0, le=64)
+    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253)
+    cpu: CpuQuantity | None = None
+    memory: MemoryQuantity | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = Field(None, max_length=32)
+    affinity: Affinity | None = None
+    priority_class_name: str | None = Field(None, max_length=253)
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    type: str
+    status: ConditionStatus
+    reason: str | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    last_transition_time: str | None = Field(None, json_schema_extra={"format": "date-time"})
+
+
+def conditions_field() -> Any:
+    """`status.conditions`: a list keyed by type, as every Kubernetes API has it."""
+    return Field(None, json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+
+
+def timestamp(description: str | None = None) -> Any:
+    return Field(None, description=description, json_schema_extra={"format": "date-time"})

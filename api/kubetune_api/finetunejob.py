@@ -1,0 +1,376 @@
+"""The FineTuneJob spec: fine-tune a base model on a domain dataset; the operator runs it as a batch/v1 Job.
+
+Room: the API package. This module is the single source of the FineTuneJob API: the CRD schema
+(hack/gen_crds.py), the API reference, the operator's and the trainer's parsers all come from it.
+Defaults are written here once; `no_schema_default` marks the few the CRD must not store.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from kubetune_api.common import INPUT_LOCATION, LOCATION, EnvFromSource, TrainerResources
+from kubetune_api.rules import ApiModel, Rule, has, no_schema_default
+
+Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3"]
+Metric = Literal["perplexity", "exactMatch", "contains"]
+# FSDP shards what sits inside the transformers model; prompt-learning parameters live outside it
+# (they would never be synchronised), and 4-bit bitsandbytes weights need a quant-storage setup.
+FSDP_METHODS = ("lora", "full", "ia3")
+PROMPT_LEARNING = ("prefix", "prompt")
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(max_length=253)
+    key: str = Field("token", max_length=253)
+
+
+class BaseModelSource(ApiModel):
+    rules = (
+        Rule(
+            "has(self.name) != has(self.uri)",
+            "baseModel needs exactly one of name (hub id) or uri, not both and not neither",
+            lambda s: has(s, "name") != has(s, "uri"),
+        ),
+    )
+    name: str | None = Field(
+        None,
+        max_length=256,
+        pattern="^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
+        description="Hugging Face hub id, e.g. meta-llama/Llama-3.2-1B.",
+    )
+    uri: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=INPUT_LOCATION,
+        description=("pvc://claim/path, s3://bucket/key, hf://org/name or an absolute path inside the trainer image."),
+    )
+    revision: str | None = Field(None, max_length=128, description="Hub revision (branch, tag or commit) to pin.")
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub to run; off unless you trust the source."
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret holding an access token; passed to the pod by reference only."
+    )
+
+
+class DatasetFields(ApiModel):
+    prompt: str = Field("prompt", max_length=128)
+    response: str = Field("response", max_length=128)
+    messages: str = Field("messages", max_length=128)
+    text: str = Field("text", max_length=128)
+    system: str | None = Field(None, max_length=128)
+
+
+class Split(ApiModel):
+    rules = (
+        Rule(
+            "(has(self.validation) ? self.validation : 0.1) + (has(self.test) ? self.test : 0.1) < 1.0",
+            "split.validation + split.test must leave data to train on (sum < 1)",
+            lambda s: s.validation + s.test < 1.0,
+        ),
+    )
+    validation: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+    seed: int = Field(42, ge=0)
+
+
+class Cleaning(ApiModel):
+    rules = (
+        Rule(
+            "!has(self.maxChars) || self.maxChars >= (has(self.minChars) ? self.minChars : 1)",
+            "cleaning.maxChars must be >= cleaning.minChars",
+            lambda s: s.max_chars is None or s.max_chars >= s.min_chars,
+        ),
+    )
+    dedup: bool = Field(True, description="Drop exact and whitespace/case-normalised duplicates.")
+    normalize_whitespace: bool = True
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    drop_outliers: bool = Field(False, description="Drop examples longer than Q3 + 3 IQR of the lengths.")
+    max_row_bytes: int = Field(
+        8 << 20,
+        ge=1,
+        le=1 << 30,
+        description=(
+            "Rows longer than this many bytes (8388608, 8 MiB, when unset) are dropped unread and counted in "
+            "status.data.oversizedDropped: a bound on the memory one row can take."
+        ),
+        json_schema_extra=no_schema_default,
+    )
+
+
+class Mix(ApiModel):
+    uri: str = Field(max_length=1024)
+    # 0 would mix nothing in: leave the section out instead.
+    fraction: float = Field(gt=0, lt=1, description="Share of the training split that comes from the mix.")
+
+
+class Dataset(ApiModel):
+    uri: str = Field(
+        max_length=1024,
+        pattern=INPUT_LOCATION,
+        description="pvc://claim/path, s3://bucket/key, hf://org/name or an absolute path.",
+    )
+    format: Literal["instruction", "chat", "text"] = Field(
+        "instruction", description="instruction (prompt/response), chat (messages) or text (continued pre-training)."
+    )
+    fields: DatasetFields = Field(
+        default_factory=DatasetFields, description="Column names in the dataset for each role."
+    )
+    split: Split = Field(
+        default_factory=Split,
+        description="Held-out fractions, split once with a seed before training.",
+        json_schema_extra={"default": {}},
+    )
+    cleaning: Cleaning = Field(default_factory=Cleaning, json_schema_extra={"default": {}})
+    mix: Mix | None = Field(None, description="General-domain text mixed in against forgetting (format text only).")
+
+
+class Lora(ApiModel):
+    rules = (
+        Rule(
+            "!has(self.alpha) || has(self.r)",
+            "lora.alpha requires lora.r (alpha scales r; when both are absent r=16, alpha=2r)",
+            lambda s: not has(s, "alpha") or has(s, "r"),
+        ),
+    )
+    r: int = Field(16, ge=1, le=1024, description="Rank (16 when unset).", json_schema_extra=no_schema_default)
+    alpha: float | None = Field(None, gt=0, description="Scaling (2*r when unset).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"default": ["all-linear"]},
+    )
+
+    @property
+    def scaling(self) -> float:
+        """alpha, or 2 * r when unset."""
+        return self.alpha if self.alpha is not None else 2.0 * self.r
+
+
+class Quantization(ApiModel):
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class PromptTuning(ApiModel):
+    num_virtual_tokens: int = Field(16, ge=1, le=1024)
+
+
+class EarlyStopping(ApiModel):
+    patience: int = Field(0, ge=0, description="Evaluations without improvement before stopping; 0 is off.")
+    min_delta: float = Field(0, ge=0)
+
+
+class Distributed(ApiModel):
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description=(
+            "ddp replicates the model on every GPU; fsdp shards weights, gradients and optimizer state across "
+            "them, for models that do not fit one GPU."
+        ),
+    )
+    processes_per_node: int | None = Field(
+        None, ge=1, le=64, description="Training processes; one per GPU when unset (1 without a GPU)."
+    )
+
+
+class Training(ApiModel):
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training split (ignored with maxSteps).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    batch_size: int = Field(8, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    max_seq_length: int = Field(1024, ge=16, le=1 << 20)
+    packing: bool = Field(True, description="Pack examples without cross-example attention.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gradient_checkpointing: bool = False
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping,
+        description="Stop when validation loss stalls; the weights of the best evaluation are the result.",
+    )
+    seed: int = Field(42, ge=0)
+    prompt_loss: bool = Field(False, description="Include prompt tokens in the loss.")
+    layerwise_lr_decay: float | None = Field(None, gt=0, le=1)
+    eval_steps: int = Field(50, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    checkpoint_steps: int = Field(100, ge=1)
+    distributed: Distributed = Field(
+        default_factory=Distributed,
+        description="Several training processes in the pod (torchrun). Without this section: one per GPU, with ddp.",
+    )
+
+
+class Gates(ApiModel):
+    max_perplexity: float | None = Field(None, gt=0)
+    min_exact_match: float | None = Field(None, ge=0, le=1)
+    max_eval_loss: float | None = Field(None, gt=0)
+
+    def any_set(self) -> bool:
+        return any(v is not None for v in (self.max_perplexity, self.min_exact_match, self.max_eval_loss))
+
+
+def _default_metrics() -> list[Metric]:
+    return ["perplexity", "exactMatch"]
+
+
+class Evaluation(ApiModel):
+    rules = (
+        Rule(
+            "!has(self.gates) || !has(self.gates.maxPerplexity) || 'perplexity' in self.metrics",
+            "evaluation.gates.maxPerplexity needs perplexity in evaluation.metrics",
+            lambda s: s.gates.max_perplexity is None or "perplexity" in s.metrics,
+        ),
+        Rule(
+            "!has(self.gates) || !has(self.gates.minExactMatch) || 'exactMatch' in self.metrics",
+            "evaluation.gates.minExactMatch needs exactMatch in evaluation.metrics",
+            lambda s: s.gates.min_exact_match is None or "exactMatch" in s.metrics,
+        ),
+    )
+    golden_dataset_uri: str | None = Field(None, max_length=1024)
+    metrics: list[Metric] = Field(
+        default_factory=_default_metrics,
+        max_length=8,
+        json_schema_extra={"default": ["perplexity", "exactMatch"]},
+    )
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    require_gates: bool = Field(
+        True,
+        description=(
+            "True when unset: a run without gates is not EvalPassed (Unknown, reason NoGates), so a "
+            "ModelDeployment never rolls it out. false opts out on purpose: EvalPassed=True with reason Ungated "
+            "and a Warning event."
+        ),
+        json_schema_extra=no_schema_default,
+    )
+    gates: Gates = Field(default_factory=Gates, description="Thresholds that decide the EvalPassed condition.")
+
+
+class Output(ApiModel):
+    uri: str = Field(
+        max_length=1024,
+        pattern=LOCATION,
+        description=(
+            "Where the adapter goes (pvc://claim/path, s3://bucket/prefix or an absolute path); each run writes "
+            "run-N/ under it."
+        ),
+    )
+    merge_weights: bool = Field(False, description="Also write base+adapter merged weights.")
+
+
+def _fsdp(s: FineTuneJobSpec) -> bool:
+    return has(s.training, "distributed") and s.training.distributed.strategy == "fsdp"
+
+
+class FineTuneJobSpec(ApiModel):
+    rules = (
+        Rule(
+            "self.method != 'qlora' || has(self.quantization)",
+            "method qlora requires spec.quantization (e.g. {bits: 4, quantType: nf4})",
+            lambda s: s.method != "qlora" or has(s, "quantization"),
+        ),
+        Rule(
+            "!has(self.quantization) || self.method == 'qlora'",
+            "spec.quantization is only valid with method qlora",
+            lambda s: not has(s, "quantization") or s.method == "qlora",
+        ),
+        Rule(
+            "self.method != 'qlora' || self.resources.gpus >= 1",
+            "method qlora quantizes with bitsandbytes on CUDA: spec.resources.gpus must be at least 1",
+            lambda s: s.method != "qlora" or s.resources.gpus >= 1,
+        ),
+        Rule(
+            "!has(self.lora) || self.method in ['lora', 'qlora']",
+            "spec.lora is only valid with method lora or qlora",
+            lambda s: not has(s, "lora") or s.method in ("lora", "qlora"),
+        ),
+        Rule(
+            "!has(self.promptTuning) || self.method in ['prefix', 'prompt']",
+            "spec.promptTuning is only valid with method prefix or prompt",
+            lambda s: not has(s, "prompt_tuning") or s.method in PROMPT_LEARNING,
+        ),
+        Rule(
+            "!has(self.dataset.mix) || self.dataset.format == 'text'",
+            "spec.dataset.mix (general-data mixing) is only valid with dataset.format text",
+            lambda s: s.dataset.mix is None or s.dataset.format == "text",
+        ),
+        Rule(
+            "!self.output.mergeWeights || !(self.method in ['prefix', 'prompt'])",
+            "spec.output.mergeWeights is not available with method prefix or prompt (virtual tokens cannot be merged)",
+            lambda s: not s.output.merge_weights or s.method not in PROMPT_LEARNING,
+        ),
+        Rule(
+            "!has(self.training.distributed) || self.training.distributed.strategy != 'fsdp'"
+            " || self.method in ['lora', 'full', 'ia3']",
+            "training.distributed.strategy fsdp supports method lora, full or ia3 (use ddp for qlora, prefix, prompt)",
+            lambda s: not _fsdp(s) or s.method in FSDP_METHODS,
+        ),
+        Rule(
+            "!has(self.training.distributed) || self.training.distributed.strategy != 'fsdp'"
+            " || !self.output.mergeWeights",
+            "output.mergeWeights is not available with training.distributed.strategy fsdp"
+            " (merge the adapter afterwards)",
+            lambda s: not _fsdp(s) or not s.output.merge_weights,
+        ),
+        Rule(
+            "!has(self.training.distributed) || !has(self.training.distributed.processesPerNode)"
+            " || self.resources.gpus == 0 || self.training.distributed.processesPerNode <= self.resources.gpus",
+            "training.distributed.processesPerNode cannot exceed resources.gpus (one process per GPU)",
+            lambda s: (
+                s.training.distributed.processes_per_node is None
+                or s.resources.gpus == 0
+                or s.training.distributed.processes_per_node <= s.resources.gpus
+            ),
+        ),
+    )
+    base_model: BaseModelSource = Field(description="The model to fine-tune; exactly one of name (hub id) or uri.")
+    dataset: Dataset
+    method: Method = Field(
+        "lora", description="lora, qlora (4-bit base), full, prefix tuning, prompt (P-)tuning or ia3."
+    )
+    lora: Lora = Field(default_factory=Lora)
+    quantization: Quantization = Field(default_factory=Quantization)
+    prompt_tuning: PromptTuning = Field(default_factory=PromptTuning)
+    training: Training = Field(default_factory=Training, json_schema_extra={"default": {}})
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    resources: TrainerResources = Field(default_factory=TrainerResources, json_schema_extra={"default": {}})
+    env_from: list[EnvFromSource] | None = Field(
+        None,
+        max_length=16,
+        description=(
+            "Environment for the trainer from Secrets or ConfigMaps, by reference (as a container's envFrom): e.g. "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL for s3:// locations on S3 or an "
+            "S3-compatible store such as MinIO."
+        ),
+    )
+    image: str | None = Field(None, max_length=512, description="Trainer image override.")
+    service_account_name: str | None = Field(
+        None, max_length=253, description="Trainer pod service account (default from the operator's settings)."
+    )
+    backoff_limit: int = Field(2, ge=0, le=100)
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+    suspend: bool = False
+    output: Output
+    schedule: str | None = Field(
+        None,
+        max_length=128,
+        pattern="^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\\S+\\s+){4}\\S+)$",
+        description="Cron schedule (5 fields, UTC) that starts a new run for recurring retraining.",
+    )
+
+    @property
+    def gate_mode(self) -> str:
+        """gated when any gate is set; without gates a run is never EvalPassed, unless the spec opts out."""
+        if self.evaluation.gates.any_set():
+            return "gated"
+        return "noGates" if self.evaluation.require_gates else "ungated"

@@ -1,0 +1,169 @@
+"""The status shapes of both kinds, as the operator and the trainer write them.
+
+Room: the API package. These models give the CRD its status schema (and the API reference its
+rows); the writers build plain dicts of this shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from kubetune_api.common import Condition, conditions_field, timestamp
+from kubetune_api.rules import ApiModel
+
+
+class Progress(ApiModel):
+    step: int | None = None
+    total_steps: int | None = None
+    step_text: str | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    update_time: str | None = timestamp()
+
+
+class Artifact(ApiModel):
+    uri: str | None = None
+    digest: str | None = None
+    kind: Literal["adapter", "model"] | None = Field(
+        None, description="adapter: served on top of the base model; model: a full fine-tune, served instead of it."
+    )
+    merged_uri: str | None = Field(
+        None,
+        description=(
+            "With output.mergeWeights, the adapter folded into the base weights (a ModelDeployment serves this)."
+        ),
+    )
+    merged_digest: str | None = None
+
+
+class DataCounts(ApiModel):
+    rows_read: int | None = Field(None, description="Rows (lines) read from spec.dataset.uri.")
+    oversized_dropped: int | None = Field(None, description="Rows longer than dataset.cleaning.maxRowBytes.")
+    empty_dropped: int | None = Field(None, description="Rows with an empty text field.")
+    too_short_dropped: int | None = Field(None, description="Rows shorter than cleaning.minChars.")
+    too_long_dropped: int | None = Field(None, description="Rows longer than cleaning.maxChars.")
+    duplicates_dropped: int | None = Field(None, description="Exact duplicates.")
+    near_duplicates_dropped: int | None = Field(None, description="Duplicates up to case, whitespace and punctuation.")
+    outliers_dropped: int | None = Field(None, description="Length outliers (cleaning.dropOutliers).")
+    rows_kept: int | None = Field(None, description="Rows left after cleaning.")
+    train: int | None = None
+    validation: int | None = None
+    test: int | None = None
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = None
+    observed_generation: int | None = None
+    run: int | None = None
+    run_generation: int | None = Field(None, description="The spec generation the current run was started for.")
+    run_spec_hash: str | None = Field(
+        None, description="Hash of the spec fields that define a run; a change starts a new run."
+    )
+    job_name: str | None = None
+    start_time: str | None = timestamp()
+    completion_time: str | None = timestamp()
+    last_schedule_time: str | None = timestamp()
+    message: str | None = None
+    progress: Progress | None = None
+    metrics: dict[str, float] | None = None
+    artifact: Artifact | None = None
+    last_checkpoint: str | None = None
+    eval_passed: bool | None = Field(
+        None,
+        description=(
+            "Whether the run passed its evaluation gates; absent when it has none (EvalPassed Unknown, NoGates)."
+        ),
+    )
+    data: DataCounts | None = Field(
+        None,
+        description=(
+            "What reading and cleaning did to the dataset, whether or not the run went on to train. A drop count "
+            "appears only when non-zero."
+        ),
+    )
+    conditions: list[Condition] | None = conditions_field()
+
+
+class ManualAction(ApiModel):
+    annotation: str | None = None
+    value: str | None = None
+    outcome: Literal["Used", "Ignored"] | None = None
+    message: str | None = None
+    time: str | None = timestamp()
+
+
+def _nullable(description: str | None = None) -> Any:
+    return Field(None, description=description, json_schema_extra={"nullable": True})
+
+
+class AnalysisRecord(ApiModel):
+    time: str | None = timestamp()
+    step: int | None = None
+    check: str | None = None
+    query: str | None = None
+    value: float | None = _nullable()
+    low: float | None = _nullable("Lower bound of value when it is read from histogram buckets.")
+    high: float | None = _nullable(
+        "Upper bound of value when it is read from histogram buckets (absent when unbounded)."
+    )
+    threshold: str | None = None
+    verdict: Literal["Pass", "Fail", "NoData", "Error", "Skipped"] | None = None
+    message: str | None = None
+
+
+class ModelDeploymentStatus(ApiModel):
+    phase: Literal["Pending", "Stable", "Progressing", "Paused", "Promoted", "RolledBack", "Failed"] | None = None
+    observed_generation: int | None = None
+    stable_version: str | None = None
+    canary_version: str | None = None
+    stable_adapter_uri: str | None = Field(
+        None,
+        description=(
+            "What the stable pods serve beside the base model; '#kind=model' marks a whole model served instead of "
+            "it, 'digest=' what its download is checked against."
+        ),
+    )
+    canary_adapter_uri: str | None = Field(None, description="The same for the canary pods.")
+    rolled_back_version: str | None = Field(
+        None, description="A version that failed analysis; it is not retried until the spec changes again."
+    )
+    skipped_adapter_uri: str | None = Field(
+        None, description="The last FineTuneJob artifact held back because its evaluation gates failed."
+    )
+    canary_weight: int | None = Field(None, description="The current step's nominal percent of traffic.")
+    achieved_canary_weight: float | None = Field(
+        None,
+        description=(
+            "Percent of requests the canary really gets: the pod ratio canary/(stable+canary) with traffic replicas "
+            "(every pod Ready, load spread evenly), the HTTPRoute weight with gatewayAPI."
+        ),
+    )
+    current_step: int | None = None
+    step_start_time: str | None = timestamp()
+    failures: int | None = None
+    awaiting_promotion: bool | None = Field(
+        None, description="All steps passed with autoPromote false; annotate kubetune.io/promote=<canary version>."
+    )
+    aborted_version: str | None = Field(None, description="The canary version that spec.canary.abort rolled back.")
+    abort_observed: bool | None = Field(
+        None, description="spec.canary.abort has been acted on; it aborts nothing more until it is set false again."
+    )
+    last_manual_action: ManualAction | None = Field(
+        None,
+        description=(
+            "The last kubetune.io/approve-step, promote or retry annotation the operator used or ignored (it removes "
+            "each)."
+        ),
+    )
+    no_data_count: int | None = None
+    canary_not_ready_since: str | None = timestamp(
+        "When the canary's pods were first seen not Ready (cleared once Ready)."
+    )
+    message: str | None = None
+    analysis: list[AnalysisRecord] | None = Field(None, max_length=200)
+    conditions: list[Condition] | None = conditions_field()

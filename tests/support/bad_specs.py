@@ -1,0 +1,240 @@
+"""One table of bad specs, run through both the real apiserver (tests/k8s/test_crd_validation.py) and the
+shared parser (tests/api/test_bad_specs.py): every row must be rejected by both, with a message that
+contains the row's `names` (the field, or the rule's words about it).
+
+A row is a patch on a known-good spec: a `None` value deletes that key. Good specs (`GOOD_SPECS`) must be
+accepted by both. Operator-only checks (cron semantics, overlapping locations) are not here: the
+apiserver cannot make them (tests/operator/test_specs_and_settings.py has those).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+FTJ, MDEP = "FineTuneJob", "ModelDeployment"
+PLURALS = {FTJ: "finetunejobs", MDEP: "modeldeployments"}
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+GOOD_FTJ: dict[str, Any] = {
+    "baseModel": {"name": "org/tiny-llama"},
+    "dataset": {"uri": "pvc://data/support.jsonl"},
+    "output": {"uri": "pvc://models/support"},
+}
+GOOD_MDEP: dict[str, Any] = {
+    "baseModel": {"name": "org/tiny-llama"},
+    "adapter": {"fineTuneJobRef": {"name": "support"}},
+    "canary": {"analysis": {"prometheus": {"address": "http://prometheus:9090"}}},
+}
+GOOD = {FTJ: GOOD_FTJ, MDEP: GOOD_MDEP}
+
+
+class Case(NamedTuple):
+    id: str
+    kind: str
+    patch: dict[str, Any]
+    names: str  # what both rejections must say: the field's path, or the rule's words about it
+
+
+def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def spec_of(case: Case) -> dict[str, Any]:
+    return merged(GOOD[case.kind], case.patch)
+
+
+_FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
+    ("qlora without quantization", {"method": "qlora"}, "method qlora requires spec.quantization"),
+    ("quantization without qlora", {"quantization": {"bits": 4}}, "spec.quantization is only valid with method qlora"),
+    ("qlora without a gpu", {"method": "qlora", "quantization": {}, "resources": {"gpus": 0}}, "spec.resources.gpus"),
+    ("alpha without r", {"lora": {"alpha": 32}}, "lora.alpha requires lora.r"),
+    ("empty targetModules", {"lora": {"r": 8, "targetModules": []}}, "spec.lora.targetModules"),
+    ("lora dropout 1", {"lora": {"dropout": 1}}, "spec.lora.dropout"),
+    ("lora rank 0", {"lora": {"r": 0}}, "spec.lora.r"),
+    ("lora block on ia3", {"method": "ia3", "lora": {"r": 8}}, "spec.lora is only valid with method lora or qlora"),
+    ("dataset without uri", {"dataset": {"uri": None, "format": "chat"}}, "spec.dataset.uri"),
+    ("maxChars 0", {"dataset": {"cleaning": {"maxChars": 0}}}, "spec.dataset.cleaning.maxChars"),
+    ("unknown scheduler", {"training": {"scheduler": "step"}}, "spec.training.scheduler"),
+    ("zero maxRowBytes", {"dataset": {"cleaning": {"maxRowBytes": 0}}}, "spec.dataset.cleaning.maxRowBytes"),
+    ("lora block on full", {"method": "full", "lora": {"r": 8}}, "spec.lora is only valid with method lora or qlora"),
+    ("unknown method", {"method": "dpo"}, "spec.method"),
+    ("negative gpus", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
+    ("cpu not a quantity", {"resources": {"cpu": "lots"}}, "spec.resources.cpu"),
+    ("unknown toleration operator", {"resources": {"tolerations": [{"operator": "In"}]}}, "tolerations[0].operator"),
+    ("validation fraction 1", {"dataset": {"split": {"validation": 1.0}}}, "spec.dataset.split.validation"),
+    ("negative test fraction", {"dataset": {"split": {"test": -0.1}}}, "spec.dataset.split.test"),
+    ("fractions sum to 1", {"dataset": {"split": {"validation": 0.5, "test": 0.5}}}, "split.validation + split.test"),
+    ("both name and uri", {"baseModel": {"name": "org/m", "uri": "/models/m"}}, "baseModel needs exactly one of name"),
+    ("neither name nor uri", {"baseModel": {"name": None, "revision": "main"}}, "baseModel needs exactly one of name"),
+    ("relative model path", {"baseModel": {"name": None, "uri": "models/m"}}, "spec.baseModel.uri"),
+    ("token secret without a name", {"baseModel": {"tokenSecretRef": {"key": "t"}}}, "tokenSecretRef.name"),
+    ("unknown dataset scheme", {"dataset": {"uri": "ftp://x/y"}}, "spec.dataset.uri"),
+    ("unknown format", {"dataset": {"uri": "/d", "format": "yaml"}}, "spec.dataset.format"),
+    ("mix without text format", {"dataset": {"mix": {"uri": "/g", "fraction": 0.2}}}, "spec.dataset.mix"),
+    (
+        "mix fraction 1",
+        {"dataset": {"format": "text", "mix": {"uri": "/g", "fraction": 1}}},
+        "spec.dataset.mix.fraction",
+    ),
+    (
+        "mix fraction 0",
+        {"dataset": {"format": "text", "mix": {"uri": "/g", "fraction": 0}}},
+        "spec.dataset.mix.fraction",
+    ),
+    ("mix without fraction", {"dataset": {"format": "text", "mix": {"uri": "/g"}}}, "spec.dataset.mix.fraction"),
+    ("zero learning rate", {"training": {"learningRate": 0}}, "spec.training.learningRate"),
+    ("learning rate above 1", {"training": {"learningRate": 2}}, "spec.training.learningRate"),
+    ("fractional epochs", {"training": {"epochs": 1.5}}, "spec.training.epochs"),
+    ("maxSeqLength below 16", {"training": {"maxSeqLength": 8}}, "spec.training.maxSeqLength"),
+    ("unknown precision", {"training": {"precision": "int8"}}, "spec.training.precision"),
+    ("zero batch size", {"training": {"batchSize": 0}}, "spec.training.batchSize"),
+    ("batch size as a string", {"training": {"batchSize": "8"}}, "spec.training.batchSize"),
+    ("packing as a string", {"training": {"packing": "yes"}}, "spec.training.packing"),
+    ("layerwise decay above 1", {"training": {"layerwiseLrDecay": 1.5}}, "spec.training.layerwiseLrDecay"),
+    ("negative patience", {"training": {"earlyStopping": {"patience": -1}}}, "spec.training.earlyStopping.patience"),
+    ("no output", {"output": None}, "spec.output"),
+    ("no dataset", {"dataset": None}, "spec.dataset"),
+    ("bad cron shape", {"schedule": "every day"}, "spec.schedule"),
+    ("exact match gate above 1", {"evaluation": {"gates": {"minExactMatch": 1.5}}}, "evaluation.gates.minExactMatch"),
+    ("unknown metric", {"evaluation": {"metrics": ["bleu"]}}, "spec.evaluation.metrics[0]"),
+    (
+        "perplexity gate without the metric",
+        {"evaluation": {"metrics": ["exactMatch"], "gates": {"maxPerplexity": 10}}},
+        "evaluation.gates.maxPerplexity needs perplexity",
+    ),
+    (
+        "exact-match gate without the metric",
+        {"evaluation": {"metrics": ["perplexity"], "gates": {"minExactMatch": 0.5}}},
+        "evaluation.gates.minExactMatch needs exactMatch",
+    ),
+    ("unknown field", {"epochs": 3}, "spec.epochs"),
+    ("unknown nested field", {"lora": {"rank": 8}}, "spec.lora.rank"),
+    ("prompt tuning on lora", {"promptTuning": {"numVirtualTokens": 8}}, "spec.promptTuning is only valid"),
+    ("maxChars below minChars", {"dataset": {"cleaning": {"minChars": 10, "maxChars": 5}}}, "cleaning.maxChars"),
+    (
+        "merged weights with prompt tuning",
+        {"method": "prompt", "output": {"mergeWeights": True}},
+        "spec.output.mergeWeights is not available with method prefix or prompt",
+    ),
+    (
+        "fsdp with prefix tuning",
+        {"method": "prefix", "training": {"distributed": {"strategy": "fsdp"}}},
+        "strategy fsdp supports method lora, full or ia3",
+    ),
+    (
+        "fsdp with merged weights",
+        {"training": {"distributed": {"strategy": "fsdp"}}, "output": {"mergeWeights": True}},
+        "output.mergeWeights is not available with training.distributed.strategy fsdp",
+    ),
+    (
+        "more processes than gpus",
+        {"resources": {"gpus": 2}, "training": {"distributed": {"processesPerNode": 4}}},
+        "training.distributed.processesPerNode",
+    ),
+    ("zero processes", {"training": {"distributed": {"processesPerNode": 0}}}, "training.distributed.processesPerNode"),
+    ("unknown strategy", {"training": {"distributed": {"strategy": "zero3"}}}, "spec.training.distributed.strategy"),
+    (
+        "envFrom with both refs",
+        {"envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]},
+        "each envFrom entry needs exactly one of secretRef or configMapRef",
+    ),
+]
+
+_MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
+    ("steps not increasing", {"canary": {"steps": [5, 50, 25]}}, "canary.steps must be strictly increasing"),
+    ("duplicate steps", {"canary": {"steps": [10, 10, 100]}}, "canary.steps must be strictly increasing"),
+    ("no steps", {"canary": {"steps": []}}, "spec.canary.steps"),
+    ("step above 100", {"canary": {"steps": [50, 150]}}, "spec.canary.steps[1]"),
+    ("interval not a duration", {"canary": {"interval": "1 minute"}}, "spec.canary.interval"),
+    ("ratio zero", {"canary": {"analysis": {"latencyP99Ratio": 0}}}, "spec.canary.analysis.latencyP99Ratio"),
+    ("unknown no-data policy", {"canary": {"analysis": {"noDataPolicy": "retry"}}}, "analysis.noDataPolicy"),
+    ("analysis without prometheus", {"canary": {"analysis": {"prometheus": None}}}, "prometheus.address is required"),
+    (
+        "prometheus not a url",
+        {"canary": {"analysis": {"prometheus": {"address": "prometheus:9090"}}}},
+        "spec.canary.analysis.prometheus.address",
+    ),
+    ("both adapter sources", {"adapter": {"uri": "/a"}}, "adapter needs exactly one of fineTuneJobRef or uri"),
+    ("adapter ref without a name", {"adapter": {"fineTuneJobRef": {"name": None}}}, "fineTuneJobRef.name"),
+    ("unknown runtime", {"runtime": "tgi"}, "spec.runtime"),
+    ("port zero", {"port": 0}, "spec.port"),
+    ("zero replicas", {"replicas": 0}, "spec.replicas"),
+    ("gpu memory budget zero", {"runtime": "vllm", "vllm": {"gpuMemoryUtilization": 0}}, "vllm.gpuMemoryUtilization"),
+    ("gateway traffic without gateway", {"traffic": "gatewayAPI"}, "traffic gatewayAPI requires spec.gateway"),
+    ("gateway without parents", {"traffic": "gatewayAPI", "gateway": {"parentRefs": []}}, "spec.gateway.parentRefs"),
+    (
+        "cache for a uri base model",
+        {"baseModel": {"name": None, "uri": "s3://b/m", "cacheUri": "pvc://hf/cache"}},
+        "baseModel.cacheUri is the Hugging Face cache of a hub-id",
+    ),
+    ("cache not on a claim", {"baseModel": {"cacheUri": "/hf"}}, "spec.baseModel.cacheUri"),
+    ("no base model", {"baseModel": None}, "spec.baseModel"),
+    ("unknown field", {"replica": 3}, "spec.replica"),
+    (
+        "envFrom with both sources",
+        {"envFrom": [{"secretRef": {"name": "s"}, "configMapRef": {"name": "c"}}]},
+        "exactly one of secretRef or configMapRef",
+    ),
+    (
+        "custom query without bounds",
+        {"canary": {"analysis": {"queries": [{"name": "q", "query": "up"}]}}},
+        "a custom analysis query needs min or max",
+    ),
+]
+
+BAD_SPECS: list[Case] = [Case(i, FTJ, p, n) for i, p, n in _FTJ_ROWS] + [Case(i, MDEP, p, n) for i, p, n in _MDEP_ROWS]
+
+
+def _example(name: str) -> tuple[str, dict[str, Any]]:
+    obj = yaml.safe_load((EXAMPLES / name).read_text())
+    return obj["kind"], obj["spec"]
+
+
+# Specs both must accept: the examples, and the shapes the other tests rely on.
+GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
+    ("example finetunejob", *_example("finetunejob.yaml")),
+    ("example modeldeployment", *_example("modeldeployment.yaml")),
+    ("minimal finetunejob", FTJ, GOOD_FTJ),
+    ("minimal modeldeployment", MDEP, GOOD_MDEP),
+    *(
+        (f"finetunejob {i}", FTJ, merged(GOOD_FTJ, patch))
+        for i, patch in enumerate(
+            [
+                {"method": "qlora", "quantization": {}, "lora": {"r": 8, "alpha": 16}},
+                {"method": "prefix", "promptTuning": {"numVirtualTokens": 8}},
+                {"dataset": {"format": "text", "mix": {"uri": "/g", "fraction": 0.3}}},
+                {"baseModel": {"name": None, "uri": "s3://bucket/llama"}, "schedule": "0 3 * * 1"},
+                {"baseModel": {"name": None, "uri": "hf://org/tiny"}},
+                {"resources": {"gpus": 8}, "training": {"distributed": {"strategy": "fsdp", "processesPerNode": 8}}},
+                {"resources": {"gpus": 0}, "training": {"distributed": {"processesPerNode": 2}}},
+                {"envFrom": [{"secretRef": {"name": "s3-keys"}}, {"configMapRef": {"name": "s3"}, "prefix": "S3_"}]},
+                {"evaluation": {"metrics": ["perplexity"], "gates": {"maxPerplexity": 20, "maxEvalLoss": 3}}},
+                {"resources": {"cpu": "500m", "memory": "2Gi", "tolerations": [{"operator": "Exists"}]}},
+            ]
+        )
+    ),
+    *(
+        (f"modeldeployment {i}", MDEP, merged(GOOD_MDEP, patch))
+        for i, patch in enumerate(
+            [
+                {"canary": {"analysis": {"enabled": False, "prometheus": None}}},
+                {"canary": None},
+                {"traffic": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}},
+                {"runtime": "vllm", "vllm": {"maxModelLen": 4096}, "resources": {"cpu": 2}},
+                {"adapter": {"fineTuneJobRef": None, "uri": "s3://b/adapter"}, "baseModel": {"cacheUri": "pvc://hf/c"}},
+            ]
+        )
+    ),
+]
