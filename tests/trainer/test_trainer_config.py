@@ -1,6 +1,6 @@
 import pytest
 
-from kubetune_trainer.config import ConfigError, camel, parse_job, snake
+from kubetune_trainer.config import ConfigError, parse_job
 from tests.support.bad_specs import BAD_SPECS, FTJ, Case, spec_of
 
 
@@ -32,11 +32,6 @@ def test_the_trainer_accepts_only_what_the_apiserver_accepts():
     """One model: a key the CRD does not have is an error here too (the apiserver's strict decoding)."""
     with pytest.raises(ConfigError, match=r"spec\.resources\.gpu: Extra inputs are not permitted"):
         parse_job(job(resources={"gpu": 1}))
-
-
-def test_camel_snake_round_trip():
-    assert camel("gradient_accumulation_steps") == "gradientAccumulationSteps"
-    assert snake("gradientAccumulationSteps") == "gradient_accumulation_steps"
 
 
 FTJ_ROWS = [c for c in BAD_SPECS if c.kind == FTJ]

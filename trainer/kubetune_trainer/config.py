@@ -8,7 +8,6 @@ only the trainer can know (is there a CUDA GPU here?) is `check_runtime`'s.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
@@ -78,17 +77,6 @@ class JobConfig(FineTuneJobSpec):
     def uid(self) -> str | None:
         """metadata.uid: whose run this is (checkpoints carry it)."""
         return self._uid
-
-
-def camel(name: str) -> str:
-    """``max_seq_length`` -> ``maxSeqLength``."""
-    head, *rest = name.split("_")
-    return head + "".join(p.title() for p in rest)
-
-
-def snake(name: str) -> str:
-    """``maxSeqLength`` -> ``max_seq_length``."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobConfig:
