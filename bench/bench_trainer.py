@@ -121,7 +121,7 @@ def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     from kubetune_trainer.config import TrainingConfig
     from kubetune_trainer.model import attn_implementation
     from kubetune_trainer.packing import rows_for
-    from kubetune_trainer.train import train
+    from kubetune_trainer.train import resolve_precision, train
 
     tok, model = load(args)
     train_ex, val = tokenized(args, tok)
@@ -142,8 +142,9 @@ def side_ours(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint_steps=10_000,
         seed=args.seed,
     )
+    dtype, out = resolve_precision(cfg.precision, "cpu"), Path(args.workdir) / "ours"
     start = time.perf_counter()
-    result = train(model, rows, [], cfg, pad_id=tok.pad_token_id, device="cpu", output_dir=Path(args.workdir) / "ours")
+    result = train(model, rows, [], cfg, pad_id=tok.pad_token_id, device="cpu", dtype=dtype, output_dir=out)
     seconds = time.perf_counter() - start
     return finish(args, model, tok, val, sum(len(e["input_ids"]) for e in train_ex), seconds, result.steps)
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from kubetune_trainer import checkpoint
-from kubetune_trainer.cli import run
+from kubetune_trainer.recipe import run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kubetune_trainer.cli import main, output_location, run
+from kubetune_trainer.cli import main
 from kubetune_trainer.config import parse_job
+from kubetune_trainer.environment import TrainerEnv
 from kubetune_trainer.export import directory_digest
+from kubetune_trainer.recipe import output_location, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,14 +79,15 @@ def test_bad_data_fails_before_any_model_is_loaded(tmp_path):
 def test_output_location_precedence(monkeypatch, tmp_path):
     spec = {"baseModel": {"name": "m"}, "dataset": {"uri": "/d"}, "output": {"uri": "/out"}}
     cfg = parse_job({"metadata": {"name": "j"}, "spec": spec})
-    assert output_location(cfg, None) == (Path("/out"), None)
+    local = TrainerEnv()
+    assert output_location(cfg, None, local) == (Path("/out"), None)
     cfg.output.uri = "pvc://artifacts/j"
     monkeypatch.setenv("KUBETUNE_PVC_ROOT", str(tmp_path))
-    assert output_location(cfg, None) == (tmp_path / "artifacts" / "j", None)
-    monkeypatch.setenv("KUBETUNE_OUTPUT_DIR", "/resolved")
-    assert output_location(cfg, None)[0] == Path("/resolved")
-    assert output_location(cfg, "/override")[0] == Path("/override")
-    local, remote = output_location(cfg, "s3://bucket/runs/j")
+    assert output_location(cfg, None, local) == (tmp_path / "artifacts" / "j", None)
+    operator = TrainerEnv.from_environ({"KUBETUNE_OUTPUT_DIR": "/resolved"})
+    assert output_location(cfg, None, operator)[0] == Path("/resolved")
+    assert output_location(cfg, "/override", operator)[0] == Path("/override")
+    local, remote = output_location(cfg, "s3://bucket/runs/j", operator)
     assert remote == "s3://bucket/runs/j" and "runs" in str(local)
 
 

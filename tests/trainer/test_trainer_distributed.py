@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetune_trainer.cli import run
+from kubetune_trainer.recipe import run
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -154,7 +154,7 @@ def test_a_recreated_finetunejob_does_not_resume_from_the_old_ones_checkpoint(
 ):
     import yaml
 
-    from kubetune_trainer.cli import run
+    from kubetune_trainer.recipe import run
 
     monkeypatch.setenv("KUBETUNE_RUN", "1")
     spec_path = write_spec({"training": {"maxSteps": 4, "checkpointSteps": 2}})

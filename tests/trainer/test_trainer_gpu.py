@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from kubetune_trainer.cli import run
+from kubetune_trainer.recipe import run
 
 pytestmark = [
     pytest.mark.gpu,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kubetune_trainer.environment import TrainerEnv
 from kubetune_trainer.progress import Metrics, StatusReporter
 
 P = {"step": 10, "totalSteps": 100, "epoch": 0.5, "loss": 1.5, "evalLoss": None, "tokensPerSecond": 900.0}
@@ -56,10 +57,9 @@ def test_patch_failures_never_raise(caplog):
 
 
 def test_outside_a_cluster_it_only_logs(monkeypatch, caplog):
-    monkeypatch.setenv("KUBETUNE_FINETUNEJOB_NAME", "job")
-    monkeypatch.setenv("KUBETUNE_NAMESPACE", "ns")
+    env = TrainerEnv.from_environ({"KUBETUNE_FINETUNEJOB_NAME": "job", "KUBETUNE_NAMESPACE": "ns"})
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    r = StatusReporter.from_env()
+    r = StatusReporter(env.finetunejob_name, env.namespace)
     assert r.name == "job" and r.api is None and r.patch({"a": 1}) is False
     assert StatusReporter().name is None  # e.g. torchrun ranks other than 0
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from kubetune_trainer import checkpoint
-from kubetune_trainer.cli import run
 from kubetune_trainer.config import ConfigError, parse_job
 from kubetune_trainer.model import resolve_model_source
+from kubetune_trainer.recipe import run
 from kubetune_trainer.sources import DataError, load_rows
 from kubetune_trainer.splits import prepare
 from tests.support.s3 import S3Server

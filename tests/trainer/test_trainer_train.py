@@ -8,9 +8,9 @@ import torch
 from kubetune_trainer import model as model_lib
 from kubetune_trainer import pipeline, splits
 from kubetune_trainer import train as train_lib
-from kubetune_trainer.cli import load_config
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.loss import mean_loss
+from kubetune_trainer.recipe import load_config
 from kubetune_trainer.train import micro_batches, param_groups, train
 
 pytestmark = pytest.mark.slow
@@ -21,9 +21,13 @@ def prepare(spec_path, out_dir):
     prepared = splits.prepare(cfg, out_dir)
     source = model_lib.resolve_model_source(cfg)
     tok = model_lib.load_tokenizer(source, cfg)
-    data = pipeline.tokenize_splits(prepared, cfg, tok)
+    data = pipeline.tokenize_splits(prepared, cfg, tok, "cpu")
     lm = model_lib.load_model(source, cfg, "cpu", torch.float32)
     return cfg, tok, data, lm
+
+
+def cpu_dtype(cfg):
+    return train_lib.resolve_precision(cfg.training.precision, "cpu")
 
 
 def run_training(cfg, tok, data, lm, out_dir):
@@ -34,6 +38,7 @@ def run_training(cfg, tok, data, lm, out_dir):
         cfg.training,
         pad_id=tok.pad_token_id,
         device="cpu",
+        dtype=cpu_dtype(cfg),
         output_dir=out_dir,
         prompt_learning=model_lib.uses_prompt_learning(cfg.method),
     )
@@ -53,13 +58,13 @@ def test_lora_learns_the_glossary_and_leaves_the_base_untouched(write_spec, tmp_
     )
     cfg, tok, data, lm = prepare(spec, tmp_path)
     base_before = {n: p.detach().clone() for n, p in lm.named_parameters()}
-    base_metrics = pipeline.evaluate(lm, tok, data, cfg, "cpu", prompt_learning=False)
+    base_metrics = pipeline.evaluate(lm, tok, data, cfg, "cpu", cpu_dtype(cfg), prompt_learning=False)
 
     lm = model_lib.apply_method(lm, cfg)
     adapter_before = {n: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}
     assert adapter_before and all("lora_" in n for n in adapter_before)
     result = run_training(cfg, tok, data, lm, tmp_path)
-    tuned = pipeline.evaluate(lm, tok, data, cfg, "cpu", prompt_learning=False)
+    tuned = pipeline.evaluate(lm, tok, data, cfg, "cpu", cpu_dtype(cfg), prompt_learning=False)
 
     assert result.steps == 200
     params = dict(lm.named_parameters())

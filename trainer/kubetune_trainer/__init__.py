@@ -8,15 +8,8 @@ With several GPUs visible (or spec.training.distributed.processesPerNode > 1) `t
 under torchrun, one process per GPU: ddp (replicas) or fsdp (sharded weights, for models that do not
 fit one GPU), as spec.training.distributed.strategy says.
 
-Environment (set by the operator's Job; all optional locally):
-    KUBETUNE_FINETUNEJOB_NAME, KUBETUNE_NAMESPACE  which FineTuneJob's status to patch (in-cluster only)
-    KUBETUNE_RUN                                    run number, recorded in the model card
-    KUBETUNE_OUTPUT_DIR                             output location; beats spec.output.uri
-    KUBETUNE_PVC_ROOT                               where pvc://claim/path is mounted (default /mnt/pvc)
-    KUBETUNE_METRICS_PORT                           Prometheus port (default 9400; 0 = off)
-    KUBETUNE_CACHE                                  tiny model and remote downloads (~/.cache/kubetune)
-    KUBETUNE_HF_ROOT                                local copies standing in for hf://org/name
-    HF_TOKEN                                        hub token for gated models / datasets
+The run itself is `recipe.run` (setup -> data -> model -> train -> evaluate -> export); `cli` parses
+the arguments. The environment the operator's Job sets is listed, and read once, in `environment`.
 
 Outputs under the output directory: data/ (the splits, written once), checkpoints/step-N/, artifact/
 (adapter or weights as safetensors, tokenizer, model_card.json), merged/ (optional), eval.json and

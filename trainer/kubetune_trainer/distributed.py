@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,23 @@ import torch.distributed as tdist
 
 @dataclass(frozen=True)
 class World:
+    """This process's place among torchrun's: read once from the environment with `from_environ`."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> World:
+        """torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; one process (rank 0 of 1) without them.
+
+        >>> World.from_environ({}), World.from_environ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).is_main
+        (World(rank=0, size=1, local_rank=0), False)
+        """
+        size = int(environ.get("WORLD_SIZE", "1"))
+        if size == 1:
+            return cls()
+        return cls(int(environ["RANK"]), size, int(environ.get("LOCAL_RANK", "0")))
 
     @property
     def is_main(self) -> bool:
@@ -39,17 +53,13 @@ class World:
         return self.size > 1
 
 
-def init() -> World:
-    """Join the process group torchrun describes in the environment (nccl on GPU, gloo on CPU)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
-        return World()
-    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not tdist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(world.local_rank)
-        tdist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return world
+def init(world: World) -> None:
+    """Join the process group of ``world`` (nccl on GPU, gloo on CPU); a no-op for one process."""
+    if not world.active or tdist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+    tdist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
 def device_for(world: World) -> str:
@@ -76,8 +86,9 @@ def any_across(world: World, flag: bool) -> bool:
     return sum_across(world, float(flag)) > 0
 
 
-def under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ
+def under_torchrun(environ: Mapping[str, str]) -> bool:
+    """True in a process torchrun started (it sets ``LOCAL_RANK``): the relaunch has happened."""
+    return "LOCAL_RANK" in environ
 
 
 def processes_wanted(requested: int | None) -> int:

@@ -136,17 +136,16 @@ def artifact_uri(remote: str | None, local_out: Path, name: str = "artifact") ->
     return uris.to_uri(local_out / name)
 
 
-TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
 
 
-def write_termination_message(result: dict[str, Any]) -> bool:
-    """Hand the result to the operator through the container's termination message.
+def write_termination_message(result: dict[str, Any], path: Path) -> bool:
+    """Hand the result to the operator through the container's termination message at ``path``
+    (`TrainerEnv.termination_log`).
 
-    Only when the file exists, i.e. the kubelet created it (``KUBETUNE_TERMINATION_LOG`` overrides the
-    path for tests). The summary keeps to the fields the operator reads, well under Kubernetes' 4 KiB.
+    Only when the file exists, i.e. the kubelet created it. The summary keeps to the fields the
+    operator reads, well under Kubernetes' 4 KiB.
     """
-    path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG))
     if not path.exists():
         return False
     keys = ("phase", "reason", "metrics", "evalPassed", "artifact", "message", "data", "steps")

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-from pathlib import Path
 from typing import Any
 
 from kubetune_trainer import uris
@@ -33,18 +31,15 @@ def resolve_model_source(cfg: JobConfig) -> str:
         raise ConfigError(f"spec.baseModel.uri: {e}") from e
 
 
-def _hub_kwargs(cfg: JobConfig) -> dict[str, Any]:
-    return {
-        "revision": cfg.base_model.revision,
-        "trust_remote_code": cfg.base_model.trust_remote_code,
-        "token": os.environ.get("HF_TOKEN") or None,
-    }
+def _hub_kwargs(cfg: JobConfig, token: str | None) -> dict[str, Any]:
+    return {"revision": cfg.base_model.revision, "trust_remote_code": cfg.base_model.trust_remote_code, "token": token}
 
 
-def load_tokenizer(source: str, cfg: JobConfig) -> Any:
+def load_tokenizer(source: str, cfg: JobConfig, token: str | None = None) -> Any:
+    """``token``: the hub token (`TrainerEnv.hf_token`) for gated models; None for public or local ones."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, **_hub_kwargs(cfg))
+    tokenizer = AutoTokenizer.from_pretrained(source, **_hub_kwargs(cfg, token))
     if tokenizer.pad_token_id is None:
         # Padding positions are never attended to nor learned, so any id works; eos is always there.
         tokenizer.pad_token = tokenizer.eos_token
@@ -58,7 +53,7 @@ def attn_implementation(device: str) -> str:
     return "sdpa"
 
 
-def load_model(source: str, cfg: JobConfig, device: str, dtype: Any) -> Any:
+def load_model(source: str, cfg: JobConfig, device: str, dtype: Any, token: str | None = None) -> Any:
     """The base model on ``device``. ``dtype`` is the storage dtype of frozen weights."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -80,7 +75,7 @@ def load_model(source: str, cfg: JobConfig, device: str, dtype: Any) -> Any:
             else BitsAndBytesConfig(load_in_8bit=True)
         )
         kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU under torchrun
-    model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs, **_hub_kwargs(cfg))
+    model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs, **_hub_kwargs(cfg, token))
     if cfg.method != "qlora":
         model.to(device)
     model.config.use_cache = False  # training; generation turns it back on explicitly
@@ -130,12 +125,3 @@ def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = Fals
 def uses_prompt_learning(method: str) -> bool:
     """Prefix / prompt tuning prepend virtual tokens, so rows cannot be packed by position ids."""
     return method in ("prefix", "prompt")
-
-
-def trainable_state(model: Any) -> dict[str, Any]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_pretrained(model: Any, tokenizer: Any, path: Path) -> None:
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)

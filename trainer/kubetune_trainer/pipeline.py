@@ -1,11 +1,10 @@
-"""The glue steps `cli.run` calls between modules: tokenise the splits, evaluate a model, build the card."""
+"""The glue steps `recipe.run` calls between modules: tokenise the splits, evaluate a model, build the card."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import torch
 
-from kubetune_trainer import distributed, scoring
+from kubetune_trainer import scoring
 from kubetune_trainer.config import JobConfig, to_dict
 from kubetune_trainer.export import library_versions, write_json
 from kubetune_trainer.formatting import to_pair
@@ -21,7 +20,7 @@ from kubetune_trainer.loss import mean_loss
 from kubetune_trainer.model import attn_implementation, uses_prompt_learning
 from kubetune_trainer.packing import rows_for, tokenize_pair
 from kubetune_trainer.splits import PreparedData
-from kubetune_trainer.train import TrainResult, autocast_factory, resolve_precision
+from kubetune_trainer.train import TrainResult, autocast_factory
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -36,15 +35,14 @@ class TokenizedData:
 
 
 def tokenize_splits(
-    prepared: PreparedData, cfg: JobConfig, tokenizer: Any, device: str | None = None, cache_dir: Path | None = None
+    prepared: PreparedData, cfg: JobConfig, tokenizer: Any, device: str, cache_dir: Path | None = None
 ) -> TokenizedData:
-    """``device`` (default: the one this process trains on) decides how packing lays out the rows.
+    """``device`` (the one this process trains on) decides how packing lays out the rows.
 
     With ``cache_dir`` the token ids are written there once (next to the splits) and read back by a
     resumed run or the other torchrun ranks, keyed by everything that decides them.
     """
     d, t = cfg.dataset, cfg.training
-    device = device or distributed.device_for(distributed.World())
     examples = _tokenized_examples(prepared, cfg, tokenizer, cache_dir)
     train, dropped = examples["train"], examples["dropped"]
     if not train:
@@ -115,10 +113,9 @@ def _tokenized_examples(
     return examples
 
 
-def storage_dtype(cfg: JobConfig, device: str) -> torch.dtype:
-    """Frozen base weights may live in the compute dtype on GPU; trained weights stay fp32."""
-    dtype = resolve_precision(cfg.training.precision, device)
-    return dtype if device.startswith("cuda") and cfg.method != "full" else torch.float32
+def storage_dtype(cfg: JobConfig, device: str, compute: torch.dtype) -> torch.dtype:
+    """Frozen base weights may live in the ``compute`` dtype on GPU; trained weights stay fp32."""
+    return compute if device.startswith("cuda") and cfg.method != "full" else torch.float32
 
 
 def evaluate(
@@ -127,15 +124,17 @@ def evaluate(
     data: TokenizedData,
     cfg: JobConfig,
     device: str,
+    dtype: torch.dtype,
     prompt_learning: bool,
     samples: list[dict[str, str]] | None = None,
 ) -> dict[str, float]:
-    """Test-split loss/perplexity and golden-set accuracy, as the spec's metrics list asks.
+    """Test-split loss/perplexity and golden-set accuracy, as the spec's metrics list asks, computed in
+    ``dtype`` (the compute dtype) on ``device``.
 
     ``samples``, when given, receives the first few (prompt, expected, predicted) for eval.json.
     """
     t, ev = cfg.training, cfg.evaluation
-    autocast = autocast_factory(device, resolve_precision(t.precision, device))
+    autocast = autocast_factory(device, dtype)
     metrics: dict[str, float] = {}
     rows = data.test or data.validation
     if rows:
@@ -178,11 +177,15 @@ def model_card(
     result: TrainResult,
     passed: bool | None,
     started: float,
+    run: str | None,
 ) -> dict[str, Any]:
-    """Lineage: where the model and data came from, how it was trained, and how it scored."""
+    """Lineage: where the model and data came from, how it was trained, and how it scored.
+
+    ``run``: the operator's run number (`TrainerEnv.run`), None for a local run.
+    """
     spec = to_dict(cfg)
     return {
-        "finetuneJob": {"name": cfg.name, "namespace": cfg.namespace, "run": os.environ.get("KUBETUNE_RUN")},
+        "finetuneJob": {"name": cfg.name, "namespace": cfg.namespace, "run": run},
         "baseModel": spec["baseModel"],
         "dataset": {
             "uri": cfg.dataset.uri,

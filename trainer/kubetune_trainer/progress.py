@@ -70,11 +70,6 @@ class StatusReporter:
             except Exception as e:  # not in a pod, or no service account: print-only mode
                 log.info("status patches disabled (%s)", e)
 
-    @classmethod
-    def from_env(cls) -> StatusReporter:
-        """The FineTuneJob the operator named in ``KUBETUNE_FINETUNEJOB_NAME`` / ``KUBETUNE_NAMESPACE``."""
-        return cls(os.environ.get("KUBETUNE_FINETUNEJOB_NAME"), os.environ.get("KUBETUNE_NAMESPACE"))
-
     def patch(self, status: dict[str, Any]) -> bool:
         if self.api is None:
             return False
@@ -112,11 +107,11 @@ class StatusReporter:
 
 
 class Metrics:
-    """Prometheus gauges on ``KUBETUNE_METRICS_PORT`` (default 9400; 0 turns the endpoint off)."""
+    """Prometheus gauges on ``port`` (`TrainerEnv.metrics_port`; 0 turns the endpoint off)."""
 
     _started: set[int] = set()  # one HTTP server per process, even if several runs share it (tests)
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int) -> None:
         from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
         self.registry = CollectorRegistry()
@@ -125,7 +120,6 @@ class Metrics:
         self.tokens_per_second = g("tokens_per_second", "Non-padding tokens processed per second")
         self.step, self.total_steps = g("step", "Optimizer steps done"), g("total_steps", "Planned steps")
         self.gpu_memory = g("gpu_memory_bytes", "Peak CUDA memory allocated")
-        port = int(os.environ.get("KUBETUNE_METRICS_PORT", "9400")) if port is None else port
         if port and port not in Metrics._started:
             try:
                 start_http_server(port, registry=self.registry)

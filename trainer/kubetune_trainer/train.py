@@ -142,6 +142,7 @@ def train(
     *,
     pad_id: int,
     device: str,
+    dtype: torch.dtype,
     output_dir: Path,
     reporter: Any = None,
     metrics: Any = None,
@@ -150,11 +151,13 @@ def train(
     world: World | None = None,
     checkpoint_remote: str | None = None,
 ) -> TrainResult:
-    """``checkpoint_remote``: where checkpoints are mirrored (``<s3 output>/checkpoints``) so that a pod
+    """``dtype``: the compute (autocast) dtype, `resolve_precision`'s answer for this device.
+
+    ``checkpoint_remote``: where checkpoints are mirrored (``<s3 output>/checkpoints``) so that a pod
     on another node resumes from them; None when the output directory itself outlives the pod."""
     world = world or World()
     torch.manual_seed(cfg.seed)
-    autocast = autocast_factory(device, resolve_precision(cfg.precision, device))
+    autocast = autocast_factory(device, dtype)
     batches = micro_batches(rows, cfg, prompt_learning)
     per_step = cfg.gradient_accumulation_steps * world.size  # micro-batches per optimizer step, all ranks
     per_epoch, total = plan_steps(len(batches), cfg, world.size)
@@ -171,9 +174,7 @@ def train(
     from transformers import get_scheduler
 
     scheduler = get_scheduler(cfg.scheduler, optimizer, math.ceil(cfg.warmup_ratio * total), total)
-    scaler = torch.amp.GradScaler(
-        enabled=device.startswith("cuda") and resolve_precision(cfg.precision, device) == torch.float16
-    )
+    scaler = torch.amp.GradScaler(enabled=device.startswith("cuda") and dtype == torch.float16)
 
     ckpt_dir = output_dir / "checkpoints"
     pulled = checkpoint.pull_latest(checkpoint_remote, ckpt_dir) if checkpoint_remote and world.is_main else None

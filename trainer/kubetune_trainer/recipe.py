@@ -1,0 +1,199 @@
+"""One FineTuneJob run, top to bottom: setup -> data -> model -> train -> evaluate -> export.
+
+`setup` resolves everything the later steps depend on once (the spec, the operator's environment,
+the torchrun world, the device and the dtypes, where the output goes) into a `Setup`; the steps below
+it only read that. Bad config or data raise `ConfigError` / `DataError` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from kubetune_trainer import export, uris
+from kubetune_trainer.config import ConfigError, JobConfig, parse_job, to_dict
+from kubetune_trainer.environment import TrainerEnv
+
+if TYPE_CHECKING:  # distributed imports torch: not before the spec has been checked
+    from kubetune_trainer.distributed import World
+
+log = logging.getLogger("kubetune_trainer")
+
+
+def load_config(spec_path: str) -> JobConfig:
+    try:
+        obj = yaml.safe_load(Path(spec_path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{spec_path}: cannot read the FineTuneJob ({e})") from e
+    return parse_job(obj)
+
+
+def output_location(cfg: JobConfig, override: str | None, env: TrainerEnv) -> tuple[Path, str | None]:
+    """(local directory to write into, remote URI to upload to afterwards or None).
+
+    Precedence: ``--output``, then ``KUBETUNE_OUTPUT_DIR`` (set by the operator), then
+    ``spec.output.uri``. A remote spec URI (s3://) is still the upload target when the operator
+    hands us a local working directory.
+    """
+    target = override or env.output_dir or cfg.output.uri
+    if uris.scheme(target) in ("file", "pvc"):
+        spec_uri = cfg.output.uri
+        remote = spec_uri if not override and uris.scheme(spec_uri) not in ("file", "pvc") else None
+        return uris.local_path(target), remote
+    return uris.cache_dir() / "runs" / f"{cfg.namespace or 'local'}-{cfg.name}-{env.owner_run}", target
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every step of the run reads; resolved once by `setup`."""
+
+    cfg: JobConfig
+    env: TrainerEnv
+    world: World
+    device: str  # "cuda", "cuda:<local rank>" under torchrun, or "cpu"
+    dtype: Any  # torch.dtype of the compute (autocast): spec.training.precision on this device
+    storage_dtype: Any  # torch.dtype the frozen base weights are loaded in
+    out_dir: Path
+    remote: str | None  # s3:// (or other fsspec) location to upload to, None when out_dir is the output
+    owner: dict[str, str]  # {"uid", "run"}: whose run the output and checkpoints are
+    started: float
+
+    @property
+    def main_rank(self) -> bool:
+        """Only rank 0 writes files and talks to Kubernetes."""
+        return self.world.is_main
+
+
+def setup(spec_path: str, output: str | None, env: TrainerEnv, world: World) -> Setup:
+    """Config first: everything that can be wrong with the spec fails here, before the process group."""
+    from kubetune_trainer import distributed, pipeline, train
+
+    started = time.time()
+    cfg = load_config(spec_path)
+    out_dir, remote = output_location(cfg, output, env)
+    owner = {"uid": cfg.uid or "", "run": env.owner_run}
+    export.refuse_foreign_result(out_dir, remote, owner)
+    distributed.init(world)  # a no-op unless launched by torchrun
+    device = distributed.device_for(world)
+    dtype = train.resolve_precision(cfg.training.precision, device)
+    storage = pipeline.storage_dtype(cfg, device, dtype)
+    return Setup(cfg, env, world, device, dtype, storage, out_dir, remote, owner, started)
+
+
+def run(
+    spec_path: str, output: str | None = None, env: TrainerEnv | None = None, world: World | None = None
+) -> dict[str, Any]:
+    """The whole job. ``env`` and ``world``: this process's, which `cli.main` reads once (read here
+    when a caller such as a test passes none)."""
+    from kubetune_trainer import checkpoint, distributed, model, pipeline, splits, train
+    from kubetune_trainer.progress import Metrics, StatusReporter
+
+    # 1. setup: config, environment, world, device, dtype.
+    env = env or TrainerEnv.from_environ(os.environ)
+    s = setup(spec_path, output, env, world or distributed.World.from_environ(os.environ))
+    cfg, world, device, out_dir = s.cfg, s.world, s.device, s.out_dir
+    if s.main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    reporter = StatusReporter(s.env.finetunejob_name, s.env.namespace) if s.main_rank else StatusReporter()
+
+    # 2. data: validated, cleaned and split before any model is loaded (rank 0 first; the rest reuse it).
+    if not s.main_rank:
+        distributed.barrier(world)
+    prepared = splits.prepare(cfg, out_dir)
+    if s.main_rank:
+        reporter.data(prepared.counts())
+        # Resume only from checkpoints this FineTuneJob's run wrote (a re-created one has a new uid).
+        checkpoint.claim(out_dir / "checkpoints", cfg.uid, s.owner["run"])
+        distributed.barrier(world)
+
+    # 3. model: tokenizer first, so the data is tokenised once.
+    import torch
+
+    source = model.resolve_model_source(cfg)
+    tokenizer = model.load_tokenizer(source, cfg, s.env.hf_token)
+    # Token ids are cached next to the splits: rank 0 writes them, the other ranks and retries read them.
+    if not s.main_rank:
+        distributed.barrier(world)
+    data = pipeline.tokenize_splits(prepared, cfg, tokenizer, device, cache_dir=out_dir / "data")
+    if s.main_rank:
+        distributed.barrier(world)
+    lm = model.load_model(source, cfg, device, s.storage_dtype, s.env.hf_token)
+    prompt_learning = model.uses_prompt_learning(cfg.method)
+    base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning=False)
+    torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter
+    lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing)
+
+    # 4. train (resumes from the newest checkpoint in out_dir, if any).
+    result = train.train(
+        lm,
+        data.train,
+        data.validation,
+        cfg.training,
+        pad_id=tokenizer.pad_token_id,
+        device=device,
+        dtype=s.dtype,
+        output_dir=out_dir,
+        reporter=reporter,
+        metrics=Metrics(s.env.metrics_port) if s.main_rank else None,
+        prompt_learning=prompt_learning,
+        world=world,
+        checkpoint_remote=f"{s.remote.rstrip('/')}/checkpoints" if s.remote else None,
+    )
+
+    # 5. evaluate the tuned model the same way as the base, and apply the gates.
+    samples: list[dict[str, str]] = []
+    metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning, samples)
+    passed, reasons = pipeline.gates(metrics, cfg)
+    outcome: dict[str, Any] = {
+        "phase": "Succeeded",
+        "metrics": metrics,
+        "evalPassed": passed,
+        "data": prepared.counts(),
+        "owner": s.owner,  # refuse_foreign_result: a later FineTuneJob with this output does not overwrite it
+    }
+    # Under fsdp the trained weights are sharded: gather them (every rank takes part) for rank 0 to save.
+    gathered = distributed.full_state_dict(lm) if distributed.is_sharded(lm) else None
+    if not s.main_rank:
+        distributed.shutdown(world)
+        return outcome
+
+    # 6. export: eval.json, artifact + model card, result.json (+ upload for s3).
+    eval_report = {
+        "evalPassed": passed,
+        "gateFailures": reasons,
+        "gates": to_dict(cfg.evaluation.gates),
+        "base": base_metrics,
+        "tuned": metrics,
+        "samples": samples,
+    }
+    export.write_json(out_dir / "eval.json", eval_report)
+    card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, s.started, s.env.run)
+    artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir, state_dict=gathered)
+    # kind tells a server what it holds: an adapter for the base model, or a whole model (full fine-tune).
+    kind = "model" if cfg.method == "full" else "adapter"
+    artifact = {"uri": export.artifact_uri(s.remote, out_dir), "digest": digest, "kind": kind}
+    if cfg.output.merge_weights and cfg.method != "full":
+        _, merged_digest = export.write_merged(lm, tokenizer, out_dir)
+        artifact.update(mergedUri=export.artifact_uri(s.remote, out_dir, "merged"), mergedDigest=merged_digest)
+    outcome.update(
+        baseMetrics=base_metrics,
+        gateFailures=reasons,
+        artifact=artifact,
+        steps=result.steps,
+        stoppedEarly=result.stopped_early,
+        worldSize=world.size,
+    )
+    export.write_result(out_dir, outcome)
+    export.write_termination_message(outcome, s.env.termination_log)
+    if s.remote:
+        export.upload(out_dir, s.remote, skip=("checkpoints",))  # train() mirrored those as it wrote them
+    reporter.final(metrics, passed, artifact)
+    log.info("artifact %s (%s); evalPassed=%s", artifact_dir, digest, passed)
+    distributed.shutdown(world)
+    return outcome
