@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kubetune_operator.builders.trainer_job import build_trainer_job
 from kubetune_operator.settings import Settings
 from kubetune_trainer import environment, uris
@@ -83,6 +85,11 @@ def test_the_values_the_builder_writes_parse_into_the_trainer_env():
     assert env.termination_log == Path("/dev/termination-log")  # the Job's terminationMessagePath
     local = TrainerEnv.from_environ({})
     assert (local.run, local.owner_run, local.output_dir, local.metrics_port) == (None, "0", None, 9400)
+
+
+def test_a_bad_metrics_port_names_the_variable():
+    with pytest.raises(ValueError, match="KUBETUNE_METRICS_PORT='many'"):
+        TrainerEnv.from_environ({"KUBETUNE_METRICS_PORT": "many"})
 
 
 def test_the_hub_token_never_shows_in_a_log_line():

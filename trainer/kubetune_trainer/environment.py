@@ -63,12 +63,15 @@ class TrainerEnv:
         >>> TrainerEnv.from_environ({"KUBETUNE_RUN": "3", "KUBETUNE_METRICS_PORT": "0"}).owner_run
         '3'
         """
+        port = environ.get("KUBETUNE_METRICS_PORT", "9400")
+        if not port.isdigit():
+            raise ValueError(f"KUBETUNE_METRICS_PORT={port!r}: expected a port number (0 turns metrics off)")
         return cls(
             finetunejob_name=environ.get("KUBETUNE_FINETUNEJOB_NAME"),
             namespace=environ.get("KUBETUNE_NAMESPACE"),
             run=environ.get("KUBETUNE_RUN"),
             output_dir=environ.get("KUBETUNE_OUTPUT_DIR"),
-            metrics_port=int(environ.get("KUBETUNE_METRICS_PORT", "9400")),
+            metrics_port=int(port),
             termination_log=Path(environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG)),
             hf_token=environ.get("HF_TOKEN") or None,
         )
