@@ -19,6 +19,49 @@ LOCATION = f"^({CLAIM}|s3://[^/]+/.*|/.*)$"
 INPUT_LOCATION = f"^({CLAIM}|s3://[^/]+/.*|hf://[^/]+/[^/]+.*|/.*)$"
 DURATION = "^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
 
+# A pvc:// path cannot climb out of its claim (the trainer also resolves symlinks: uris.local_path).
+_ESCAPES_CLAIM = "^pvc://[^/]+//|/[.][.](/|$)"
+IN_CLAIM_MESSAGE = (
+    "a pvc:// path stays inside its claim: no '..' segment and no '/' right after the claim name "
+    "(pvc://claim/path/in/claim)"
+)
+# [registry[:port]/]repository[:tag][@digest], as the container runtime parses it.
+IMAGE_REFERENCE = (
+    "^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?([.][a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?"
+    "[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+    "(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+IMAGE_MESSAGE = (
+    "image must be an image reference: [registry[:port]/]repository[:tag][@digest], e.g. "
+    "ghcr.io/org/trainer:1.2 (lower-case repository)"
+)
+
+
+def _field_rule(cel: str, message: str, holds: Any) -> list[Any]:
+    """A rule on one string field: CEL in the CRD beside the field, the same check in the parser."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not holds(value):
+            raise ValueError(message)
+        return value
+
+    return [
+        AfterValidator(check),
+        Field(json_schema_extra={"x-kubernetes-validations": [{"rule": cel, "message": message}]}),
+    ]
+
+
+_IN_CLAIM = _field_rule(
+    f"!self.startsWith('pvc://') || !self.matches('{_ESCAPES_CLAIM}')",
+    IN_CLAIM_MESSAGE,
+    lambda v: not (v.startswith("pvc://") and re.search(_ESCAPES_CLAIM, v)),
+)
+_IMAGE = _field_rule(f"self.matches('{IMAGE_REFERENCE}')", IMAGE_MESSAGE, lambda v: re.search(IMAGE_REFERENCE, v))
+# The rule wraps the whole (optional) type, so the field's own pattern and bounds stay on the string.
+InClaim = Annotated[str, *_IN_CLAIM]
+MaybeInClaim = Annotated[str | None, *_IN_CLAIM]
+MaybeImage = Annotated[str | None, *_IMAGE]
+
 
 def _matches(pattern: str) -> AfterValidator:
     """The apiserver applies an int-or-string field's pattern to its string form only."""

@@ -11,7 +11,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from kubetune_api.common import INPUT_LOCATION, LOCATION, EnvFromSource, TrainerResources
+from kubetune_api.common import (
+    INPUT_LOCATION,
+    LOCATION,
+    EnvFromSource,
+    InClaim,
+    MaybeImage,
+    MaybeInClaim,
+    TrainerResources,
+)
 from kubetune_api.rules import ApiModel, Rule, has, no_schema_default
 
 Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3"]
@@ -41,7 +49,7 @@ class BaseModelSource(ApiModel):
         pattern="^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
         description="Hugging Face hub id, e.g. meta-llama/Llama-3.2-1B.",
     )
-    uri: str | None = Field(
+    uri: MaybeInClaim = Field(
         None,
         max_length=1024,
         pattern=INPUT_LOCATION,
@@ -103,13 +111,13 @@ class Cleaning(ApiModel):
 
 
 class Mix(ApiModel):
-    uri: str = Field(max_length=1024)
+    uri: InClaim = Field(max_length=1024)
     # 0 would mix nothing in: leave the section out instead.
     fraction: float = Field(gt=0, lt=1, description="Share of the training split that comes from the mix.")
 
 
 class Dataset(ApiModel):
-    uri: str = Field(
+    uri: InClaim = Field(
         max_length=1024,
         pattern=INPUT_LOCATION,
         description="pvc://claim/path, s3://bucket/key, hf://org/name or an absolute path.",
@@ -236,7 +244,7 @@ class Evaluation(ApiModel):
             lambda s: s.gates.min_exact_match is None or "exactMatch" in s.metrics,
         ),
     )
-    golden_dataset_uri: str | None = Field(None, max_length=1024)
+    golden_dataset_uri: MaybeInClaim = Field(None, max_length=1024)
     metrics: list[Metric] = Field(
         default_factory=_default_metrics,
         max_length=8,
@@ -256,7 +264,7 @@ class Evaluation(ApiModel):
 
 
 class Output(ApiModel):
-    uri: str = Field(
+    uri: InClaim = Field(
         max_length=1024,
         pattern=LOCATION,
         description=(
@@ -352,7 +360,7 @@ class FineTuneJobSpec(ApiModel):
             "S3-compatible store such as MinIO."
         ),
     )
-    image: str | None = Field(None, max_length=512, description="Trainer image override.")
+    image: MaybeImage = Field(None, max_length=512, description="Trainer image override.")
     service_account_name: str | None = Field(
         None, max_length=253, description="Trainer pod service account (default from the operator's settings)."
     )

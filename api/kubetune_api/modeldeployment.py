@@ -10,7 +10,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from kubetune_api.common import CLAIM, DURATION, LOCATION, EnvFromSource, ServingResources
+from kubetune_api.common import (
+    CLAIM,
+    DURATION,
+    LOCATION,
+    EnvFromSource,
+    MaybeImage,
+    MaybeInClaim,
+    ServingResources,
+)
 from kubetune_api.rules import ApiModel, Rule, has
 
 NoDataPolicy = Literal["pause", "fail", "pass"]
@@ -41,12 +49,12 @@ class ServedBaseModel(ApiModel):
             "Hugging Face hub id, loaded through the HF cache (HF_HOME: cacheUri, else the pod's scratch space)."
         ),
     )
-    uri: str | None = Field(None, max_length=1024, pattern=LOCATION, description=SERVED_LOCATION)
+    uri: MaybeInClaim = Field(None, max_length=1024, pattern=LOCATION, description=SERVED_LOCATION)
     revision: str | None = Field(None, max_length=128)
     trust_remote_code: bool = Field(
         False, description="vLLM's --trust-remote-code; the builtin server never runs a model's own code."
     )
-    cache_uri: str | None = Field(
+    cache_uri: MaybeInClaim = Field(
         None,
         max_length=1024,
         pattern=f"^{CLAIM}$",
@@ -71,7 +79,7 @@ class Adapter(ApiModel):
         ),
     )
     fine_tune_job_ref: FineTuneJobRef | None = None
-    uri: str | None = Field(None, max_length=1024, pattern=LOCATION, description=SERVED_LOCATION)
+    uri: MaybeInClaim = Field(None, max_length=1024, pattern=LOCATION, description=SERVED_LOCATION)
     name: str | None = Field(
         None,
         max_length=128,
@@ -214,7 +222,7 @@ class ModelDeploymentSpec(ApiModel):
             "AWS_ENDPOINT_URL for s3:// models and adapters, HF_TOKEN, HF_HUB_OFFLINE."
         ),
     )
-    image: str | None = Field(None, max_length=512)
+    image: MaybeImage = Field(None, max_length=512)
     port: int = Field(8000, ge=1, le=65535)
     replicas: int = Field(2, ge=1, le=1000)
     resources: ServingResources = Field(default_factory=ServingResources, json_schema_extra={"default": {}})

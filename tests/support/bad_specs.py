@@ -150,6 +150,21 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
         {"envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]},
         "each envFrom entry needs exactly one of secretRef or configMapRef",
     ),
+    # A pvc:// path cannot leave its claim (issue 11): '..' segments or a '/' right after the claim.
+    ("dataset climbs out of its claim", {"dataset": {"uri": "pvc://data/../../etc/passwd"}}, "spec.dataset.uri"),
+    ("dataset path ends in ..", {"dataset": {"uri": "pvc://data/a/.."}}, "spec.dataset.uri"),
+    ("dataset absolute after claim", {"dataset": {"uri": "pvc://data//etc/passwd"}}, "spec.dataset.uri"),
+    ("model climbs out of its claim", {"baseModel": {"name": None, "uri": "pvc://m/x/../../y"}}, "spec.baseModel.uri"),
+    (
+        "mix climbs out of its claim",
+        {"dataset": {"format": "text", "mix": {"uri": "pvc://g/../h", "fraction": 0.1}}},
+        "spec.dataset.mix.uri",
+    ),
+    ("golden set climbs out", {"evaluation": {"goldenDatasetUri": "pvc://d/../x"}}, "spec.evaluation.goldenDatasetUri"),
+    ("output climbs out of its claim", {"output": {"uri": "pvc://models/../other"}}, "spec.output.uri"),
+    ("image with a space", {"image": "ghcr.io/x y"}, "spec.image"),
+    ("image with a shell command", {"image": "trainer:1;rm -rf /"}, "spec.image"),
+    ("image with an upper-case repository", {"image": "ghcr.io/Org/trainer"}, "spec.image"),
 ]
 
 _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
@@ -192,6 +207,14 @@ _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
         {"canary": {"analysis": {"queries": [{"name": "q", "query": "up"}]}}},
         "a custom analysis query needs min or max",
     ),
+    ("model climbs out of its claim", {"baseModel": {"name": None, "uri": "pvc://m/../x"}}, "spec.baseModel.uri"),
+    ("cache climbs out of its claim", {"baseModel": {"cacheUri": "pvc://hf/../x"}}, "spec.baseModel.cacheUri"),
+    (
+        "adapter climbs out of its claim",
+        {"adapter": {"fineTuneJobRef": None, "uri": "pvc://a/run-1/../../b"}},
+        "spec.adapter.uri",
+    ),
+    ("server image with an empty tag", {"image": "ghcr.io/kubetune/server:"}, "spec.image"),
 ]
 
 BAD_SPECS: list[Case] = [Case(i, FTJ, p, n) for i, p, n in _FTJ_ROWS] + [Case(i, MDEP, p, n) for i, p, n in _MDEP_ROWS]

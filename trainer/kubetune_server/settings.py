@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune_trainer import uris
+
 ENV_PREFIX = "KUBETUNE_SERVER_"
 
 
@@ -137,7 +139,14 @@ def check_paths(s: ServerSettings) -> None:
     """The model and adapter directories exist: fail in a line, before listening, not in a traceback later.
 
     A hub id that is not a local directory is looked up in the HF cache (``HF_HOME``) when loading.
+    A path on a claim (under ``KUBETUNE_PVC_ROOT``) stays inside it: no ``..``, no symlink out of it.
     """
+    for flag, path in (("--model", s.model), ("--adapter", s.adapter)):
+        if path and path.startswith("/"):
+            try:
+                uris.local_path(path)
+            except uris.EscapesClaim as e:
+                raise SettingsError(f"{flag} {e}") from e
     if not Path(s.model).is_dir() and not is_hub_id(s.model):
         raise SettingsError(f"--model {s.model}: not a directory (nor a hub id such as org/name)")
     if s.revision and Path(s.model).is_dir():

@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         relaunch_under_torchrun(spec, list(sys.argv[1:] if argv is None else argv))
         recipe.run(spec, args.output, env, world)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, uris.EscapesClaim) as e:  # the spec's own fault: final, not retried
         print(f"error: {e}", file=sys.stderr)
-        reason = "InvalidConfig" if isinstance(e, ConfigError) else "InvalidData"
+        reason = "InvalidData" if isinstance(e, DataError) else "InvalidConfig"
         _record_failure(spec, args.output, env, world, str(e), reason, getattr(e, "data", None))
         return EXIT_BAD_CONFIG
     except export.OutputTaken as e:  # final, and the result.json there is not ours to replace

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 
@@ -34,23 +35,64 @@ def scheme(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
 
 
+class EscapesClaim(ValueError):
+    """A pvc:// URI that names a place outside its claim: a spec error, final like a bad config."""
+
+
+#: A claim name as Kubernetes allows it (a DNS label): no ``.``, ``..`` or empty claim to climb with.
+_CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
 def local_path(uri: str) -> Path:
-    """Resolve a local or pvc URI to a path.
+    """Resolve a local or pvc URI to a path; a pvc:// path never leaves its claim's mount.
 
     >>> str(local_path("/data/x.jsonl"))
     '/data/x.jsonl'
     >>> str(local_path("pvc://models/llama/v1"))  # with KUBETUNE_PVC_ROOT unset
     '/mnt/pvc/models/llama/v1'
+    >>> local_path("pvc://data/../../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    kubetune_trainer.uris.EscapesClaim: pvc://data/../../etc/passwd: a pvc:// path may not contain '..'
     """
     kind = scheme(uri)
     if kind == "file":
-        return Path(uri.removeprefix("file://")).expanduser()
-    if kind == "pvc":
-        claim_and_path = uri.removeprefix("pvc://").strip("/")
-        if not claim_and_path:
-            raise ValueError(f"{uri}: pvc URIs look like pvc://claim/path")
-        return pvc_root() / claim_and_path
+        path = Path(uri.removeprefix("file://")).expanduser()
+        root = pvc_root()
+        if not path.is_relative_to(root) or path == root:
+            return path
+        # A path under the claims' root (KUBETUNE_OUTPUT_DIR is one) is held to the same rules.
+        uri = "pvc://" + str(path.relative_to(root))
+    if kind in ("file", "pvc"):
+        claim, _, inner = uri.removeprefix("pvc://").partition("/")
+        if not _CLAIM.match(claim):
+            raise EscapesClaim(f"{uri}: pvc URIs look like pvc://claim/path, with a claim name such as 'data'")
+        if inner.startswith("/"):  # Path(mount) / "/etc/passwd" would be /etc/passwd
+            raise EscapesClaim(f"{uri}: the path after pvc://{claim}/ must be relative to the claim")
+        if ".." in inner.split("/"):
+            raise EscapesClaim(f"{uri}: a pvc:// path may not contain '..'")
+        mount = pvc_root() / claim
+        return _inside(uri, mount, mount / inner.rstrip("/"))
     raise ValueError(f"{uri}: not a local or pvc:// location")
+
+
+def _inside(uri: str, mount: Path, path: Path) -> Path:
+    """`path` with its symlinks resolved, refused when it, or a symlink in the folder it names, leads
+    out of `mount`. The data on a claim is written by users: a link to /etc or to another claim's mount
+    would otherwise read (or, for an output, write) whatever the pod can reach.
+    """
+    root = mount.resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise EscapesClaim(f"{uri}: resolves to {resolved}, outside its claim (a symlink leads out of it)")
+    if resolved.is_dir():
+        for folder, dirs, files in os.walk(resolved):
+            for name in dirs + files:
+                entry = Path(folder) / name
+                if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                    raise EscapesClaim(f"{uri}: {entry} is a symlink out of its claim (to {entry.resolve()})")
+    # The resolved path: later opens no longer follow the links that were just checked.
+    return resolved
 
 
 def to_uri(path: Path) -> str:

@@ -134,3 +134,24 @@ Cluster-scoped reads Kopf needs in every mode: resource discovery (CRDs) and nam
   resources: [namespaces]
   verbs: [get, list, watch]
 {{- end }}
+
+{{/*
+Admission policy variables: may the requester `get` each object named in variables.<list> (new
+Secret or ConfigMap references)? The apiserver limits one CEL expression to two authorizer checks
+(each costs 350000 of the 1000000 a call may use), so the names are checked two per variable, the
+first four by name; `<list>AllReadable` is `get` on every object of that resource in the namespace.
+Call with (dict "list" "newSecrets" "resource" "secrets").
+*/}}
+{{- define "kubetune.admissionNamedChecks" -}}
+{{- $get := printf "authorizer.group('').resource('%s').namespace(request.namespace)" .resource }}
+{{- range $first := list 0 2 }}
+- name: {{ $.list }}Readable{{ $first }}
+  expression: >-
+    variables.{{ $.list }}.size() <= {{ $first }}
+    || ({{ $get }}.name(variables.{{ $.list }}[{{ $first }}]).check('get').allowed()
+        && (variables.{{ $.list }}.size() <= {{ add1 $first }}
+            || {{ $get }}.name(variables.{{ $.list }}[{{ add1 $first }}]).check('get').allowed()))
+{{- end }}
+- name: {{ .list }}AllReadable
+  expression: "{{ $get }}.check('get').allowed()"
+{{- end }}

@@ -11,6 +11,7 @@ from kubetune_operator import api
 from kubetune_operator.builders.labels import child_labels, label_value, owner_reference
 from kubetune_operator.builders.names import bounded
 from kubetune_operator.builders.resources import container_resources
+from kubetune_operator.builders.security import container_security_context, home_env, pod_security_context
 from kubetune_operator.builders.trainer_job import resolve_uri
 from kubetune_operator.builders.volumes import claim_of, pvc_volumes
 from kubetune_operator.serving_spec import ModelDeploymentSpec, Served
@@ -110,7 +111,7 @@ def build_deployment(
     if src.fetches:
         volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
         mounts.append({"name": MODELS_VOLUME, "mountPath": MODELS_DIR})
-    env = [{"name": "HF_HOME", "value": src.hf_home or "/tmp/hf"}]
+    env = [{"name": "HF_HOME", "value": src.hf_home or "/tmp/hf"}, home_env()]
     if spec.runtime == "vllm":
         container = _vllm_container(spec, src, settings)
     else:
@@ -125,7 +126,7 @@ def build_deployment(
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security_context(),
     }
     if src.fetches:
         pod_spec["initContainers"] = [_fetch_container(f, spec, env, mounts, settings) for f in src.fetches]
@@ -296,7 +297,7 @@ def _builtin_container(spec: ModelDeploymentSpec, src: Sources, version: str, se
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security_context(),
     }
 
 
@@ -335,7 +336,7 @@ def _vllm_container(spec: ModelDeploymentSpec, src: Sources, settings: Settings)
         "args": args,
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security_context(),
     }
 
 
@@ -357,7 +358,7 @@ def _fetch_container(
         "resources": container_resources(
             spec.resources.cpu, spec.resources.memory, 0, spec.resources.gpu_resource_name
         ),
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security_context(),
     }
     if spec.env_from:
         container["envFrom"] = spec.env_from

@@ -10,6 +10,7 @@ from kubetune_operator import api
 from kubetune_operator.builders.labels import child_labels, label_value, owner_reference
 from kubetune_operator.builders.names import spec_configmap_name, trainer_job_name
 from kubetune_operator.builders.resources import container_resources
+from kubetune_operator.builders.security import container_security_context, home_env, pod_security_context
 from kubetune_operator.builders.volumes import claim_of, pvc_volumes
 from kubetune_operator.settings import Settings
 from kubetune_operator.specs import FineTuneJobSpec
@@ -68,7 +69,7 @@ def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings)
         # The trainer writes its result JSON here; the operator reads it from the pod status.
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security_context(),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # podFailurePolicy needs it
@@ -77,7 +78,7 @@ def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings)
         "serviceAccountName": spec.service_account_name or settings.trainer_service_account,
         "containers": [container],
         "volumes": volumes,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security_context(),
     }
     if spec.resources.node_selector:
         pod_spec["nodeSelector"] = spec.resources.node_selector
@@ -153,6 +154,7 @@ def _env(finetunejob: dict[str, Any], spec: FineTuneJobSpec, run: int, settings:
         {"name": "KUBETUNE_METRICS_PORT", "value": str(settings.trainer_metrics_port)},
         # Hub downloads go to the pod's scratch space, never to the read-only root filesystem.
         {"name": "HF_HOME", "value": "/tmp/hf"},
+        home_env(),
     ]
     if spec.token_secret:
         # By reference only: the token never appears in the Job, the status, logs or events.
