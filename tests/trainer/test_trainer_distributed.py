@@ -73,7 +73,8 @@ def test_fsdp_relaunches_itself_shards_and_resumes_like_one_process(write_spec, 
     training = {"batchSize": 4, "loggingSteps": 1, "evalSteps": 2, "checkpointSteps": 2}
     training |= {"scheduler": "constant", "warmupRatio": 0.0}
     fsdp = {"distributed": {"strategy": "fsdp", "processesPerNode": 2}, "gradientAccumulationSteps": 1}
-    lora = {"lora": {"r": 16, "dropout": 0.0}}
+    # Two gloo ranks on CPU: a spec without GPUs (the API refuses more processes than GPUs requested).
+    lora = {"lora": {"r": 16, "dropout": 0.0}, "resources": {"gpus": 0}}
     first = write_spec({**lora, "training": {**training, **fsdp, "maxSteps": 4}}, name="fsdp4.yaml")
     proc = trainer_cli(first, tmp_path / "fsdp")
     assert proc.returncode == 0, proc.stderr[-4000:]
