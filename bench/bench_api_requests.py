@@ -121,6 +121,20 @@ def ftj_body(name: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
 
 
+def wait_until_watching(cp: ControlPlane, before: Counter[Key], timeout: float = 60) -> None:
+    """Kopf lists every resource it watches (and indexes) before it handles anything: its startup
+    requests stay out of the measurements."""
+    watched = ("finetunejobs", "modeldeployments", "jobs", "pods")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = delta(request_counts(cp), before)
+        if all(seen[Key("LIST", r)] for r in watched):
+            time.sleep(3)  # and opened its watches
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"the operator did not list {watched} within {timeout}s")
+
+
 def table(title: str, counts: Counter[Key]) -> str:
     rows = sorted(counts.items(), key=lambda kv: (not kv[0].write, kv[0].resource, kv[0].verb))
     lines = [title, f"  {'verb':<8} {'resource':<34} {'requests':>9}"]
@@ -217,9 +231,10 @@ def main() -> None:
         core.create_namespace({"metadata": {"name": ns}})
         core.create_namespaced_service_account(ns, {"metadata": {"name": "kubetune-trainer"}})
         op = Operator(cp, Path(tmp), args.tick)
+        started = request_counts(cp)
         op.start()
         try:
-            time.sleep(5)  # kopf lists and watches before the first object
+            wait_until_watching(cp, started)
             ftj = finetunejob_lifecycle(cp, api, ns)
             md = idle_modeldeployments(cp, api, ns, op, args.mds, args.window, tick)
         except BaseException:
