@@ -89,10 +89,26 @@ def mirror_trainer_job(body: kopf.Body, type: str | None, **_: Any) -> None:
     finetunejob.sync_from_job(Kube(), dict(body))
 
 
+@kopf.index("batch", "v1", "jobs", labels=TRAINER_JOBS)
+def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(body["metadata"]["namespace"], body["metadata"]["name"]): dict(body)}
+
+
+@kopf.index("v1", "pods", labels=TRAINER_JOBS)
+def trainer_pods(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+    uid = (body["metadata"].get("labels") or {}).get(finetunejob.CONTROLLER_UID)
+    return {uid: dict(body)} if uid else None
+
+
+def _seen(kwargs: dict[str, Any]) -> finetunejob.Seen:
+    # The trainer indexes, passed by kopf as keywords named after their functions (see _outputs).
+    return finetunejob.Seen(kwargs["trainer_jobs"], kwargs["trainer_pods"])
+
+
 @kopf.on.event("v1", "pods", labels=TRAINER_JOBS)
-def explain_pending_trainer_pod(body: kopf.Body, type: str | None, **_: Any) -> None:
+def explain_pending_trainer_pod(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     if type != "DELETED":
-        finetunejob.sync_from_pod(Kube(), dict(body))
+        finetunejob.sync_from_pod(Kube(), dict(body), _seen(kwargs))
 
 
 @kopf.timer(
@@ -102,8 +118,8 @@ def explain_pending_trainer_pod(body: kopf.Body, type: str | None, **_: Any) -> 
     interval=SETTINGS.schedule_check_seconds,
     when=lambda status, **_: status.get("phase") == "Pending",
 )
-def explain_pending_run(body: kopf.Body, **_: Any) -> None:
-    finetunejob.explain_pending(Kube(), _fresh(body))
+def explain_pending_run(body: kopf.Body, **kwargs: Any) -> None:
+    finetunejob.explain_pending(Kube(), _fresh(body), seen=_seen(kwargs))
 
 
 @kopf.timer(

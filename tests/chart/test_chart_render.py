@@ -31,10 +31,10 @@ OPERATOR_NAMESPACED = triples(
         ("batch", "jobs"): "create get list watch patch delete",
         ("", "configmaps"): "create get",
         ("", "pods"): "get list watch",
-        ("", "services"): "create get",
+        ("", "services"): "create list patch",
         ("", "events"): "create",
         ("events.k8s.io", "events"): "create",
-        ("apps", "deployments"): "create get patch delete",
+        ("apps", "deployments"): "create list patch delete",
         ("gateway.networking.k8s.io", "httproutes"): "create get patch",
     }
 )

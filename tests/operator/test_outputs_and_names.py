@@ -8,7 +8,14 @@ from kubetune_operator.builders.labels import label_value
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_trainer_job, run_labels
 from kubetune_operator.settings import Settings
-from kubetune_operator.specs import OutputClaim, normalize_location, output_claim, output_owner, overlaps
+from kubetune_operator.specs import (
+    FineTuneJobSpec,
+    OutputClaim,
+    normalize_location,
+    output_claim,
+    output_owner,
+    overlaps,
+)
 
 LONG_A = "a-very-long-finetunejob-name-for-the-customer-support-assistant-v1-alpha"  # 72 characters
 LONG_B = "a-very-long-finetunejob-name-for-the-customer-support-assistant-v1-bravo"
@@ -26,7 +33,7 @@ def test_every_name_and_label_of_two_long_finetunejobs_differs(ftj):
     jobs = []
     for name, uid in ((LONG_A, "uid-a"), (LONG_B, "uid-b")):
         body = {**ftj, "metadata": {**ftj["metadata"], "name": name, "uid": uid}}
-        jobs.append(build_trainer_job(body, 1, Settings()))
+        jobs.append(build_trainer_job(FineTuneJobSpec.from_dict(body["spec"]), body, 1, Settings()))
         assert run_labels(body, 1)["kubetune.io/finetunejob"] == label_value(name)
     a, b = jobs
     assert a["metadata"]["name"] != b["metadata"]["name"]

@@ -33,6 +33,15 @@ def md() -> dict[str, Any]:
     return copy.deepcopy(MD)
 
 
+def parsed(md: dict[str, Any]) -> ModelDeploymentSpec:
+    """The typed spec the builders take: parsed once, as the reconcile does."""
+    return ModelDeploymentSpec.from_dict(md["spec"])
+
+
+def deployment(md: dict[str, Any], *args: Any) -> dict[str, Any]:
+    return build_deployment(parsed(md), md, *args)
+
+
 def container(dep: dict[str, Any]) -> dict[str, Any]:
     return dep["spec"]["template"]["spec"]["containers"][0]
 
@@ -59,7 +68,7 @@ def claims(dep: dict[str, Any]) -> dict[str, bool]:
 
 
 def test_builtin_deployment(md):
-    dep = build_deployment(md, "canary", "v2", "pvc://adapters/run-3/artifact", 1, Settings(server_image="srv:1"))
+    dep = deployment(md, "canary", "v2", "pvc://adapters/run-3/artifact", 1, Settings(server_image="srv:1"))
     c = container(dep)
     assert dep["metadata"]["name"] == "chat-canary" and dep["spec"]["replicas"] == 1
     assert c["image"] == "srv:1" and c["command"] == ["python", "-m", "kubetune_server"]
@@ -85,7 +94,7 @@ def test_vllm_deployment_enables_lora(md):
         runtime="vllm", vllm={"gpuMemoryUtilization": 0.85, "maxModelLen": 4096, "extraArgs": ["--enforce-eager"]}
     )
     md["spec"]["resources"] = {"gpus": 2}
-    c = container(build_deployment(md, "stable", "v1", "s3://bucket/adapter", 2, Settings(vllm_image="vllm:x")))
+    c = container(deployment(md, "stable", "v1", "s3://bucket/adapter", 2, Settings(vllm_image="vllm:x")))
     assert c["image"] == "vllm:x" and c["command"] == ["vllm", "serve"]
     args = c["args"]
     assert args[0] == "/mnt/pvc/models/base"
@@ -99,7 +108,7 @@ def test_vllm_deployment_enables_lora(md):
 
 
 def test_services_select_both_tracks_and_each(md):
-    main, stable, canary = build_services(md)
+    main, stable, canary = build_services(parsed(md), md)
     assert main["metadata"]["name"] == "chat" and "kubetune.io/track" not in main["spec"]["selector"]
     assert stable["spec"]["selector"]["kubetune.io/track"] == "stable"
     assert canary["spec"]["selector"]["kubetune.io/track"] == "canary"
@@ -107,7 +116,7 @@ def test_services_select_both_tracks_and_each(md):
 
 def test_httproute_weights(md):
     md["spec"]["gateway"] = {"parentRefs": [{"name": "gw"}], "hostnames": ["chat.example"]}
-    route = build_httproute(md, 25)
+    route = build_httproute(parsed(md), md, 25)
     refs = route["spec"]["rules"][0]["backendRefs"]
     assert [(r["name"], r["weight"]) for r in refs] == [("chat-stable", 75), ("chat-canary", 25)]
     assert route["spec"]["parentRefs"] == [{"name": "gw"}] and route["spec"]["hostnames"] == ["chat.example"]
@@ -192,7 +201,7 @@ S3_KEYS = [{"secretRef": {"name": "s3-keys"}}]
 def test_s3_adapter_is_downloaded_by_an_init_container_and_checked_against_its_digest(md):
     md["spec"]["envFrom"] = S3_KEYS
     ref = Served("s3://bucket/runs/support/run-2/artifact", "adapter", "sha256:abc").ref()
-    dep = build_deployment(md, "canary", "v2", ref, 1, Settings(server_image="srv:1"))
+    dep = deployment(md, "canary", "v2", ref, 1, Settings(server_image="srv:1"))
     (init,) = pod(dep)["initContainers"]
     assert init["name"] == "fetch-adapter" and init["image"] == "srv:1"
     assert init["command"] == ["python", "-m", "kubetune_server.fetch"]
@@ -222,7 +231,7 @@ def test_s3_adapter_is_downloaded_by_an_init_container_and_checked_against_its_d
 @pytest.mark.parametrize("runtime", ["builtin", "vllm"])
 def test_a_whole_model_replaces_the_base_and_is_served_under_the_adapter_name(md, ref, model, fetched, runtime):
     md["spec"]["runtime"] = runtime
-    dep = build_deployment(md, "stable", "v3", ref, 2, Settings())
+    dep = deployment(md, "stable", "v3", ref, 2, Settings())
     args = container(dep)["args"]
     assert "--adapter" not in args and "--enable-lora" not in args and "--lora-modules" not in args
     if runtime == "vllm":
@@ -236,7 +245,7 @@ def test_a_whole_model_replaces_the_base_and_is_served_under_the_adapter_name(md
 
 def test_s3_base_model_is_downloaded_and_keeps_its_name(md):
     md["spec"]["baseModel"] = {"uri": "s3://bucket/models/tiny-llama/"}
-    dep = build_deployment(md, "stable", "v1", "pvc://adapters/run-1/artifact", 2, Settings())
+    dep = deployment(md, "stable", "v1", "pvc://adapters/run-1/artifact", 2, Settings())
     assert [i["args"] for i in pod(dep)["initContainers"]] == [["s3://bucket/models/tiny-llama/", "/models/base"]]
     args = container(dep)["args"]
     assert flag(args, "--model") == "/models/base" and flag(args, "--model-name") == "tiny-llama"
@@ -253,7 +262,7 @@ def test_hub_id_base_model_loads_through_the_cache_claim(md):
     md["spec"]["envFrom"] = [{"configMapRef": {"name": "offline"}}]  # e.g. HF_HUB_OFFLINE=1
     for runtime in ("builtin", "vllm"):
         md["spec"]["runtime"] = runtime
-        dep = build_deployment(md, "stable", "v1", "pvc://adapters/run-1/artifact", 2, Settings())
+        dep = deployment(md, "stable", "v1", "pvc://adapters/run-1/artifact", 2, Settings())
         c = container(dep)
         model = flag(c["args"], "--model") if runtime == "builtin" else c["args"][0]
         assert model == "Qwen/Qwen2.5-0.5B" and flag(c["args"], "--revision") == "v1.0"
@@ -266,7 +275,7 @@ def test_hub_id_base_model_loads_through_the_cache_claim(md):
 
 def test_hub_id_without_a_cache_claim_uses_the_pods_scratch_space(md):
     md["spec"]["baseModel"] = {"name": "org/model"}
-    dep = build_deployment(md, "stable", "v1", None, 2, Settings())
+    dep = deployment(md, "stable", "v1", None, 2, Settings())
     c = container(dep)
     assert flag(c["args"], "--model") == "org/model" and "--revision" not in c["args"]
     assert env(c)["HF_HOME"] == "/tmp/hf" and claims(dep) == {} and "envFrom" not in c

@@ -11,8 +11,14 @@ from kubetune_operator import api
 from kubetune_operator.builders.names import bounded, spec_configmap_name, trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job, resolve_uri
 from kubetune_operator.settings import Settings
+from kubetune_operator.specs import FineTuneJobSpec
 
 SETTINGS = Settings(trainer_image="registry.example/trainer:1", trainer_service_account="trainer-sa")
+
+
+def built(ftj: dict[str, Any], run: int, settings: Settings) -> dict[str, Any]:
+    """The builder with the typed spec, parsed once as the reconcile does."""
+    return build_trainer_job(FineTuneJobSpec.from_dict(ftj["spec"]), ftj, run, settings)
 
 
 def pod_spec(job: dict[str, Any]) -> dict[str, Any]:
@@ -28,7 +34,7 @@ def env(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_job_name_and_owner(ftj):
-    job = build_trainer_job(ftj, 3, SETTINGS)
+    job = built(ftj, 3, SETTINGS)
     assert job["metadata"]["name"] == "support-bot-run-3"
     owner = job["metadata"]["ownerReferences"][0]
     assert owner == {
@@ -42,7 +48,7 @@ def test_job_name_and_owner(ftj):
 
 
 def test_labels_on_job_and_pod(ftj):
-    job = build_trainer_job(ftj, 1, SETTINGS)
+    job = built(ftj, 1, SETTINGS)
     for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
         assert labels[api.LABEL_MANAGED_BY] == "kubetune"
         assert labels[api.LABEL_COMPONENT] == "trainer"
@@ -52,7 +58,7 @@ def test_labels_on_job_and_pod(ftj):
 
 
 def test_defaults_image_sa_and_gpu(ftj):
-    job = build_trainer_job(ftj, 1, SETTINGS)
+    job = built(ftj, 1, SETTINGS)
     assert container(job)["image"] == "registry.example/trainer:1"
     assert pod_spec(job)["serviceAccountName"] == "trainer-sa"
     assert container(job)["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
@@ -75,7 +81,7 @@ def test_defaults_image_sa_and_gpu(ftj):
 )
 def test_resources(ftj, resources, expected):
     ftj["spec"]["resources"] = resources
-    assert container(build_trainer_job(ftj, 1, SETTINGS))["resources"] == expected
+    assert container(built(ftj, 1, SETTINGS))["resources"] == expected
 
 
 def test_scheduling_fields_pass_through(ftj):
@@ -90,7 +96,7 @@ def test_scheduling_fields_pass_through(ftj):
     ftj["spec"].update(
         {"image": "mine:2", "serviceAccountName": "own", "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60}
     )
-    job = build_trainer_job(ftj, 1, SETTINGS)
+    job = built(ftj, 1, SETTINGS)
     spec = pod_spec(job)
     assert spec["nodeSelector"] == {"gpu": "a100"}
     assert spec["tolerations"] == tolerations
@@ -103,27 +109,27 @@ def test_scheduling_fields_pass_through(ftj):
 
 
 def test_optional_scheduling_fields_absent_by_default(ftj):
-    spec = pod_spec(build_trainer_job(ftj, 1, SETTINGS))
+    spec = pod_spec(built(ftj, 1, SETTINGS))
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
         assert key not in spec
 
 
 def test_token_secret_by_reference_only(ftj):
     ftj["spec"]["baseModel"]["tokenSecretRef"] = {"name": "hf", "key": "tok"}
-    job = build_trainer_job(ftj, 1, SETTINGS)
+    job = built(ftj, 1, SETTINGS)
     assert env(job)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "tok"}}
     assert "tok" not in yaml.safe_dump(container(job)["command"])
 
 
 def test_env_from_secrets_by_reference(ftj):
-    assert "envFrom" not in container(build_trainer_job(ftj, 1, SETTINGS))
+    assert "envFrom" not in container(built(ftj, 1, SETTINGS))
     refs = [{"secretRef": {"name": "s3-keys"}}, {"configMapRef": {"name": "s3-endpoint"}, "prefix": "X_"}]
     ftj["spec"]["envFrom"] = refs
-    assert container(build_trainer_job(ftj, 1, SETTINGS))["envFrom"] == refs
+    assert container(built(ftj, 1, SETTINGS))["envFrom"] == refs
 
 
 def test_env_tells_trainer_who_it_is(ftj):
-    e = env(build_trainer_job(ftj, 7, SETTINGS))
+    e = env(built(ftj, 7, SETTINGS))
     assert e["KUBETUNE_FINETUNEJOB_NAME"] == "support-bot"
     assert e["KUBETUNE_NAMESPACE"] == "ml"
     assert e["KUBETUNE_RUN"] == "7"
@@ -132,7 +138,7 @@ def test_env_tells_trainer_who_it_is(ftj):
 
 def test_pvc_volumes_one_per_claim_output_writable(ftj):
     ftj["spec"]["baseModel"] = {"uri": "pvc://models/base/llama"}
-    job = build_trainer_job(ftj, 1, SETTINGS)
+    job = built(ftj, 1, SETTINGS)
     claims = {
         v["persistentVolumeClaim"]["claimName"]: v for v in pod_spec(job)["volumes"] if "persistentVolumeClaim" in v
     }
@@ -145,7 +151,7 @@ def test_pvc_volumes_one_per_claim_output_writable(ftj):
 
 
 def test_spec_is_mounted_from_run_configmap(ftj):
-    job = build_trainer_job(ftj, 2, SETTINGS)
+    job = built(ftj, 2, SETTINGS)
     spec_volume = next(v for v in pod_spec(job)["volumes"] if v["name"] == "spec")
     assert spec_volume["configMap"]["name"] == "support-bot-run-2-spec"
     assert container(job)["command"][-1] == "/etc/kubetune/finetunejob.yaml"
@@ -162,11 +168,11 @@ def test_configmap_freezes_the_spec(ftj):
 
 def test_suspend_passes_to_job(ftj):
     ftj["spec"]["suspend"] = True
-    assert build_trainer_job(ftj, 1, SETTINGS)["spec"]["suspend"] is True
+    assert built(ftj, 1, SETTINGS)["spec"]["suspend"] is True
 
 
 def test_pod_security_defaults(ftj):
-    job = build_trainer_job(ftj, 1, SETTINGS)
+    job = built(ftj, 1, SETTINGS)
     assert pod_spec(job)["securityContext"]["runAsNonRoot"] is True
     assert container(job)["securityContext"]["allowPrivilegeEscalation"] is False
 
@@ -195,7 +201,7 @@ def test_resolve_uri(uri, expected):
 def test_pod_failure_policy_fails_fast_on_bad_config_and_ignores_disruptions(ftj):
     from kubetune_trainer import cli
 
-    job = build_trainer_job(ftj, 1, SETTINGS)
+    job = built(ftj, 1, SETTINGS)
     assert pod_spec(job)["restartPolicy"] == "Never"  # the apiserver refuses a podFailurePolicy otherwise
     bad_config, disrupted = job["spec"]["podFailurePolicy"]["rules"]
     # The exit status the trainer really uses for a bad spec, on the container that runs it.
@@ -208,6 +214,6 @@ def test_pod_failure_policy_fails_fast_on_bad_config_and_ignores_disruptions(ftj
 
 
 def test_termination_grace_period_comes_from_the_setting(ftj):
-    assert pod_spec(build_trainer_job(ftj, 1, SETTINGS))["terminationGracePeriodSeconds"] == 300
+    assert pod_spec(built(ftj, 1, SETTINGS))["terminationGracePeriodSeconds"] == 300
     settings = Settings.from_env({"KUBETUNE_TRAINER_TERMINATION_GRACE_SECONDS": "45"})
-    assert pod_spec(build_trainer_job(ftj, 1, settings))["terminationGracePeriodSeconds"] == 45
+    assert pod_spec(built(ftj, 1, settings))["terminationGracePeriodSeconds"] == 45

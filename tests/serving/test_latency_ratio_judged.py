@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from kubetune_operator import analysis, canary
-from kubetune_operator.reconcile.modeldeployment import judge_check
+from kubetune_operator.reconcile.md_analysis import judge_check
 from kubetune_operator.serving_spec import Analysis, Canary
 from tests.serving.server_process import ServerProcess
 from tests.support.loadgen import completion_body, run_load

@@ -9,7 +9,7 @@ import pytest
 
 from kubetune_operator import prometheus
 from kubetune_operator.analysis import Check
-from kubetune_operator.reconcile.modeldeployment import judge_check
+from kubetune_operator.reconcile.md_analysis import judge_check
 from tests.support.processes import free_port
 from tests.support.prometheus import PrometheusServer, prometheus_binary_or_skip
 

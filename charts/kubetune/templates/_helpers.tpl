@@ -108,7 +108,7 @@ plus what Kopf does on the watched resources (patch for its finalizer and progre
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create, get]
+  verbs: [create, list, patch]  # server-side apply (create: when it creates); list: observed per reconcile
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
@@ -117,7 +117,7 @@ plus what Kopf does on the watched resources (patch for its finalizer and progre
   verbs: [create]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [create, get, patch, delete]
+  verbs: [create, list, patch, delete]  # server-side apply and scaling; list: observed per reconcile
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [create, get, patch]

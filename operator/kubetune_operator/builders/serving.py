@@ -97,11 +97,17 @@ def traffic_split(traffic: str, total: int, weight: int) -> Split:
 
 
 def build_deployment(
-    md: dict[str, Any], track: str, version: str, adapter_uri: str | None, replicas: int, settings: Settings
+    spec: ModelDeploymentSpec,
+    md: dict[str, Any],
+    track: str,
+    version: str,
+    adapter_uri: str | None,
+    replicas: int,
+    settings: Settings,
 ) -> dict[str, Any]:
-    """``adapter_uri`` is a `Served` ref (see serving_spec): an adapter, or a whole model that replaces the base."""
+    """One track's Deployment. ``md`` names the owner (its metadata; the spec is read once, as ``spec``);
+    ``adapter_uri`` is a `Served` ref (see serving_spec): an adapter, or a whole model that replaces the base."""
     meta = md["metadata"]
-    spec = ModelDeploymentSpec.from_dict(md["spec"])
     labels = child_labels(meta["name"], COMPONENT, {LABEL_TRACK: track, LABEL_VERSION: version})
     src = model_sources(spec, Served.parse(adapter_uri) if adapter_uri else None, settings)
     cache_claim = claim_of(spec.model_cache_uri) if src.hf_home and spec.model_cache_uri else None
@@ -219,10 +225,9 @@ def model_sources(spec: ModelDeploymentSpec, served: Served | None, settings: Se
     return Sources(model, model_name, revision, adapter, tuple(fetches), pvc_uris, hf_home)
 
 
-def build_services(md: dict[str, Any]) -> list[dict[str, Any]]:
+def build_services(spec: ModelDeploymentSpec, md: dict[str, Any]) -> list[dict[str, Any]]:
     """`<md>` selects both tracks (traffic by replica ratio); `<md>-stable`/`-canary` back HTTPRoutes."""
     meta = md["metadata"]
-    spec = ModelDeploymentSpec.from_dict(md["spec"])
     both = {k: v for k, v in track_selector(meta["name"], STABLE).items() if k != LABEL_TRACK}
     out = []
     for name, selector in (
@@ -249,10 +254,9 @@ def build_services(md: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def build_httproute(md: dict[str, Any], canary_weight: int) -> dict[str, Any]:
+def build_httproute(spec: ModelDeploymentSpec, md: dict[str, Any], canary_weight: int) -> dict[str, Any]:
     """Gateway API route splitting traffic between the track Services by weight."""
     meta = md["metadata"]
-    spec = ModelDeploymentSpec.from_dict(md["spec"])
     gateway = spec.gateway or {}
     route_spec: dict[str, Any] = {
         "parentRefs": gateway.get("parentRefs", []),

@@ -47,10 +47,11 @@ def build_spec_configmap(finetunejob: dict[str, Any], run: int) -> dict[str, Any
     }
 
 
-def build_trainer_job(finetunejob: dict[str, Any], run: int, settings: Settings) -> dict[str, Any]:
-    """The batch/v1 Job for run `run` of `finetunejob`."""
+def build_trainer_job(
+    spec: FineTuneJobSpec, finetunejob: dict[str, Any], run: int, settings: Settings
+) -> dict[str, Any]:
+    """The batch/v1 Job for run `run` of `finetunejob` (its metadata; its spec is read once, as `spec`)."""
     meta = finetunejob["metadata"]
-    spec = FineTuneJobSpec.from_dict(finetunejob["spec"])
     labels = run_labels(finetunejob, run)
     volumes, mounts = _volumes(spec, spec_configmap_name(meta["name"], run), settings)
     container: dict[str, Any] = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -24,6 +26,22 @@ from kubetune_operator.settings import Settings
 log = logging.getLogger(__name__)
 # The Job controller labels a Job's pods with the Job's uid: a selector no other Job can match.
 CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Trainer Jobs by (namespace, name) and their pods by Job uid, as the operator's watches hold them
+    (kopf indexes): for who owns what and why a pod waits, not for a run's result, which is read fresh."""
+
+    jobs: Mapping[tuple[str, str], Collection[dict[str, Any]]]
+    pods: Mapping[str, Collection[dict[str, Any]]]
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(self.jobs.get((namespace, name), ())), None)
+
+    def pods_of(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        uid = job["metadata"]["uid"]
+        return [p for p in self.pods.get(uid, ()) if _owned_by(p, uid)]
 
 
 def reconcile_spec(
@@ -53,7 +71,7 @@ def reconcile_spec(
             # The spec changed under a live run: it trains the wrong thing, so replace it.
             kube.delete_job(meta["namespace"], previous["metadata"]["name"])
             kube.event(ftj, "Normal", "RunReplaced", f"spec changed: run {run} stopped, starting run {run + 1}")
-        _start_run(kube, ftj, run + 1, spec_hash, settings, reason="SpecChanged" if run else "Created")
+        _start_run(kube, ftj, spec, run + 1, spec_hash, settings, reason="SpecChanged" if run else "Created")
         return
 
     if status.get("phase") in job_state.TERMINAL:
@@ -61,13 +79,13 @@ def reconcile_spec(
     job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
     if job is None:
         # Status says a run is live but its Job is missing (e.g. crash before create): recreate it.
-        _start_run(kube, ftj, run, spec_hash, settings, reason="Recreated")
+        _start_run(kube, ftj, spec, run, spec_hash, settings, reason="Recreated")
         return
     if bool(job["spec"].get("suspend")) != spec.suspend:
         kube.patch_job(meta["namespace"], job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
         kube.event(ftj, "Normal", "Suspended" if spec.suspend else "Resumed", f"run {run}")
         job["spec"]["suspend"] = spec.suspend
-    _mirror(kube, ftj, job)
+    _mirror(kube, ftj, job, spec)
 
 
 def sync_from_job(kube: Kube, job: dict[str, Any]) -> None:
@@ -85,17 +103,17 @@ def sync_from_job(kube: Kube, job: dict[str, Any]) -> None:
     # The event's body may be older than the Job now is (events queue up): mirror what is there.
     fresh = kube.get_job(ns, job["metadata"]["name"])
     if fresh is not None and fresh["metadata"].get("uid") == job["metadata"].get("uid"):
-        _mirror(kube, ftj, fresh)
+        _mirror(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]))
 
 
-def sync_from_pod(kube: Kube, pod: dict[str, Any]) -> None:
+def sync_from_pod(kube: Kube, pod: dict[str, Any], seen: Seen | None = None) -> None:
     """On trainer pod events: say why a pending run cannot start (no node fits, missing claim, bad image)."""
     labels = pod["metadata"].get("labels") or {}
     ns = pod["metadata"]["namespace"]
     job_name = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
     if not job_name or job_state.read_pod_blocker(pod) is None:
         return
-    job = kube.get_job(ns, job_name)
+    job = (seen and seen.job(ns, job_name)) or kube.get_job(ns, job_name)
     if job is None or not _owned_by(pod, job["metadata"]["uid"]):
         return
     owner = next((o for o in job["metadata"].get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
@@ -106,7 +124,9 @@ def sync_from_pod(kube: Kube, pod: dict[str, Any]) -> None:
         explain_pending(kube, ftj, [pod])
 
 
-def explain_pending(kube: Kube, ftj: dict[str, Any], pods: list[dict[str, Any]] | None = None) -> None:
+def explain_pending(
+    kube: Kube, ftj: dict[str, Any], pods: list[dict[str, Any]] | None = None, seen: Seen | None = None
+) -> None:
     """Put the first blocker of the current run's pods into the status (also run by a timer while
     Pending: a pod event can arrive before the run is recorded, and a stuck pod sends no more)."""
     meta, status = ftj["metadata"], ftj.get("status") or {}
@@ -114,8 +134,9 @@ def explain_pending(kube: Kube, ftj: dict[str, Any], pods: list[dict[str, Any]] 
     if status.get("phase") != job_state.PENDING or not run:
         return
     if pods is None:
-        job = kube.get_job(meta["namespace"], status.get("jobName") or trainer_job_name(meta["name"], int(run)))
-        pods = _pods_of(kube, job) if job is not None else []
+        name = status.get("jobName") or trainer_job_name(meta["name"], int(run))
+        job = (seen and seen.job(meta["namespace"], name)) or kube.get_job(meta["namespace"], name)
+        pods = ((seen and seen.pods_of(job)) or _pods_of(kube, job)) if job is not None else []
     for pod in pods:
         blocker = job_state.read_pod_blocker(pod)
         if blocker is None:
@@ -145,6 +166,7 @@ def start_scheduled_run(kube: Kube, ftj: dict[str, Any], settings: Settings, now
     _start_run(
         kube,
         ftj,
+        specs.FineTuneJobSpec.from_dict(ftj["spec"]),
         int(status["run"]) + 1,
         specs.run_spec_hash(ftj["spec"]),
         settings,
@@ -156,6 +178,7 @@ def start_scheduled_run(kube: Kube, ftj: dict[str, Any], settings: Settings, now
 def _start_run(
     kube: Kube,
     ftj: dict[str, Any],
+    spec: specs.FineTuneJobSpec,
     run: int,
     spec_hash: str,
     settings: Settings,
@@ -164,7 +187,7 @@ def _start_run(
 ) -> None:
     meta = ftj["metadata"]
     generation = int(meta.get("generation", 1))
-    job = build_trainer_job(ftj, run, settings)
+    job = build_trainer_job(spec, ftj, run, settings)
     try:
         kube.create(build_spec_configmap(ftj, run))
         created = kube.create(job)
@@ -204,9 +227,9 @@ def _start_run(
         kube.event(ftj, "Normal", reason, f"run {run} started: trainer Job {job['metadata']['name']}")
 
 
-def _mirror(kube: Kube, ftj: dict[str, Any], job: dict[str, Any]) -> None:
+def _mirror(kube: Kube, ftj: dict[str, Any], job: dict[str, Any], spec: specs.FineTuneJobSpec) -> None:
     meta, status = ftj["metadata"], ftj.get("status") or {}
-    gate_mode = specs.FineTuneJobSpec.from_dict(ftj["spec"]).gate_mode
+    gate_mode = spec.gate_mode
     state = job_state.read_job(job)
     result = None
     if state.phase in job_state.TERMINAL:

@@ -1,29 +1,28 @@
 """ModelDeployment reconciliation: serve the stable version, roll new versions out as canaries.
 
-Level-triggered: every call reads the spec, the referenced FineTuneJob and the status, and takes
-at most one rollout step. All rollout state lives in `.status`, so a restarted operator continues
-from where the last one stopped.
+Level-triggered: every call reads the spec (parsed once), the referenced FineTuneJob, the children
+and the status, and takes at most one rollout step. Children are written only where they differ
+(md_children) and the status once, at the end, only when it changed (md_status): a ModelDeployment
+at rest costs reads, not writes. All rollout state lives in `.status`, so a restarted operator
+continues from where the last one stopped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from kubetune_operator import analysis, api, approvals, canary, metrics
+from kubetune_operator import api, approvals, canary, metrics
 from kubetune_operator.builders import serving
-from kubetune_operator.conditions import get_condition, set_condition
+from kubetune_operator.conditions import get_condition
 from kubetune_operator.kube import Kube
-from kubetune_operator.prometheus import PrometheusQueryError, PrometheusUnavailable, query
+from kubetune_operator.reconcile import md_analysis
+from kubetune_operator.reconcile.md_children import Children
+from kubetune_operator.reconcile.md_status import StaleStatus, StatusWriter
 from kubetune_operator.schedule import parse_time
 from kubetune_operator.serving_spec import ModelDeploymentSpec, Served, serving_version
 from kubetune_operator.settings import Settings
 
-QueryFn = Callable[[str, str], float | None]
-HISTORY = 50
 # Status fields of a canary in flight; cleared together whenever it ends (promoted, rolled back, cancelled).
 CANARY_ENDED: dict[str, Any] = {
     "canaryVersion": None,
@@ -36,28 +35,29 @@ CANARY_ENDED: dict[str, Any] = {
 }
 
 
-class StaleStatus(Exception):
-    """Another reconcile of the same object (the resume handler and the timer after a restart)
-    patched its status after we read it: ours is based on old news, so this run stops here."""
-
-
 def reconcile_rollout(kube: Kube, md: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
     ctx = _Context(kube, md, settings, now)
     try:
         ctx.run()
+        ctx.out.flush()
     except StaleStatus:
         return  # the other run took this step (and posted its event); the next tick re-reads
 
 
 class _Context:
+    """One reconcile: the spec parsed once, the children observed once, the status written once."""
+
     def __init__(self, kube: Kube, md: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
         self.kube, self.md, self.settings, self.now = kube, md, settings, now
         self.meta = md["metadata"]
         self.ns, self.name = self.meta["namespace"], self.meta["name"]
-        self.status: dict[str, Any] = md.get("status") or {}
         self.spec = ModelDeploymentSpec.from_dict(md["spec"])
-        self.generation = int(self.meta.get("generation", 1))
-        self.resource_version: str | None = self.meta.get("resourceVersion")
+        self.out = StatusWriter(kube, md, now)
+        self.children = Children(kube, md, self.spec, settings)
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.out.status
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -66,8 +66,7 @@ class _Context:
         if waiting is not None:
             self._patch({"phase": self.status.get("phase") or canary.PENDING, "message": waiting})
             return
-        for svc in serving.build_services(self.md):
-            self.kube.apply(svc)
+        self.children.ensure_services()
         if self._abort(rollout):
             return
         desired = serving_version(self.md["spec"], adapter)
@@ -84,9 +83,8 @@ class _Context:
             self._progress(rollout)
         else:
             self._manual(rollout)  # approvals and promotions with no canary to apply to are removed
-            self._scale_stable(self.spec.replicas)  # after a rollout, or when spec.replicas changed
-            if self.status.get("observedGeneration") != self.generation:
-                self._patch({})  # nothing to roll out; record that this generation was seen
+            self.children.scale(serving.STABLE, self.spec.replicas)  # after a rollout, or spec.replicas changed
+            self._patch({})  # nothing to roll out; record that this generation was seen (if it is news)
 
     # -- adapters from FineTuneJobs ---------------------------------------------------------------
     def _desired_adapter(self, r: canary.Rollout) -> tuple[str | None, str | None]:
@@ -109,8 +107,7 @@ class _Context:
         if st.get("phase") == "Succeeded" and artifact and self.status.get("skippedAdapterUri") != artifact:
             # The closed loop's guard: a run that failed its evaluation gates, or had none, is never rolled out.
             why = "has no evaluation gates" if no_gates else "did not pass evaluation"
-            self.kube.event(
-                self.md,
+            self.out.event(
                 "Warning",
                 "NoEvalGates" if no_gates else "EvalGateFailed",
                 f"FineTuneJob {self.spec.adapter_ref} run {st.get('run')} {why}: not rolled out",
@@ -133,11 +130,8 @@ class _Context:
 
     # -- transitions -----------------------------------------------------------------------------
     def _deploy_stable(self, version: str, adapter: str | None) -> None:
-        self.kube.apply(
-            serving.build_deployment(self.md, serving.STABLE, version, adapter, self.spec.replicas, self.settings)
-        )
-        if self.spec.traffic == "gatewayAPI":
-            self.kube.apply(serving.build_httproute(self.md, 0))
+        self.children.apply_track(serving.STABLE, version, adapter, self.spec.replicas)
+        self.children.route(0)
         self._patch(
             {
                 "phase": canary.STABLE,
@@ -149,7 +143,7 @@ class _Context:
             },
             ("Available", True, "Deployed", f"version {version}"),
         )
-        self.kube.event(self.md, "Normal", "Deployed", f"stable version {version} (adapter {adapter})")
+        self.out.event("Normal", "Deployed", f"stable version {version} (adapter {adapter})")
 
     def _start_canary(self, version: str, adapter: str | None, restarted: bool) -> None:
         weight = self.spec.canary.steps[0]
@@ -172,8 +166,7 @@ class _Context:
         )
         self._count("start", weight)
         reason = "CanaryRestarted" if restarted else "CanaryStarted"
-        self.kube.event(
-            self.md,
+        self.out.event(
             "Normal",
             reason,
             f"canary version {version} at {weight}% (stable {self.status.get('stableVersion')})",
@@ -196,9 +189,9 @@ class _Context:
             return
         if not canary.step_due(r, c, self.now):
             return
-        verdicts = self._analyse(r)
+        verdicts = md_analysis.analyse(self.spec, self.ns, self.name, r, self.settings)
         decision = canary.decide(r, c, verdicts, self.now)
-        history = self._history(r, verdicts)
+        history = md_analysis.history(self.status.get("analysis") or [], c.steps[r.step], verdicts, self.now)
         if decision.kind == "rollback":
             self._rollback(r, decision.reason, history)
         elif decision.kind == "promote":
@@ -220,9 +213,7 @@ class _Context:
                 }
             )
             self._count("hold", None)
-            self.kube.event(
-                self.md, "Warning" if nd.failures > r.failures else "Normal", "AnalysisHold", decision.reason
-            )
+            self.out.event("Warning" if nd.failures > r.failures else "Normal", "AnalysisHold", decision.reason)
         else:  # advance
             nd = decision.rollout
             nxt = c.steps[nd.step]
@@ -254,17 +245,14 @@ class _Context:
                 }
             )
             self._count("advance", nxt)
-            self.kube.event(self.md, "Normal", "StepAdvanced", decision.reason)
+            self.out.event("Normal", "StepAdvanced", decision.reason)
             self._warn_rounded(nxt, split)
 
     def _promote(self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None) -> None:
         version, adapter = r.canary_version or "", self.status.get("canaryAdapterUri")
-        self.kube.apply(
-            serving.build_deployment(self.md, serving.STABLE, version, adapter, self.spec.replicas, self.settings)
-        )
-        if self.spec.traffic == "gatewayAPI":
-            self.kube.apply(serving.build_httproute(self.md, 0))
-        self.kube.delete_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY))
+        self.children.apply_track(serving.STABLE, version, adapter, self.spec.replicas)
+        self.children.route(0)
+        self.children.delete(serving.CANARY)
         patch: dict[str, Any] = {
             "phase": canary.PROMOTED,
             "stableVersion": version,
@@ -276,15 +264,14 @@ class _Context:
             patch["analysis"] = history
         self._patch(patch, ("Progressing", False, "Promoted", f"version {version} is stable"))
         self._count("promote", 0)
-        self.kube.event(self.md, "Normal", "Promoted", f"version {version} promoted: {reason}")
+        self.out.event("Normal", "Promoted", f"version {version} promoted: {reason}")
 
     def _rollback(
         self, r: canary.Rollout, reason: str, history: list[dict[str, Any]] | None = None, aborted: bool = False
     ) -> None:
-        self._scale_stable(self.spec.replicas)  # stable back to full size before the canary goes
-        self.kube.scale_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY), 0)
-        if self.spec.traffic == "gatewayAPI":
-            self.kube.apply(serving.build_httproute(self.md, 0))
+        self.children.scale(serving.STABLE, self.spec.replicas)  # stable back to full size before the canary goes
+        self.children.scale(serving.CANARY, 0)
+        self.children.route(0)
         patch: dict[str, Any] = {
             "phase": canary.ROLLED_BACK,
             "rolledBackVersion": r.canary_version,
@@ -297,13 +284,12 @@ class _Context:
             patch.update(abortedVersion=r.canary_version, abortObserved=True)
         self._patch(patch, ("Progressing", False, "RolledBack", reason))
         self._count("rollback", 0)
-        self.kube.event(self.md, "Warning", "RolledBack", f"version {r.canary_version} rolled back: {reason}")
+        self.out.event("Warning", "RolledBack", f"version {r.canary_version} rolled back: {reason}")
 
     def _end_canary(self, phase: str, message: str, r: canary.Rollout) -> None:
-        self._scale_stable(self.spec.replicas)
-        self.kube.delete_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY))
-        if self.spec.traffic == "gatewayAPI":
-            self.kube.apply(serving.build_httproute(self.md, 0))
+        self.children.scale(serving.STABLE, self.spec.replicas)
+        self.children.delete(serving.CANARY)
+        self.children.route(0)
         self._patch(
             {
                 "phase": phase,
@@ -313,31 +299,20 @@ class _Context:
             ("Progressing", False, "CanaryCancelled", message),
         )
         self._count("cancel", 0)
-        self.kube.event(self.md, "Normal", "CanaryCancelled", message)
+        self.out.event("Normal", "CanaryCancelled", message)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _scale_canary(self, version: str, adapter: str | None, weight: int) -> serving.Split:
         """Both tracks sized for `weight`: the canary grows before stable shrinks, so capacity holds."""
         split = serving.traffic_split(self.spec.traffic, self.spec.replicas, weight)
-        self.kube.apply(
-            serving.build_deployment(self.md, serving.CANARY, version, adapter, split.canary, self.settings)
-        )
-        self._scale_stable(split.stable)
-        if self.spec.traffic == "gatewayAPI":
-            self.kube.apply(serving.build_httproute(self.md, weight))
+        self.children.apply_track(serving.CANARY, version, adapter, split.canary)
+        self.children.scale(serving.STABLE, split.stable)
+        self.children.route(weight)
         return split
-
-    def _scale_stable(self, replicas: int) -> None:
-        """Read, and write only when the stable Deployment's size differs."""
-        name = serving.deployment_name(self.name, serving.STABLE)
-        dep = self.kube.get_deployment(self.ns, name)
-        if dep is not None and (dep.get("spec") or {}).get("replicas") != replicas:
-            self.kube.scale_deployment(self.ns, name, replicas)
 
     def _warn_rounded(self, weight: int, split: serving.Split) -> None:
         if split.achieved != weight:
-            self.kube.event(
-                self.md,
+            self.out.event(
                 "Warning",
                 "ShareRounded",
                 f"step {weight}% rounded to {split.achieved:g}% of requests: {split.canary} canary and "
@@ -360,8 +335,7 @@ class _Context:
             self._rollback(r, "aborted: spec.canary.abort is true", aborted=True)
             return True
         self._patch({"abortObserved": True})
-        self.kube.event(
-            self.md,
+        self.out.event(
             "Warning",
             "AbortIgnored",
             "spec.canary.abort is true but no canary is in flight: it aborts no later version "
@@ -405,17 +379,17 @@ class _Context:
         rv = self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value)
         if rv is None:
             return False
-        self.resource_version = rv  # our own write: the status patches that follow build on it
+        self.out.resource_version = rv  # our own write: the status patch that follows builds on it
         self._record(key, value, "Used", message)
-        self.kube.event(self.md, "Normal", "AnnotationUsed", f"{key}={value} {message}; removed")
+        self.out.event("Normal", "AnnotationUsed", f"{key}={value} {message}; removed")
         return True
 
     def _ignore(self, key: str, value: str, message: str) -> None:
         rv = self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value)
         if rv is not None:
-            self.resource_version = rv
+            self.out.resource_version = rv
             self._record(key, value, "Ignored", message)
-            self.kube.event(self.md, "Warning", "AnnotationIgnored", f"{message}; removed")
+            self.out.event("Warning", "AnnotationIgnored", f"{message}; removed")
 
     def _record(self, key: str, value: str, outcome: str, message: str) -> None:
         self._patch(
@@ -431,15 +405,17 @@ class _Context:
         )
 
     def _count(self, decision: str, weight: int | None) -> None:
-        metrics.ROLLOUTS.labels(self.ns, self.name, decision).inc()
-        if weight is not None:
-            metrics.CANARY_WEIGHT.labels(self.ns, self.name).set(weight)
+        def count() -> None:
+            metrics.ROLLOUTS.labels(self.ns, self.name, decision).inc()
+            if weight is not None:
+                metrics.CANARY_WEIGHT.labels(self.ns, self.name).set(weight)
+
+        self.out.then(count)  # a decision counts once it is written
 
     def _canary_not_ready(self, r: canary.Rollout) -> bool:
         """True while the canary's pods are not all Ready (steps wait); after spec.canary.progressDeadline
         of that, roll it back with that reason. Self-contained: reads the canary Deployment itself."""
-        dep = self.kube.get_deployment(self.ns, serving.deployment_name(self.name, serving.CANARY))
-        ready = canary.readiness(dep)
+        ready = canary.readiness(self.children.deployment(serving.CANARY))
         start = self.status.get("canaryNotReadySince")
         seen = parse_time(start) if start else None
         since, reason = canary.progress_deadline(ready, seen, self.spec.canary, self.now)
@@ -452,70 +428,8 @@ class _Context:
             self._patch({"canaryNotReadySince": since and _iso(since), "message": message})
         return since is not None
 
-    def _analyse(self, r: canary.Rollout) -> list[analysis.Verdict]:
-        a = self.spec.canary.analysis
-        if not a.enabled or not a.prometheus:
-            return []
-        window = f"{max(int(self.spec.canary.interval_seconds), 10)}s"
-        sel = analysis.selectors_for(
-            self.spec.runtime, self.ns, self.name, r.canary_version or "", r.stable_version or ""
-        )
-        budget = float(self.spec.vllm.get("gpuMemoryUtilization", 0.9))
-        checks = analysis.build_checks(a, self.spec.runtime, sel, window, self.spec.resources.gpus, budget)
-        verdicts = []
-        for check in checks:
-            verdict = judge_check(check, a.prometheus, self.settings.prometheus_timeout_seconds)
-            if verdict.value is not None:
-                metrics.ANALYSIS_VALUE.labels(self.ns, self.name, check.name).set(verdict.value)
-            verdicts.append(canary.apply_policy(verdict, check.policy))
-        return analysis.gate(verdicts)
-
-    def _history(self, r: canary.Rollout, verdicts: list[analysis.Verdict]) -> list[dict[str, Any]]:
-        entries = list(self.status.get("analysis") or [])
-        for v in verdicts:
-            entries.append(
-                {
-                    "time": _iso(self.now),
-                    "step": self.spec.canary.steps[r.step],
-                    "check": v.check,
-                    "query": v.query[:1000],
-                    "value": v.value,
-                    "low": v.low,
-                    "high": v.high,
-                    "threshold": v.threshold,
-                    "verdict": v.verdict,
-                    "message": v.message,
-                }
-            )
-        return entries[-HISTORY:]
-
     def _patch(self, patch: dict[str, Any], condition: tuple[str, bool, str, str] | None = None) -> None:
-        patch = {"observedGeneration": self.generation, **patch}
-        if condition is not None:
-            type_, on, reason, message = condition
-            patch["conditions"] = set_condition(
-                self.status.get("conditions"), type_, on, reason, message, self.generation, _iso(self.now)
-            )
-        try:
-            rv = self.kube.patch_status(api.MODELDEPLOYMENTS, self.ns, self.name, patch, self.resource_version)
-        except ApiException as err:
-            if err.status == 409:
-                raise StaleStatus() from err
-            raise
-        self.resource_version = rv
-        self.status = {**self.status, **patch}
-
-
-def judge_check(check: analysis.Check, address: str, timeout: float) -> analysis.Verdict:
-    """Ask Prometheus a check's queries and judge the answers; an unreachable Prometheus and a
-    refused query are both Errors, each with its own message (the latter Prometheus' own)."""
-    try:
-        answers = {role: query(address, q, timeout) for role, q in {**check.queries, **check.presence}.items()}
-    except PrometheusUnavailable as err:
-        return analysis.error_verdict(check, f"Prometheus unavailable: {err}")
-    except PrometheusQueryError as err:
-        return analysis.error_verdict(check, f"Prometheus rejected the query: {err}")
-    return analysis.judge(check, answers)
+        self.out.patch(patch, condition)
 
 
 def _iso(t: dt.datetime) -> str:
