@@ -10,7 +10,9 @@ import pytest
 
 from kubetune_operator.builders.serving import build_deployment
 from kubetune_operator.builders.trainer_job import build_trainer_job
+from kubetune_operator.serving_spec import ModelDeploymentSpec
 from kubetune_operator.settings import Settings
+from kubetune_operator.specs import FineTuneJobSpec
 
 MD: dict[str, Any] = {
     "apiVersion": "kubetune.io/v1alpha1",
@@ -21,14 +23,16 @@ MD: dict[str, Any] = {
 
 
 def trainer_pod(ftj: dict[str, Any]) -> dict[str, Any]:
-    return build_trainer_job(ftj, 1, Settings())["spec"]["template"]["spec"]
+    return build_trainer_job(FineTuneJobSpec.from_dict(ftj["spec"]), ftj, 1, Settings())["spec"]["template"]["spec"]
 
 
 def server_pod(runtime: str) -> dict[str, Any]:
     md = copy.deepcopy(MD)
     md["spec"]["runtime"] = runtime
     # An s3:// base and adapter: the pod gets download init containers too.
-    dep = build_deployment(md, "stable", "v1", "s3://bucket/run-1/artifact", 1, Settings())
+    dep = build_deployment(
+        ModelDeploymentSpec.from_dict(md["spec"]), md, "stable", "v1", "s3://bucket/run-1/artifact", 1, Settings()
+    )
     return dep["spec"]["template"]["spec"]
 
 
@@ -81,7 +85,9 @@ def test_server_home_stays_on_scratch_with_a_cache_claim():
     """A hub-id base model with a cache claim: HF_HOME is the (writable) claim, HOME stays /tmp."""
     md = copy.deepcopy(MD)
     md["spec"]["baseModel"] = {"name": "org/m", "cacheUri": "pvc://hf-cache/hub"}
-    c = build_deployment(md, "stable", "v1", None, 1, Settings())["spec"]["template"]["spec"]["containers"][0]
+    c = build_deployment(ModelDeploymentSpec.from_dict(md["spec"]), md, "stable", "v1", None, 1, Settings())["spec"][
+        "template"
+    ]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["HOME"] == "/tmp" and env["HF_HOME"] == "/mnt/pvc/hf-cache/hub"
     assert {"name": "pvc-1", "mountPath": "/mnt/pvc/hf-cache", "readOnly": False} in c["volumeMounts"]

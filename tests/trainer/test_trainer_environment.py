@@ -12,6 +12,7 @@ import pytest
 
 from kubetune_operator.builders.trainer_job import build_trainer_job
 from kubetune_operator.settings import Settings
+from kubetune_operator.specs import FineTuneJobSpec
 from kubetune_trainer import environment, uris
 from kubetune_trainer.distributed import World
 from kubetune_trainer.environment import TrainerEnv
@@ -32,7 +33,8 @@ PACKAGE = Path(environment.__file__).parent
 
 
 def job_env() -> dict[str, Any]:
-    job = build_trainer_job(copy.deepcopy(FTJ), 2, SETTINGS)
+    ftj = copy.deepcopy(FTJ)
+    job = build_trainer_job(FineTuneJobSpec.from_dict(ftj["spec"]), ftj, 2, SETTINGS)
     (container,) = job["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
