@@ -6,8 +6,8 @@ import subprocess
 
 import yaml
 
+from kubetune_dev.controlplane import REPO
 from tests.chart.helm import CHART, find, render
-from tests.support.controlplane import REPO
 
 SOURCE, COPY = REPO / "crds", CHART / "files" / "crds"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.controlplane import REPO
+from kubetune_dev.controlplane import REPO
 
 NEEDS_HELM = False
 OPERATOR, TRAINER = REPO / "Dockerfile", REPO / "docker" / "trainer.Dockerfile"
