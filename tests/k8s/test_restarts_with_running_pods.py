@@ -61,6 +61,11 @@ def complete(endpoint: str) -> int:
         return int(r.status)
 
 
+def http_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return int(r.status)
+
+
 def refused(endpoint: str) -> bool:
     try:
         complete(endpoint)
@@ -99,7 +104,7 @@ def test_pods_outlive_the_operator_and_come_back_with_the_executor(k8s, operator
     assert [complete(endpoint) for _ in range(3)] == [200, 200, 200]
     operator.start()
     healthz = f"http://127.0.0.1:{operator.liveness_port}/healthz"
-    wait_for(lambda: urllib.request.urlopen(healthz, timeout=2).status == 200, 60, "Kopf's liveness endpoint")
+    wait_for(lambda: http_status(healthz) == 200, 60, "Kopf's liveness endpoint")
     time.sleep(5)  # several rollout ticks (KUBETUNE_ROLLOUT_CHECK_SECONDS=1) of the new operator
     after = md_status(k8s)
     assert after["phase"] == "Stable" and after["stableVersion"] == stable["stableVersion"], after
