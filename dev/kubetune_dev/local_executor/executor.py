@@ -41,6 +41,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from kubetune_dev.local_executor import containers
 
@@ -154,10 +155,10 @@ class LocalExecutor:
         while not self.stop.is_set():
             try:
                 self._tick()
-            except ApiException as err:  # the apiserver going away at shutdown is not a crash
+            except (ApiException, HTTPError, OSError) as err:  # an apiserver away for a while is not a crash
                 if self.stop.is_set():
                     break
-                print(f"[executor] API error: {err.reason}", file=sys.stderr)
+                print(f"[executor] API error: {err}", file=sys.stderr)
             self.stop.wait(0.5)
         self._cordon(True)
         self._end_all()
