@@ -15,8 +15,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# setuptools finds packages under api/, operator/ and trainer/ (pyproject.toml); the trainer's
-# sources are plain Python and import nothing heavy at install time.
+# setuptools finds packages under api/, operator/, trainer/ and dev/ (pyproject.toml); dev/ holds the
+# development programs (the local executor) and is not copied. The trainer's sources are plain
+# Python and import nothing heavy at install time.
 COPY pyproject.toml README.md ./
 COPY api/ api/
 COPY operator/ operator/

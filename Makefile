@@ -23,15 +23,15 @@ lint:
 	@venv="$(VENV)"; set -e; \
 	"$$venv/bin/ruff" check . ; \
 	"$$venv/bin/ruff" format --check . ; \
-	"$$venv/bin/mypy" api operator trainer
+	"$$venv/bin/mypy" api operator trainer dev
 
 # Every tier this machine can run: unit, k8s (real apiserver), slow (real training); gpu skips without CUDA.
 test:
 	@venv="$(VENV)"; set -e; \
 	"$$venv/bin/ruff" check . ; \
 	"$$venv/bin/ruff" format --check . ; \
-	"$$venv/bin/mypy" api operator trainer ; \
-	"$$venv/bin/python" -m pytest --doctest-modules operator/kubetune_operator tests
+	"$$venv/bin/mypy" api operator trainer dev ; \
+	"$$venv/bin/python" -m pytest --doctest-modules operator/kubetune_operator dev/kubetune_dev tests
 
 demo:
 	@venv="$(VENV)"; "$$venv/bin/python" hack/demo.py

@@ -1,6 +1,6 @@
 """API requests the operator costs: per idle ModelDeployment per minute, and per FineTuneJob lifecycle.
 
-Starts the real local control plane (tests/support/controlplane.py) and the operator as its own
+Starts the real local control plane (dev/kubetune_dev/controlplane.py) and the operator as its own
 process, and reads the apiserver's own `apiserver_request_total` (by verb and resource):
 
 - **Idle ModelDeployments.** `--mds` ModelDeployments (builtin runtime, a fixed adapter) are created
@@ -36,11 +36,10 @@ from typing import Any
 
 from kubernetes import client, config
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kubetune_dev.apiserver_metrics import Key, delta, request_counts
+from kubetune_dev.controlplane import ControlPlane, running_control_plane
 
-from tests.support.apiserver_metrics import Key, delta, request_counts  # noqa: E402
-from tests.support.controlplane import ControlPlane, running_control_plane  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 GROUP, VERSION = "kubetune.io", "v1alpha1"
 SUCCEED = "kubetune.test/trainer:kwok-succeed"
@@ -57,7 +56,7 @@ class Operator:
         self.env = {
             **os.environ,
             "KUBECONFIG": str(cp.kubeconfig),
-            "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO)]),
+            "PYTHONPATH": os.pathsep.join([str(REPO / d) for d in ("api", "operator", "trainer", "dev")]),
             "KUBETUNE_TRAINER_IMAGE": SUCCEED,
             "KUBETUNE_SCHEDULE_CHECK_SECONDS": "2",
             "KUBETUNE_METRICS_PORT": "0",

@@ -1,8 +1,8 @@
 """`make demo`: the whole FineTuneJob loop on one machine, with real parts.
 
 1. start etcd, kube-apiserver, controller-manager and scheduler (cached binaries), install the CRDs;
-2. start the operator with its local executor on (KUBETUNE_LOCAL_EXECUTOR_NODE): a development setting
-   in which the operator also plays the kubelet for one node, running pods as local processes;
+2. start the local executor (`python -m kubetune_dev.local_executor`, a development program that plays
+   the kubelet for one node, running its pods as local processes) and, as its own process, the operator;
 3. build a tiny Llama-shaped model and tokenizer locally, and put the bundled glossary data on a
    PersistentVolume `demo` (a local folder);
 4. apply examples/finetunejob.yaml: the operator creates the trainer Job, the scheduler binds its pod,
@@ -28,12 +28,12 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kubetune_dev.controlplane import running_control_plane
+from kubetune_dev.loadgen import completion_body, run_load
+from kubetune_dev.local_executor import ExecutorProcess
+from kubetune_dev.prometheus import PrometheusServer, find_prometheus
 
-from tests.support.controlplane import running_control_plane  # noqa: E402
-from tests.support.loadgen import completion_body, run_load  # noqa: E402
-from tests.support.prometheus import PrometheusServer, find_prometheus  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CACHE = Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
 TIMEOUT_S = float(os.environ.get("KUBETUNE_DEMO_TIMEOUT", "900"))
@@ -93,17 +93,16 @@ def main() -> int:
     with running_control_plane(workdir / "cp", fake_gpu_node=False) as cp:
         say(f"control plane up in {time.time() - started:.0f}s; KUBECONFIG={cp.kubeconfig}")
         prometheus = PrometheusServer(find_prometheus(install=True), scrape_interval="1s").start()
+        # Prometheus discovers the serving pods the executor runs through the executor's targets file.
+        executor = ExecutorProcess(cp.kubeconfig, "local", workdir / "executor", pvc_root, prometheus.targets_file)
+        executor.start()
         env = {
             **os.environ,
             "KUBECONFIG": str(cp.kubeconfig),
             "KUBETUNE_TRAINER_IMAGE": "kubetune/trainer:dev",
             "KUBETUNE_SERVER_IMAGE": "kubetune/server:dev",
             "KUBETUNE_METRICS_PORT": "0",
-            "KUBETUNE_LOCAL_EXECUTOR_NODE": "local",
-            "KUBETUNE_LOCAL_EXECUTOR_PVC_ROOT": str(pvc_root),
-            "KUBETUNE_LOCAL_EXECUTOR_WORKDIR": str(workdir / "pods"),
-            # Prometheus discovers the serving pods the executor runs through this file.
-            "KUBETUNE_LOCAL_EXECUTOR_TARGETS_FILE": str(prometheus.targets_file),
+            "KUBETUNE_LIVENESS_PORT": "0",
         }
         oplog = open(workdir / "operator.log", "wb")  # noqa: SIM115
         operator = subprocess.Popen(
@@ -124,6 +123,7 @@ def main() -> int:
         finally:
             operator.send_signal(signal.SIGTERM)
             operator.wait(timeout=30)
+            executor.stop()
             prometheus.stop()
         print(cp.kubectl("get", "ftj,jobs,pods", "-o", "wide").stdout)
         say("summary")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make a `prometheus` binary available for the serving tests (tests/support/prometheus.py) and print
+# Make a `prometheus` binary available for the serving tests (dev/kubetune_dev/prometheus.py) and print
 # its path as the last line. Uses the one on PATH if there is one, else Debian's package (needs root).
 # Idempotent. It never starts the Debian service: each test starts its own server on a loopback port
 # with a throwaway data directory.

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
-from tests.support.controlplane import ControlPlane, running_control_plane
+from kubetune_dev.controlplane import ControlPlane, running_control_plane
 
 
 @pytest.fixture(scope="session")

@@ -13,40 +13,20 @@ from kubetune_operator.kube import Kube, load_credentials
 from kubetune_operator.reconcile import finetunejob, modeldeployment
 from kubetune_operator.settings import Settings
 
-SETTINGS = Settings.from_env()
-EXECUTORS: list[Any] = []  # development mode only (KUBETUNE_LOCAL_EXECUTOR_NODE)
 TRAINER_JOBS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_COMPONENT: "trainer"}
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # The handlers' settings live in memo, read once here. Kopf reads the timers' intervals earlier,
+    # when their decorators run at import: those read the same environment (Settings.from_env) there.
+    memo.settings = Settings.from_env()
     load_credentials()
     settings.posting.level = logging.WARNING  # our own Events say what happened; kopf's are noise
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
-    metrics.serve(SETTINGS.metrics_port)
-    if SETTINGS.local_executor_node:
-        # Development mode: this process also plays the kubelet for one node (make demo).
-        from kubernetes import client
-
-        from kubetune_operator.local_executor import start_in_background
-
-        EXECUTORS.append(
-            start_in_background(
-                client.ApiClient(),
-                SETTINGS.local_executor_node,
-                SETTINGS.local_executor_pvc_root,
-                SETTINGS.local_executor_workdir,
-                SETTINGS.local_executor_targets_file,
-            )
-        )
-
-
-@kopf.on.cleanup()
-def stop_local_executor(**_: Any) -> None:
-    for executor in EXECUTORS:
-        executor.shutdown()
+    metrics.serve(memo.settings.metrics_port)
 
 
 @kopf.index(api.GROUP, api.VERSION, api.FINETUNEJOBS)
@@ -62,8 +42,8 @@ OUTPUTS = "outputs"
 @kopf.on.resume(api.GROUP, api.VERSION, api.FINETUNEJOBS)
 @kopf.on.create(api.GROUP, api.VERSION, api.FINETUNEJOBS)
 @kopf.on.update(api.GROUP, api.VERSION, api.FINETUNEJOBS, field="spec")
-def reconcile_finetunejob(body: kopf.Body, **kwargs: Any) -> None:
-    finetunejob.reconcile_spec(Kube(), _fresh(body), SETTINGS, _outputs(kwargs))
+def reconcile_finetunejob(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
 
 
 def _outputs(kwargs: dict[str, Any]) -> list[specs.OutputClaim]:
@@ -76,10 +56,16 @@ def _waits_for_output(status: kopf.Status, **_: Any) -> bool:
     return any(c.get("type") == "Failed" and c.get("reason") == "OutputInUse" for c in status.get("conditions") or [])
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.FINETUNEJOBS, interval=SETTINGS.schedule_check_seconds, when=_waits_for_output)
-def retry_when_output_is_free(body: kopf.Body, **kwargs: Any) -> None:
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.FINETUNEJOBS,
+    interval=Settings.from_env().schedule_check_seconds,
+    when=_waits_for_output,
+)
+def retry_when_output_is_free(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     # Refused because another FineTuneJob owns the output: start once that one is deleted or moved.
-    finetunejob.reconcile_spec(Kube(), _fresh(body), SETTINGS, _outputs(kwargs))
+    finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_JOBS)
@@ -115,7 +101,7 @@ def explain_pending_trainer_pod(body: kopf.Body, type: str | None, **kwargs: Any
     api.GROUP,
     api.VERSION,
     api.FINETUNEJOBS,
-    interval=SETTINGS.schedule_check_seconds,
+    interval=Settings.from_env().schedule_check_seconds,
     when=lambda status, **_: status.get("phase") == "Pending",
 )
 def explain_pending_run(body: kopf.Body, **kwargs: Any) -> None:
@@ -126,11 +112,11 @@ def explain_pending_run(body: kopf.Body, **kwargs: Any) -> None:
     api.GROUP,
     api.VERSION,
     api.FINETUNEJOBS,
-    interval=SETTINGS.schedule_check_seconds,
+    interval=Settings.from_env().schedule_check_seconds,
     when=lambda spec, **_: bool(spec.get("schedule")),
 )
-def scheduled_run(body: kopf.Body, **_: Any) -> None:
-    finetunejob.start_scheduled_run(Kube(), _fresh(body), SETTINGS, dt.datetime.now(dt.UTC))
+def scheduled_run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    finetunejob.start_scheduled_run(Kube(), _fresh(body), memo.settings, dt.datetime.now(dt.UTC))
 
 
 def _fresh(body: kopf.Body) -> dict[str, Any]:
@@ -145,11 +131,11 @@ def _fresh(body: kopf.Body) -> dict[str, Any]:
 @kopf.on.resume(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS)
 @kopf.on.create(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS)
 @kopf.on.update(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS, field="spec")
-@kopf.timer(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS, interval=SETTINGS.rollout_check_seconds)
-def reconcile_modeldeployment(body: kopf.Body, **_: Any) -> None:
+@kopf.timer(api.GROUP, api.VERSION, api.MODELDEPLOYMENTS, interval=Settings.from_env().rollout_check_seconds)
+def reconcile_modeldeployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # One level-triggered function for events and the timer: steps are timed from status, not memory.
     # After a restart the resume handler and the timer may run it at once: its status patches carry the
     # resourceVersion they were computed from, so only one of them takes a step (see StaleStatus).
     current = Kube().get_custom(api.MODELDEPLOYMENTS, body["metadata"]["namespace"], body["metadata"]["name"])
     if current is not None:
-        modeldeployment.reconcile_rollout(Kube(), current, SETTINGS, dt.datetime.now(dt.UTC))
+        modeldeployment.reconcile_rollout(Kube(), current, memo.settings, dt.datetime.now(dt.UTC))

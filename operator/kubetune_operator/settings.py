@@ -32,15 +32,8 @@ class Settings:
     prometheus_timeout_seconds: float = 5.0
     #: Port of the operator's Prometheus metrics (/metrics); 0 turns the endpoint off.
     metrics_port: int = 8080
-    #: Development only: the name of a Node this operator registers and plays the kubelet for,
-    #: running its pods' commands as local processes (see local_executor.py); empty turns it off.
-    local_executor_node: str = ""
-    #: Development only: the local folder that stands for pvc://<claim> mounts (one subfolder per claim).
-    local_executor_pvc_root: str = "/tmp/kubetune/pvc"
-    #: Development only: where the executor keeps pod folders (materialised ConfigMaps, logs).
-    local_executor_workdir: str = "/tmp/kubetune/pods"
-    #: Development only: a Prometheus file_sd JSON file the executor keeps listing ready serving pods.
-    local_executor_targets_file: str = ""
+    #: Port of Kopf's liveness endpoint (/healthz, what the chart's livenessProbe checks); 0 turns it off.
+    liveness_port: int = 8081
     #: Namespace to watch; empty means all namespaces.
     watch_namespace: str = ""
 

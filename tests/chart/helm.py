@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.controlplane import REPO, ControlPlaneError, asset_dir
+from kubetune_dev.controlplane import REPO, ControlPlaneError, asset_dir
 
 CHART = REPO / "charts" / "kubetune"
 RELEASE, NAMESPACE = "kubetune", "kubetune-system"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kubetune_dev.controlplane import ControlPlane
 from tests.chart.helm import CHART, NAMESPACE, RELEASE, SCENARIOS, helm, render, render_text, values_args
-from tests.support.controlplane import ControlPlane
 
 pytestmark = pytest.mark.k8s
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
+from kubetune_dev.controlplane import REPO
 from tests.chart.helm import CHART, find, helm_binary, render
-from tests.support.controlplane import REPO
 
 NEEDS_HELM = False  # only the rendering test does (it skips itself without helm)
 SOURCE, COPY = REPO / "crds", CHART / "files" / "crds"

@@ -92,9 +92,28 @@ def test_operator_deployment_defaults() -> None:
         "KUBETUNE_WATCH_NAMESPACE": "",
         "KUBETUNE_ROLLOUT_CHECK_SECONDS": "5",
         "KUBETUNE_METRICS_PORT": "8080",
+        "KUBETUNE_LIVENESS_PORT": "8081",
     }
-    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
-    assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert c["ports"] == [
+        {"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "healthz", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    # Kopf's own liveness endpoint (python -m kubetune_operator serves it on KUBETUNE_LIVENESS_PORT).
+    assert c["livenessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "healthz"},
+        "initialDelaySeconds": 15,
+        "periodSeconds": 20,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+    }
+
+
+def test_liveness_port_moves_the_endpoint_and_the_probe_together() -> None:
+    objects = render("defaults", "--set", "livenessProbe.port=9091")
+    c = container(objects)
+    assert env(objects)["KUBETUNE_LIVENESS_PORT"] == "9091"
+    assert {"name": "healthz", "containerPort": 9091, "protocol": "TCP"} in c["ports"]
+    assert c["livenessProbe"]["httpGet"]["port"] == "healthz" and "port" not in c["livenessProbe"]
 
 
 def test_security_defaults() -> None:
@@ -252,6 +271,7 @@ def test_grafana_dashboard_configmap() -> None:
         (["--set", "bogus=1"], "additional properties 'bogus' not allowed"),
         (["--set", "image.registry=x"], "additional properties 'registry' not allowed"),
         (["--set", "metrics.port=0"], "metrics/port"),
+        (["--set", "livenessProbe.port=70000"], "livenessProbe/port"),
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "watchNamespace=Not_A_Namespace"], "watchNamespace"),
     ],

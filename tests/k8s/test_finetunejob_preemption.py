@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from kubernetes import watch
 
-from kubetune_operator.local_executor import LocalExecutor
 from kubetune_trainer.export import directory_digest
 from tests.k8s.conftest import wait_for
 from tests.support.s3 import S3Server
@@ -32,18 +31,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 NODE = "local-preempt"
 RESOURCES = {"gpus": 0, "cpu": "1", "memory": "2Gi", "nodeSelector": {"kubernetes.io/hostname": NODE}}
-
-
-@pytest.fixture(scope="module")
-def executor(api, control_plane, tmp_path_factory) -> Iterator[LocalExecutor]:
-    ex = LocalExecutor(api, tmp_path_factory.mktemp("pods"), tmp_path_factory.mktemp("pvc"), control_plane.kubeconfig,
-                       node=NODE)  # fmt: skip
-    ex.register_node()
-    thread = threading.Thread(target=ex.serve, daemon=True)
-    thread.start()
-    yield ex
-    ex.stop.set()
-    thread.join(timeout=15)
 
 
 class PodLog:

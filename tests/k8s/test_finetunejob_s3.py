@@ -11,32 +11,17 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kubetune_operator.local_executor import LocalExecutor
 from tests.k8s.conftest import wait_for
 from tests.support.s3 import S3Server
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 NODE = "local-s3"
-
-
-@pytest.fixture(scope="module")
-def executor(api, control_plane, tmp_path_factory) -> Iterator[LocalExecutor]:
-    ex = LocalExecutor(api, tmp_path_factory.mktemp("pods"), tmp_path_factory.mktemp("pvc"), control_plane.kubeconfig,
-                       node=NODE)  # fmt: skip
-    ex.register_node()
-    thread = threading.Thread(target=ex.serve, daemon=True)
-    thread.start()
-    yield ex
-    ex.stop.set()
-    thread.join(timeout=15)
 
 
 def test_trainer_reads_and_writes_s3_with_keys_from_env_from(k8s, operator, executor, tmp_path):

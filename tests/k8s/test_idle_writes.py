@@ -13,9 +13,9 @@ import time
 
 from kubernetes import client
 
+from kubetune_dev.apiserver_metrics import Key, delta, request_counts
 from tests.k8s.conftest import wait_for
 from tests.k8s.test_modeldeployment_controller import md_phase, md_spec
-from tests.support.apiserver_metrics import Key, delta, request_counts
 
 OPERATOR_WRITTEN = {"services", "deployments", "httproutes", "modeldeployments", "modeldeployments/status"}
 TICKS = 6  # the k8s tests' operator ticks every second (KUBETUNE_ROLLOUT_CHECK_SECONDS=1)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune_dev.controlplane import ControlPlane
 from tests.chart.helm import CHART, NAMESPACE, RELEASE, helm, helm_binary
 from tests.k8s.conftest import OperatorProcess, wait_for
-from tests.support.controlplane import ControlPlane
 
 
 @pytest.fixture

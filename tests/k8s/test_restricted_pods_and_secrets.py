@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +21,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubetune_operator.local_executor import LocalExecutor
+from kubetune_dev.controlplane import ControlPlane
+from kubetune_dev.local_executor import ExecutorProcess
 from tests.k8s.conftest import Api, OperatorProcess, wait_for
-from tests.support.controlplane import ControlPlane
 from tests.support.s3 import S3Server
 
 pytestmark = pytest.mark.slow
@@ -40,7 +39,7 @@ PLANTED = (HF_TOKEN, KEY_ID, SECRET_KEY)
 @dataclass
 class Deployed:
     k8s: Api
-    executor: LocalExecutor
+    executor: ExecutorProcess
     operator: OperatorProcess
     s3: Any  # s3fs filesystem
     bucket: str
@@ -48,7 +47,11 @@ class Deployed:
 
 @pytest.fixture(scope="module")
 def deployed(
-    api: client.ApiClient, control_plane: ControlPlane, operator_process: OperatorProcess, tmp_path_factory: Any
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    operator_process: OperatorProcess,
+    executor: ExecutorProcess,
+    tmp_path_factory: Any,
 ) -> Iterator[Deployed]:
     from kubetune_trainer.tiny_model import ensure_tiny_model
 
@@ -60,11 +63,7 @@ def deployed(
     }
     core.create_namespace({"metadata": {"name": ns, "labels": labels}})
     core.create_namespaced_service_account(ns, {"metadata": {"name": "kubetune-trainer"}})
-    ex = LocalExecutor(api, tmp_path_factory.mktemp("pods"), tmp_path_factory.mktemp("pvc"), control_plane.kubeconfig,
-                       node=NODE)  # fmt: skip
-    ex.register_node()
-    thread = threading.Thread(target=ex.serve, daemon=True)
-    thread.start()
+    ex = executor  # its own process (tests/k8s/conftest.py), the kubelet of NODE
     if not operator_process.alive():
         operator_process.start()
     k8s = Api(api, ns)
@@ -113,8 +112,6 @@ def deployed(
         wait_for(lambda: (k8s.get_md("chat").get("status") or {}).get("phase") == "Stable", 120, "chat Stable")
         wait_for(lambda: [ep for ep, lb in ex.targets() if lb.get("namespace") == ns], 240, "a ready server process")
         yield Deployed(k8s, ex, operator_process, fs, bucket)
-    ex.stop.set()
-    thread.join(timeout=15)
     core.delete_namespace(ns)
 
 

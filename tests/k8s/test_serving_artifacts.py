@@ -16,16 +16,14 @@ import base64
 import json
 import os
 import shutil
-import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubetune_operator.local_executor import LocalExecutor
+from kubetune_dev.local_executor import ExecutorProcess
 from kubetune_trainer.export import directory_digest
 from tests.k8s.conftest import wait_for
 from tests.support.s3 import S3Server
@@ -36,23 +34,7 @@ NODE = "local-serving"
 HUB_ID = "kubetune/tiny-model"
 
 
-@pytest.fixture(scope="module")
-def pvc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pvc")
-
-
-@pytest.fixture(scope="module")
-def executor(api, control_plane, tmp_path_factory, pvc_root) -> Iterator[LocalExecutor]:
-    ex = LocalExecutor(api, tmp_path_factory.mktemp("pods"), pvc_root, control_plane.kubeconfig, node=NODE)
-    ex.register_node()
-    thread = threading.Thread(target=ex.serve, daemon=True)
-    thread.start()
-    yield ex
-    ex.stop.set()
-    thread.join(timeout=15)
-
-
-def serving(ex: LocalExecutor, ns: str, md: str) -> list[str]:
+def serving(ex: ExecutorProcess, ns: str, md: str) -> list[str]:
     return [
         ep
         for ep, labels in ex.targets()
@@ -112,9 +94,10 @@ def md_spec(base: dict[str, Any], env_from: list[dict[str, Any]], adapter: dict[
     }
 
 
-def test_s3_artifacts_of_a_finetunejob_are_downloaded_checked_and_served(k8s, operator, executor, pvc_root, tmp_path):
+def test_s3_artifacts_of_a_finetunejob_are_downloaded_checked_and_served(k8s, operator, executor, tmp_path):
     from kubetune_trainer.tiny_model import ensure_tiny_model
 
+    pvc_root = executor.pvc_root  # the folder the executor mounts claims from
     tiny = ensure_tiny_model(tmp_path / "tiny-model")
     with S3Server() as s3:
         assert not set(s3.env) & set(os.environ), "keys and endpoint must come from the Secret only"

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import stop_process
+from kubetune_dev.processes import stop_process
 
 LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 

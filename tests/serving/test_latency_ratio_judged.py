@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
+from kubetune_dev.loadgen import completion_body, run_load
+from kubetune_dev.prometheus import PrometheusServer, prometheus_binary_or_skip
 from kubetune_operator import analysis, canary
 from kubetune_operator.reconcile.md_analysis import judge_check
 from kubetune_operator.serving_spec import Analysis, Canary
 from tests.serving.server_process import ServerProcess
-from tests.support.loadgen import completion_body, run_load
-from tests.support.prometheus import PrometheusServer, prometheus_binary_or_skip
 
 pytestmark = pytest.mark.slow
 

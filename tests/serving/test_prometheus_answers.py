@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from kubetune_dev.processes import free_port
+from kubetune_dev.prometheus import PrometheusServer, prometheus_binary_or_skip
 from kubetune_operator import prometheus
 from kubetune_operator.analysis import Check
 from kubetune_operator.reconcile.md_analysis import judge_check
-from tests.support.processes import free_port
-from tests.support.prometheus import PrometheusServer, prometheus_binary_or_skip
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from kubetune_dev.loadgen import run_load
+from kubetune_dev.prometheus import PrometheusServer, prometheus_binary_or_skip
 from tests.serving.server_process import ServerProcess
-from tests.support.loadgen import run_load
-from tests.support.prometheus import PrometheusServer, prometheus_binary_or_skip
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
+from kubetune_dev.loadgen import check_loopback
 from kubetune_server import protocol
 from kubetune_server.app import ErrorInjector
 from kubetune_server.metrics import ServerMetrics
 from kubetune_server.protocol import RequestError
 from kubetune_server.settings import SettingsError, parse
 from tests.serving.server_process import metric_value
-from tests.support.loadgen import check_loopback
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -182,8 +182,8 @@ def test_loadgen_refuses_non_loopback(url: str) -> None:
         "kubetune_server.app",
         "kubetune_server.protocol",
         "kubetune_server.settings",
-        "tests.support.loadgen",
-        "tests.support.prometheus",
+        "kubetune_dev.loadgen",
+        "kubetune_dev.prometheus",
         "tests.serving.server_process",
     ],
 )

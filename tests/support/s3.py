@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.support.processes import free_port, stop_process
+from kubetune_dev.processes import free_port, stop_process
 
 
 class S3Server:

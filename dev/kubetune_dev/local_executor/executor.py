@@ -1,18 +1,25 @@
-"""A kubelet stand-in for development (KUBETUNE_LOCAL_EXECUTOR_NODE): runs pods bound to one node as
-local processes.
+"""A kubelet stand-in for development: runs the pods bound to one Node as local processes.
 
-The demo has a real control plane but no container runtime. This executor registers a Node, and for
-every pod the scheduler binds to it: materialises the pod's ConfigMap volumes, maps `/mnt/pvc/<claim>`
-mounts to a local directory, runs the init containers in order and then the container's command
-with the pod's env (secret references resolved), and reports the pod status (Running, then
-Succeeded/Failed with the trainer's result as the termination message) the way a kubelet would.
-The Job controller and the operator see ordinary pods.
+The demo and the tests have a real control plane but no container runtime. This executor registers
+a Node, and for every pod the scheduler binds to it: materialises the pod's volumes, runs the init
+containers in order and then the container's command with the pod's env (see containers.py), and
+reports the pod status (Running, Ready once the readiness probe answers, then Succeeded/Failed with
+the trainer's result as the termination message) the way a kubelet would. The Job controller and
+the operator see ordinary pods. It is its own program (``python -m kubetune_dev.local_executor``),
+so the operator can be killed and restarted while the pods it created keep running.
 
 A deleted or evicted pod ends as on a kubelet: SIGTERM to its process, SIGKILL when the pod's grace
 period (``deletionGracePeriodSeconds``, from ``terminationGracePeriodSeconds``) runs out, the exit
 status reported (a signal as 128 + its number), then the final delete with grace 0. Each pod has its
 own scratch space, as a container has its own filesystem: the trainer's cache (``KUBETUNE_CACHE``) is
 a folder of the pod's, so a retried pod starts as cold as one on another node.
+
+The pods' processes are the executor's children and end with it (even on SIGKILL), as containers
+end when their node goes down. A restarted executor finds its pods still Running in the API with
+nothing behind them, and does what a kubelet does for a pod whose containers are gone: a pod with
+``restartPolicy: Always`` (a Deployment's) is started again, with one more restart and not Ready
+until its probe answers; any other is reported Failed (exit 137, ``ContainerStatusUnknown``), so
+its Job decides what comes next.
 """
 
 from __future__ import annotations
@@ -21,17 +28,22 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from kubetune_dev.local_executor import containers
 
 
 def _now() -> str:
@@ -48,6 +60,7 @@ class Running:
     readiness_path: str | None = None
     ready: bool = False
     kill_at: float | None = None  # monotonic time of the SIGKILL, once the pod is being deleted
+    restarts: int = 0
 
 
 Targets = list[tuple[str, dict[str, str]]]
@@ -61,28 +74,13 @@ def write_file_sd(path: Path, targets: Targets) -> None:
     tmp.replace(path)
 
 
-def start_in_background(
-    api: client.ApiClient, settings_node: str, pvc_root: str, workdir: str, targets_file: str
-) -> LocalExecutor:
-    """What the operator calls at startup when KUBETUNE_LOCAL_EXECUTOR_NODE is set."""
-    kubeconfig = Path(os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")))
-    executor = LocalExecutor(api, Path(workdir), Path(pvc_root), kubeconfig, node=settings_node)
-    if targets_file:
-        executor.targets_file = Path(targets_file)
-        write_file_sd(executor.targets_file, [])
-    executor.register_node()
-    threading.Thread(target=executor.serve, name="local-executor", daemon=True).start()
-    return executor
-
-
 def _die_with_parent() -> None:
-    """Linux: a pod process gets SIGTERM when the executor's thread goes away, even on SIGKILL."""
+    """Linux: a pod process gets SIGTERM when the executor goes away, even on SIGKILL."""
     import ctypes
-    import signal as _signal
 
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, _signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def exit_status(returncode: int) -> int:
@@ -95,8 +93,6 @@ def exit_status(returncode: int) -> int:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -110,17 +106,16 @@ class LocalExecutor:
         pvc_root: Path,
         kubeconfig: Path,
         node: str = "local",
-        on_targets: Callable[[Targets], None] | None = None,
+        targets_file: Path | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.workdir, self.pvc_root, self.kubeconfig, self.node = workdir, pvc_root, kubeconfig, node
         self.running: dict[str, Running] = {}
         self.stop = threading.Event()
-        # Called with every serving endpoint (host:port + pod labels) whenever the set changes: the
+        # Rewritten with every serving endpoint (host:port + pod labels) whenever the set changes: the
         # stand-in for Prometheus' Kubernetes service discovery and for a Service's endpoints.
-        self.on_targets = on_targets
-        self.targets_file: Path | None = None
-        self._published: Targets = []
+        self.targets_file = targets_file
+        self._published: Targets | None = None
 
     def targets(self) -> Targets:
         # Like a Service's endpoints: only pods that passed their readiness probe, and are not being
@@ -156,29 +151,35 @@ class LocalExecutor:
             self.core.patch_node(self.node, {"spec": {"unschedulable": unschedulable}})
 
     def serve(self) -> None:
+        """Play the kubelet until `stop` is set, then end every process, as a drained node does."""
         while not self.stop.is_set():
             try:
                 self._tick()
-            except ApiException as err:  # the apiserver going away at shutdown is not a crash
+            except (ApiException, HTTPError, OSError) as err:  # an apiserver away for a while is not a crash
                 if self.stop.is_set():
-                    return
-                print(f"[executor] API error: {err.reason}", file=sys.stderr)
+                    break
+                print(f"[executor] API error: {err}", file=sys.stderr)
             self.stop.wait(0.5)
         self._cordon(True)
-        for run in self.running.values():
-            run.proc.terminate()
+        self._end_all()
 
-    def shutdown(self, timeout: float = 10) -> None:
-        """Stop serving and end every process this executor started (what a drained node does)."""
-        self.stop.set()
-        runs = list(self.running.values())
-        for run in runs:
+    def _end_all(self, timeout: float = 10) -> None:
+        runs = list(self.running.items())
+        for _, run in runs:
             run.proc.terminate()
-        for run in runs:
+        for key, run in runs:
             try:
                 run.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 run.proc.kill()
+            # Best effort, like the cordon: what the API says must not outlive the process.
+            ns, name = key.split("/", 1)
+            with contextlib.suppress(Exception):
+                not_ready = [{"type": t, "status": "False", "reason": "ExecutorStopped", "lastTransitionTime": _now()}
+                             for t in ("Ready", "ContainersReady")]  # fmt: skip
+                self.core.patch_namespaced_pod_status(name, ns, {"status": {"conditions": not_ready}})
+        if self.targets_file is not None:
+            write_file_sd(self.targets_file, [])
 
     def _tick(self) -> None:
         pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}").items
@@ -190,8 +191,12 @@ class LocalExecutor:
                     self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
                 elif run.kill_at is None:
                     self._terminate(pod, key, run)
-            elif key not in self.running and pod.status.phase == "Pending":
+            elif key in self.running:
+                continue
+            elif pod.status.phase == "Pending":
                 self._start(pod, key)
+            elif pod.status.phase == "Running":  # its process ended with an executor that ran before us
+                self._recover(pod, key)
         live = {f"{p.metadata.namespace}/{p.metadata.name}" for p in pods}
         for key, run in list(self.running.items()):
             if key not in live:  # deleted while we looked away
@@ -211,14 +216,26 @@ class LocalExecutor:
             elif not run.ready and run.endpoint and self._probe(run):
                 run.ready = True
                 pod = self.core.read_namespaced_pod(name, ns)
-                self._patch(ns, name, "Running", pod.spec.containers[0], {"running": {"startedAt": _now()}}, ready=True)
+                self._patch(ns, name, "Running", pod.spec.containers[0], {"running": {"startedAt": _now()}},
+                            ready=True, restarts=run.restarts)  # fmt: skip
         targets = sorted(self.targets())
         if targets != self._published:
             self._published = targets
-            if self.on_targets is not None:
-                self.on_targets(targets)
             if self.targets_file is not None:
                 write_file_sd(self.targets_file, targets)
+
+    def _recover(self, pod: Any, key: str) -> None:
+        """A Running pod with no process here: what a kubelet does when a pod's containers are gone."""
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        previous = max((cs.restart_count or 0 for cs in pod.status.container_statuses or []), default=0)
+        if pod.spec.restart_policy == "Always":
+            print(f"[executor] {key}: Running without a process; starting it again", file=sys.stderr)
+            self._start(pod, key, restarts=previous + 1)
+            return
+        print(f"[executor] {key}: Running without a process; reporting it Failed", file=sys.stderr)
+        terminated = {"exitCode": 137, "reason": "ContainerStatusUnknown", "finishedAt": _now(),
+                      "message": "the container could not be located when the pod was terminated"}  # fmt: skip
+        self._patch(ns, name, "Failed", pod.spec.containers[0], {"terminated": terminated}, restarts=previous)
 
     def _terminate(self, pod: Any, key: str, run: Running) -> None:
         """A pod got a deletionTimestamp (delete, Eviction, preemption): SIGTERM now, SIGKILL after its grace."""
@@ -230,15 +247,15 @@ class LocalExecutor:
         run.proc.send_signal(signal.SIGTERM)
         run.kill_at = time.monotonic() + grace
 
-    def _start(self, pod: Any, key: str) -> None:
+    def _start(self, pod: Any, key: str, restarts: int = 0) -> None:
         ns, name = pod.metadata.namespace, pod.metadata.name
         container = pod.spec.containers[0]
         root = self.workdir / ns / name
         if not self._run_init_containers(pod, root):
             return
-        mounts = self._materialise_volumes(pod, container, root)
-        env = self._container_env(ns, container, mounts, root)
-        command = self._command(container, mounts)
+        mounts = containers.materialise_volumes(self.core, pod, container, root, self.pvc_root)
+        env = containers.container_env(self.core, ns, container, mounts, root, self.pvc_root, self.kubeconfig)
+        command = containers.command(container, mounts)
         endpoint = None
         if "--port" in command:
             # Every pod has its own network namespace; processes here share one: give each a port.
@@ -268,33 +285,10 @@ class LocalExecutor:
         probe = container.readiness_probe
         path = probe.http_get.path if probe is not None and probe.http_get is not None else None
         self.running[key] = Running(
-            proc, Path(out) if out else None, log_path, endpoint, labels, path, ready=path is None
+            proc, Path(out) if out else None, log_path, endpoint, labels, path, ready=path is None, restarts=restarts
         )
-        self._patch(ns, name, "Running", container, {"running": {"startedAt": _now()}}, ready=path is None)
-
-    def _container_env(self, ns: str, container: Any, mounts: dict[str, str], root: Path) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "KUBETUNE_PVC_ROOT": str(self.pvc_root),
-            # The pod's own scratch (a container's writable layer): nothing cached survives the pod.
-            "KUBETUNE_CACHE": str(root / "cache"),
-        }
-        env.update(self._env_from(ns, container))  # as the kubelet does: envFrom first, env overrides it
-        for var in container.env or []:
-            env[var.name] = self._env_value(ns, var)
-        env["KUBETUNE_PVC_ROOT"] = str(self.pvc_root)  # claims live in local folders here
-        for remote, local in mounts.items():
-            for k, v in list(env.items()):
-                if v.startswith(remote):
-                    env[k] = local + v[len(remote) :]
-        return env
-
-    def _command(self, container: Any, mounts: dict[str, str]) -> list[str]:
-        command = [self._local_path(arg, mounts) for arg in (container.command or []) + (container.args or [])]
-        if command and command[0] in ("python", "python3"):
-            command[0] = sys.executable
-        return command
+        self._patch(ns, name, "Running", container, {"running": {"startedAt": _now()}}, ready=path is None,
+                    restarts=restarts)  # fmt: skip
 
     def _run_init_containers(self, pod: Any, root: Path) -> bool:
         """Each init container to completion, in order, as a kubelet does; False (pod Failed) if one fails.
@@ -304,14 +298,14 @@ class LocalExecutor:
         ns, name = pod.metadata.namespace, pod.metadata.name
         statuses: list[dict[str, Any]] = []
         for init in pod.spec.init_containers or []:
-            mounts = self._materialise_volumes(pod, init, root)
+            mounts = containers.materialise_volumes(self.core, pod, init, root, self.pvc_root)
             log_path = root / f"init-{init.name}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "wb") as log:
                 try:
                     code = subprocess.run(
-                        self._command(init, mounts),
-                        env=self._container_env(ns, init, mounts, root),
+                        containers.command(init, mounts),
+                        env=containers.container_env(self.core, ns, init, mounts, root, self.pvc_root, self.kubeconfig),
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         preexec_fn=_die_with_parent,
@@ -334,8 +328,6 @@ class LocalExecutor:
 
     @staticmethod
     def _probe(run: Running) -> bool:
-        import urllib.request
-
         try:
             with urllib.request.urlopen(f"http://{run.endpoint}{run.readiness_path or '/'}", timeout=0.5) as resp:
                 return bool(resp.status == 200)
@@ -360,9 +352,8 @@ class LocalExecutor:
             "finishedAt": _now(),
             "startedAt": _now(),
         }
-        self._patch(
-            ns, name, "Succeeded" if code == 0 else "Failed", pod.spec.containers[0], {"terminated": terminated}
-        )
+        phase = "Succeeded" if code == 0 else "Failed"
+        self._patch(ns, name, phase, pod.spec.containers[0], {"terminated": terminated}, restarts=run.restarts)
 
     def _patch(
         self,
@@ -373,13 +364,15 @@ class LocalExecutor:
         state: dict[str, Any],
         ready: bool = False,
         init_statuses: list[dict[str, Any]] | None = None,
+        restarts: int = 0,
     ) -> None:
         now = _now()
+        ip = zlib.crc32(name.encode())  # the same address for the same pod, whichever executor reports it
         status = {
             "phase": phase,
             # Bookkeeping addresses only (EndpointSlices refuse loopback); traffic uses the executor's targets.
             "hostIP": "10.250.0.1",
-            "podIP": f"10.250.{(hash(name) >> 8) % 250}.{hash(name) % 250 + 1}",
+            "podIP": f"10.250.{(ip >> 8) % 250}.{ip % 250 + 1}",
             "startTime": now,
             "conditions": [
                 {"type": "Ready", "status": str(ready), "lastTransitionTime": now},
@@ -391,7 +384,7 @@ class LocalExecutor:
                     "image": container.image,
                     "imageID": "",
                     "ready": ready,
-                    "restartCount": 0,
+                    "restartCount": restarts,
                     "state": state,
                 }
             ],
@@ -399,65 +392,3 @@ class LocalExecutor:
         if init_statuses is not None:
             status["initContainerStatuses"] = init_statuses
         self.core.patch_namespaced_pod_status(name, ns, {"status": status})
-
-    def _env_from(self, ns: str, container: Any) -> dict[str, str]:
-        """Every key of the Secrets / ConfigMaps named in envFrom, with its prefix (optional ones may be absent)."""
-        import base64
-
-        out: dict[str, str] = {}
-        for source in container.env_from or []:
-            try:
-                if source.secret_ref is not None:
-                    ref = source.secret_ref
-                    data = self.core.read_namespaced_secret(ref.name, ns).data or {}
-                    values = {k: base64.b64decode(v).decode() for k, v in data.items()}
-                else:
-                    ref = source.config_map_ref
-                    values = dict(self.core.read_namespaced_config_map(ref.name, ns).data or {})
-            except ApiException as e:
-                if e.status == 404 and ref.optional:
-                    continue
-                raise
-            out.update({f"{source.prefix or ''}{k}": v for k, v in values.items()})
-        return out
-
-    def _env_value(self, ns: str, var: Any) -> str:
-        if var.value is not None:
-            return str(var.value)
-        ref = var.value_from.secret_key_ref if var.value_from else None
-        if ref is None:
-            return ""
-        import base64
-
-        secret = self.core.read_namespaced_secret(ref.name, ns)
-        return base64.b64decode(secret.data[ref.key]).decode()
-
-    def _materialise_volumes(self, pod: Any, container: Any, root: Path) -> dict[str, str]:
-        """mountPath -> local directory, for ConfigMap, emptyDir and PVC volumes."""
-        volumes = {v.name: v for v in pod.spec.volumes or []}
-        mounts: dict[str, str] = {}
-        for m in container.volume_mounts or []:
-            vol = volumes.get(m.name)
-            if vol is None:
-                continue
-            if vol.config_map is not None:
-                local = root / "volumes" / m.name
-                local.mkdir(parents=True, exist_ok=True)
-                data = self.core.read_namespaced_config_map(vol.config_map.name, pod.metadata.namespace).data or {}
-                for key, text in data.items():
-                    (local / key).write_text(text)
-                mounts[m.mount_path] = str(local)
-            elif vol.persistent_volume_claim is not None:
-                mounts[m.mount_path] = str(self.pvc_root / vol.persistent_volume_claim.claim_name)
-            elif vol.empty_dir is not None and m.mount_path not in ("/tmp", "/dev/shm"):
-                local = root / "volumes" / m.name
-                local.mkdir(parents=True, exist_ok=True)
-                mounts[m.mount_path] = str(local)
-        return mounts
-
-    @staticmethod
-    def _local_path(arg: str, mounts: dict[str, str]) -> str:
-        for remote, local in mounts.items():
-            if arg == remote or arg.startswith(remote + "/"):
-                return local + arg[len(remote) :]
-        return arg

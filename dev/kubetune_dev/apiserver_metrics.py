@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.controlplane import ControlPlane
+from kubetune_dev.controlplane import ControlPlane
 
 #: The apiserver's verbs that change something (server-side apply is counted as APPLY).
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})

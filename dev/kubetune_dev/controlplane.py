@@ -5,7 +5,7 @@ etcd + kube-apiserver (TLS, RBAC, service-account keys, admin client cert) + kub
 binaries come from $KUBEBUILDER_ASSETS when set, else from hack/build-control-plane.sh (cached).
 
 Also a command for the demo and for poking around by hand:
-    python -m tests.support.controlplane   # starts, prints KUBECONFIG, runs until Ctrl-C
+    python -m kubetune_dev.controlplane   # starts, prints KUBECONFIG, runs until Ctrl-C
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.processes import free_port
+from kubetune_dev.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KWOK_STAGES = Path(__file__).with_name("kwok") / "stages.yaml"
@@ -296,4 +295,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.processes import free_port, stop_process
+from kubetune_dev.processes import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO / "hack" / "install-prometheus.sh"
@@ -85,9 +85,14 @@ def config(targets_file: Path, scrape_interval: str = "1s") -> dict[str, Any]:
 
 
 class PrometheusServer:
-    def __init__(self, binary: Path | None = None, scrape_interval: str = "1s") -> None:
+    def __init__(
+        self, binary: Path | None = None, scrape_interval: str = "1s", targets_file: Path | None = None
+    ) -> None:
+        """``targets_file``: scrape what another program lists there (the local executor's Ready serving
+        pods) instead of a file of its own that ``set_targets`` writes."""
         self.binary = binary or find_prometheus()
         self.scrape_interval = scrape_interval
+        self.external_targets = targets_file
         self.port = 0
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -98,6 +103,8 @@ class PrometheusServer:
 
     @property
     def targets_file(self) -> Path:
+        if self.external_targets is not None:
+            return self.external_targets
         assert self.dir is not None, "start() first"
         return self.dir / "targets.json"
 
@@ -109,7 +116,8 @@ class PrometheusServer:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> PrometheusServer:
         self.dir = Path(tempfile.mkdtemp(prefix="kubetune-prom-"))
-        self.set_targets([])
+        if self.external_targets is None:
+            self.set_targets([])
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config(self.targets_file, self.scrape_interval)))
         self.port = free_port()
         args = [
