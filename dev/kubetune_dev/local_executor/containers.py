@@ -79,12 +79,19 @@ def command(container: Any, mounts: dict[str, str]) -> list[str]:
 def local_path(arg: str, mounts: dict[str, str]) -> str:
     """A path under a mount, as the local folder that stands for it.
 
+    Only a path that stays under its mount once normalised is mapped: these are host folders, and
+    ``/mnt/pvc/a/../../etc/passwd`` must not become the host's file (it is left as it was).
+
     >>> local_path("/mnt/pvc/a/data", {"/mnt/pvc/a": "/tmp/pvc/a"}), local_path("/mnt/pvcx", {"/mnt/pvc": "/t"})
     ('/tmp/pvc/a/data', '/mnt/pvcx')
+    >>> local_path("/mnt/pvc/a/../../etc/passwd", {"/mnt/pvc/a": "/tmp/pvc/a"})
+    '/mnt/pvc/a/../../etc/passwd'
     """
     for remote, local in mounts.items():
         if arg == remote or arg.startswith(remote + "/"):
-            return local + arg[len(remote) :]
+            inside = os.path.normpath(arg)
+            if inside == remote or inside.startswith(remote.rstrip("/") + "/"):
+                return local + arg[len(remote) :]
     return arg
 
 
