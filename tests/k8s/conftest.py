@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from kubetune_dev.controlplane import ControlPlane
 from kubetune_dev.local_executor import ExecutorProcess
@@ -165,7 +167,10 @@ def operator(operator_process: OperatorProcess) -> Iterator[OperatorProcess]:
 
 @pytest.fixture(scope="module")
 def executor(
-    request: pytest.FixtureRequest, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ExecutorProcess]:
     """The local executor, its own process, playing the kubelet for the Node the test module names in
     `NODE` (its pods' nodeSelector says kubernetes.io/hostname: NODE); one per module, so a module's
@@ -174,6 +179,14 @@ def executor(
     ex = ExecutorProcess(control_plane.kubeconfig, node, tmp_path_factory.mktemp(f"executor-{node}")).start()
     yield ex
     ex.stop()
+    # Pods of the module's deleted namespaces that the executor had not yet confirmed gone: with no
+    # kubelet left on the Node nothing ever would, and their namespaces would stay Terminating for the
+    # rest of the session. Force-delete them, as the pod garbage collector does for a lost node.
+    core = client.CoreV1Api(api)
+    for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items:
+        if pod.metadata.deletion_timestamp is not None:
+            with contextlib.suppress(ApiException):
+                core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition", every: float = 0.3) -> Any:
