@@ -178,15 +178,23 @@ def executor(
     node: str = request.module.NODE
     ex = ExecutorProcess(control_plane.kubeconfig, node, tmp_path_factory.mktemp(f"executor-{node}")).start()
     yield ex
-    ex.stop()
-    # Pods of the module's deleted namespaces that the executor had not yet confirmed gone: with no
-    # kubelet left on the Node nothing ever would, and their namespaces would stay Terminating for the
-    # rest of the session. Force-delete them, as the pod garbage collector does for a lost node.
+    # Every test namespace is deleted by now, but the namespace controller reaches their pods a few
+    # seconds later, and only a kubelet confirms a pod gone: with none left on the Node, those
+    # namespaces would stay Terminating for the rest of the session. So the executor stays up until
+    # the Node's pods are gone; what is still there after that is force-deleted, as the pod garbage
+    # collector does for a lost node.
     core = client.CoreV1Api(api)
-    for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items:
-        if pod.metadata.deletion_timestamp is not None:
-            with contextlib.suppress(ApiException):
-                core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+
+    def pods_on_node() -> list[Any]:
+        return list(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items)
+
+    deadline = time.monotonic() + 60
+    while pods_on_node() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ex.stop()
+    for pod in pods_on_node():
+        with contextlib.suppress(ApiException):
+            core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition", every: float = 0.3) -> Any:
