@@ -77,7 +77,9 @@ def _policy_and_rows(write_spec, tmp_path, method):
 
 def _trl_dpo_inputs(rows, pad_id):
     """trl's DPO batch: [chosen..., rejected...] right-padded, completion_mask on the response tokens."""
-    seqs = [(r["input_ids"], r["labels"]) for r in rows] + [(r["rejected_input_ids"], r["rejected_labels"]) for r in rows]
+    seqs = [(r["input_ids"], r["labels"]) for r in rows] + [
+        (r["rejected_input_ids"], r["rejected_labels"]) for r in rows
+    ]
     width = max(len(ids) for ids, _ in seqs)
     input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in seqs])
     attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in seqs])
@@ -94,7 +96,9 @@ def _trl_dpo_loss(lm, rows, pad_id, loss_type, beta, label_smoothing=0.0):
     fake = SimpleNamespace(
         model=lm,
         ref_model=None,
-        accelerator=SimpleNamespace(device=torch.device("cpu"), unwrap_model=same, gather_for_metrics=same, gather=same),
+        accelerator=SimpleNamespace(
+            device=torch.device("cpu"), unwrap_model=same, gather_for_metrics=same, gather=same
+        ),
         args=SimpleNamespace(gradient_checkpointing_kwargs=None),
         aux_loss_enabled=False,
         ld_alpha=None,
@@ -114,7 +118,7 @@ def _trl_dpo_loss(lm, rows, pad_id, loss_type, beta, label_smoothing=0.0):
 
 @pytest.mark.parametrize(("loss_type", "beta"), [("sigmoid", 0.1), ("hinge", 0.5), ("ipo", 0.3)])
 def test_dpo_losses_equal_trls(write_spec, tmp_path, loss_type, beta):
-    cfg, tok, lm, rows = _policy_and_rows(write_spec, tmp_path, "dpo")
+    _, tok, lm, rows = _policy_and_rows(write_spec, tmp_path, "dpo")
     ours = preference.PreferenceObjective("dpo", beta, loss_type, 0.0, 0.1, tok.pad_token_id, lm)
     with torch.no_grad():
         mine = ours.loss(lm, rows, rows, "cpu")
@@ -126,7 +130,7 @@ def test_dpo_losses_equal_trls(write_spec, tmp_path, loss_type, beta):
 def test_dpo_label_smoothing_equals_trls_conservative_dpo(write_spec, tmp_path):
     """trl 1.16's sigmoid has no smoothing; its `aot` loss is conservative DPO once a batch holds one pair
     (its sort is then the identity), so compare pair by pair."""
-    cfg, tok, lm, rows = _policy_and_rows(write_spec, tmp_path, "dpo")
+    _, tok, lm, rows = _policy_and_rows(write_spec, tmp_path, "dpo")
     ours = preference.PreferenceObjective("dpo", 0.1, "sigmoid", 0.2, 0.1, tok.pad_token_id, lm)
     with torch.no_grad():
         mine = ours.loss(lm, rows, rows, "cpu").item()
@@ -139,7 +143,7 @@ def test_orpo_loss_equals_trls(write_spec, tmp_path):
     also covers the prompt; ours, like our SFT, covers the response only, so trl is given response labels."""
     from trl.experimental.orpo import ORPOTrainer
 
-    cfg, tok, lm, rows = _policy_and_rows(write_spec, tmp_path, "orpo")
+    _, tok, lm, rows = _policy_and_rows(write_spec, tmp_path, "orpo")
     inputs = _trl_dpo_inputs(rows, tok.pad_token_id)
     labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
     with torch.no_grad():
