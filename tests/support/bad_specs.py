@@ -266,9 +266,9 @@ def _example(name: str) -> tuple[str, dict[str, Any]]:
 GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("example finetunejob", *_example("finetunejob.yaml")),
     ("example modeldeployment", *_example("modeldeployment.yaml")),
-    ("example dpo finetunejob", *_example("finetunejob-dpo.yaml")),
     ("minimal finetunejob", FTJ, GOOD_FTJ),
     ("minimal modeldeployment", MDEP, GOOD_MDEP),
+    ("example dpo finetunejob", *_example("finetunejob-dpo.yaml")),
     *(
         (f"finetunejob {i}", FTJ, merged(GOOD_FTJ, patch))
         for i, patch in enumerate(
