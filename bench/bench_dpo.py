@@ -40,6 +40,13 @@ def pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
     ]
 
 
+def tokenized(tok: Any, rows: list[dict[str, str]], max_len: int) -> list[dict[str, list[int]]]:
+    from kubetune_trainer.config import FieldsConfig
+    from kubetune_trainer.preference import tokenize_preference
+
+    return [e for r in rows if (e := tokenize_preference(r, FieldsConfig(), tok, max_len)) is not None]
+
+
 def lora_config(args: argparse.Namespace) -> Any:
     import peft
 
@@ -60,10 +67,10 @@ def side_ours(args: argparse.Namespace, tok: Any, rows: list[dict[str, str]]) ->
     import torch
 
     from kubetune_trainer.config import TrainingConfig
-    from kubetune_trainer.preference import PreferenceObjective, tokenize_preference
+    from kubetune_trainer.preference import PreferenceObjective
     from kubetune_trainer.train import train
 
-    examples = [e for r in rows if (e := tokenize_preference(r, FIELDS, tok, args.max_len)) is not None]
+    examples = tokenized(tok, rows, args.max_len)
     torch.manual_seed(args.seed)
     model = peft.get_peft_model(base_model(args), lora_config(args))
     cfg = TrainingConfig(
@@ -118,7 +125,6 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from kubetune_trainer.preference import tokenize_preference
     from kubetune_trainer.tiny_model import ensure_tiny_model
 
     if args.threads:
@@ -128,11 +134,7 @@ def main() -> None:
     tok.pad_token = tok.pad_token or tok.eos_token
     rows = pairs(args.pairs, args.seed)
     # The tokens both sides see: each step takes `batch` pairs; epochs wrap over the data.
-    per_pair = [
-        len(e["input_ids"]) + len(e["rejected_input_ids"])
-        for r in rows
-        if (e := tokenize_preference(r, FIELDS, tok, args.max_len))
-    ]
+    per_pair = [len(e["input_ids"]) + len(e["rejected_input_ids"]) for e in tokenized(tok, rows, args.max_len)]
     tokens = sum(per_pair) / len(per_pair) * args.steps * args.batch
     best = {"trl": math.inf, "ours": math.inf}
     for _ in range(args.repeat):
@@ -147,7 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from kubetune_trainer.config import FieldsConfig
-
-    FIELDS = FieldsConfig()
     main()

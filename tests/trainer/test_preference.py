@@ -218,3 +218,31 @@ def test_dpo_job_end_to_end_reports_base_and_tuned_preference_accuracy(write_spe
     assert outcome["evalPassed"] == (report["tuned"]["preferenceAccuracy"] >= 0.75)
     assert outcome["metrics"]["rewardMargin"] > 0 and outcome["artifact"]["kind"] == "adapter"
     assert outcome["steps"] == 30
+
+
+def test_a_dpo_run_resumed_from_its_checkpoint_ends_with_the_same_adapter(write_spec, tmp_path):
+    """The preference objective runs inside the shared loop: its checkpoints resume like any run's."""
+    spec = write_spec(pref_spec("dpo", training={"maxSteps": 6, "checkpointSteps": 3, "evalSteps": 3}))
+
+    def train_in(out, after_step=None):
+        cfg, tok, data, lm = prepare(spec, out)
+        torch.manual_seed(cfg.training.seed)
+        lm = model_lib.apply_method(lm, cfg)
+        objective = preference.objective(lm, cfg, tok.pad_token_id)
+        result = train_lib.train(
+            lm, data.train, data.validation, cfg.training, pad_id=tok.pad_token_id, device="cpu",
+            dtype=torch.float32, output_dir=out, objective=objective, after_step=after_step,
+        )  # fmt: skip
+        return result, {n: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}
+
+    _, straight = train_in(tmp_path / "straight")
+
+    def crash(step):
+        if step == 3:
+            raise RuntimeError("node lost")
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        train_in(tmp_path / "resumed", crash)
+    result, resumed = train_in(tmp_path / "resumed")
+    assert result.resumed_from is not None and result.resumed_from.endswith("step-3") and result.steps == 6
+    assert all(torch.allclose(resumed[n], w, atol=1e-6) for n, w in straight.items())

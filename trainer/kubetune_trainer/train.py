@@ -11,6 +11,9 @@ Under torchrun each step takes ``accumulation * world`` micro-batches and rank r
 the loss is still divided by the step's total target tokens (over all ranks), scaled by the world size
 because DDP (and FSDP's reduce-scatter) averages gradients. So 2 ranks x 1 micro-batch == 1 rank x 2
 accumulated micro-batches, for either strategy.
+
+What a step minimises is an `Objective` (next-token cross-entropy by default; dpo/orpo bring
+preference.PreferenceObjective, normalised per pair the same way), so every method shares this loop.
 """
 
 from __future__ import annotations
