@@ -184,7 +184,7 @@ class Preference(ApiModel):
         "sigmoid", description="dpo: sigmoid (the DPO paper), ipo (length-averaged, squared) or hinge (SLiC)."
     )
     label_smoothing: float = Field(
-        0, ge=0, lt=0.5, description="dpo sigmoid: the assumed share of flipped labels (conservative DPO)."
+        0, ge=0, le=0.5, description="dpo sigmoid: the assumed share of flipped labels (conservative DPO)."
     )
     orpo_lambda: float = Field(0.1, gt=0, description="orpo: the weight of the odds-ratio term beside the NLL.")
     policy: Literal["lora", "full"] = Field(

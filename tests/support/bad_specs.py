@@ -174,7 +174,7 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("preference block on lora", {"preference": {"beta": 0.2}}, "spec.preference is only valid with method dpo"),
     ("beta 0", {**_DPO, "preference": {"beta": 0}}, "spec.preference.beta"),
     ("unknown loss type", {**_DPO, "preference": {"lossType": "kto"}}, "spec.preference.lossType"),
-    ("label smoothing 0.5", {**_DPO, "preference": {"labelSmoothing": 0.5}}, "spec.preference.labelSmoothing"),
+    ("label smoothing above 0.5", {**_DPO, "preference": {"labelSmoothing": 0.6}}, "spec.preference.labelSmoothing"),
     (
         "label smoothing with ipo",
         {**_DPO, "preference": {"lossType": "ipo", "labelSmoothing": 0.1}},
