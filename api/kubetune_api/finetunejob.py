@@ -22,12 +22,13 @@ from kubetune_api.common import (
 )
 from kubetune_api.rules import ApiModel, Rule, has, no_schema_default
 
-Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3"]
-Metric = Literal["perplexity", "exactMatch", "contains"]
+Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3", "dpo", "orpo"]
+Metric = Literal["perplexity", "exactMatch", "contains", "preferenceAccuracy"]
 # FSDP shards what sits inside the transformers model; prompt-learning parameters live outside it
 # (they would never be synchronised), and 4-bit bitsandbytes weights need a quant-storage setup.
 FSDP_METHODS = ("lora", "full", "ia3")
 PROMPT_LEARNING = ("prefix", "prompt")
+PREFERENCE = ("dpo", "orpo")  # preference tuning: (prompt, chosen, rejected) pairs, spec.preference
 
 
 class SecretKeyRef(ApiModel):
@@ -70,6 +71,8 @@ class DatasetFields(ApiModel):
     messages: str = Field("messages", max_length=128)
     text: str = Field("text", max_length=128)
     system: str | None = Field(None, max_length=128)
+    chosen: str = Field("chosen", max_length=128, description="format preference: the preferred response.")
+    rejected: str = Field("rejected", max_length=128, description="format preference: the dispreferred response.")
 
 
 class Split(ApiModel):
@@ -122,8 +125,12 @@ class Dataset(ApiModel):
         pattern=INPUT_LOCATION,
         description="pvc://claim/path, s3://bucket/key, hf://org/name or an absolute path.",
     )
-    format: Literal["instruction", "chat", "text"] = Field(
-        "instruction", description="instruction (prompt/response), chat (messages) or text (continued pre-training)."
+    format: Literal["instruction", "chat", "text", "preference"] = Field(
+        "instruction",
+        description=(
+            "instruction (prompt/response), chat (messages), text (continued pre-training) or preference "
+            "(prompt/chosen/rejected, for method dpo or orpo)."
+        ),
     )
     fields: DatasetFields = Field(
         default_factory=DatasetFields, description="Column names in the dataset for each role."
@@ -159,6 +166,34 @@ class Lora(ApiModel):
     def scaling(self) -> float:
         """alpha, or 2 * r when unset."""
         return self.alpha if self.alpha is not None else 2.0 * self.r
+
+
+class Preference(ApiModel):
+    """Preference tuning (method dpo or orpo); defaults as in trl and LLaMA-Factory."""
+
+    rules = (
+        Rule(
+            "!has(self.labelSmoothing) || self.labelSmoothing == 0.0"
+            " || (has(self.lossType) ? self.lossType : 'sigmoid') == 'sigmoid'",
+            "preference.labelSmoothing is only valid with preference.lossType sigmoid",
+            lambda s: s.label_smoothing == 0 or s.loss_type == "sigmoid",
+        ),
+    )
+    beta: float = Field(0.1, gt=0, description="dpo: how far the policy may move from the reference (the KL weight).")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="dpo: sigmoid (the DPO paper), ipo (length-averaged, squared) or hinge (SLiC)."
+    )
+    label_smoothing: float = Field(
+        0, ge=0, le=0.5, description="dpo sigmoid: the assumed share of flipped labels (conservative DPO)."
+    )
+    orpo_lambda: float = Field(0.1, gt=0, description="orpo: the weight of the odds-ratio term beside the NLL.")
+    policy: Literal["lora", "full"] = Field(
+        "lora",
+        description=(
+            "lora: the policy is a LoRA adapter (spec.lora), the reference is the base with the adapter off, "
+            "so no second copy is held; full: every weight trains, beside a frozen reference copy (dpo)."
+        ),
+    )
 
 
 class Quantization(ApiModel):
@@ -222,9 +257,15 @@ class Gates(ApiModel):
     max_perplexity: float | None = Field(None, gt=0)
     min_exact_match: float | None = Field(None, ge=0, le=1)
     max_eval_loss: float | None = Field(None, gt=0)
+    min_preference_accuracy: float | None = Field(
+        None, ge=0, le=1, description="dpo/orpo: share of held-out pairs where the model prefers the chosen response."
+    )
 
     def any_set(self) -> bool:
-        return any(v is not None for v in (self.max_perplexity, self.min_exact_match, self.max_eval_loss))
+        return any(
+            v is not None
+            for v in (self.max_perplexity, self.min_exact_match, self.max_eval_loss, self.min_preference_accuracy)
+        )
 
 
 def _default_metrics() -> list[Metric]:
@@ -242,6 +283,11 @@ class Evaluation(ApiModel):
             "!has(self.gates) || !has(self.gates.minExactMatch) || 'exactMatch' in self.metrics",
             "evaluation.gates.minExactMatch needs exactMatch in evaluation.metrics",
             lambda s: s.gates.min_exact_match is None or "exactMatch" in s.metrics,
+        ),
+        Rule(
+            "!has(self.gates) || !has(self.gates.minPreferenceAccuracy) || 'preferenceAccuracy' in self.metrics",
+            "evaluation.gates.minPreferenceAccuracy needs preferenceAccuracy in evaluation.metrics",
+            lambda s: s.gates.min_preference_accuracy is None or "preferenceAccuracy" in s.metrics,
         ),
     )
     golden_dataset_uri: MaybeInClaim = Field(None, max_length=1024)
@@ -297,9 +343,32 @@ class FineTuneJobSpec(ApiModel):
             lambda s: s.method != "qlora" or s.resources.gpus >= 1,
         ),
         Rule(
-            "!has(self.lora) || self.method in ['lora', 'qlora']",
-            "spec.lora is only valid with method lora or qlora",
-            lambda s: not has(s, "lora") or s.method in ("lora", "qlora"),
+            "!has(self.lora) || self.method in ['lora', 'qlora'] || (self.method in ['dpo', 'orpo']"
+            " && (!has(self.preference) || !has(self.preference.policy) || self.preference.policy == 'lora'))",
+            "spec.lora is only valid with method lora or qlora (or dpo/orpo with preference.policy lora)",
+            lambda s: not has(s, "lora") or s.policy_method in ("lora", "qlora"),
+        ),
+        # Preference tuning (dpo, orpo): its own block of rules.
+        Rule(
+            "!(self.method in ['dpo', 'orpo']) || self.dataset.format == 'preference'",
+            "method dpo and orpo train on pairs: spec.dataset.format must be preference",
+            lambda s: s.method not in PREFERENCE or s.dataset.format == "preference",
+        ),
+        Rule(
+            "self.dataset.format != 'preference' || self.method in ['dpo', 'orpo']",
+            "spec.dataset.format preference is only valid with method dpo or orpo",
+            lambda s: s.dataset.format != "preference" or s.method in PREFERENCE,
+        ),
+        Rule(
+            "!has(self.preference) || self.method in ['dpo', 'orpo']",
+            "spec.preference is only valid with method dpo or orpo",
+            lambda s: not has(s, "preference") or s.method in PREFERENCE,
+        ),
+        Rule(
+            "!has(self.evaluation) || !has(self.evaluation.metrics)"
+            " || !('preferenceAccuracy' in self.evaluation.metrics) || self.method in ['dpo', 'orpo']",
+            "evaluation.metrics preferenceAccuracy is only valid with method dpo or orpo",
+            lambda s: "preferenceAccuracy" not in s.evaluation.metrics or s.method in PREFERENCE,
         ),
         Rule(
             "!has(self.promptTuning) || self.method in ['prefix', 'prompt']",
@@ -343,9 +412,14 @@ class FineTuneJobSpec(ApiModel):
     base_model: BaseModelSource = Field(description="The model to fine-tune; exactly one of name (hub id) or uri.")
     dataset: Dataset
     method: Method = Field(
-        "lora", description="lora, qlora (4-bit base), full, prefix tuning, prompt (P-)tuning or ia3."
+        "lora",
+        description=(
+            "lora, qlora (4-bit base), full, prefix tuning, prompt (P-)tuning, ia3, or preference tuning: "
+            "dpo or orpo (spec.preference)."
+        ),
     )
     lora: Lora = Field(default_factory=Lora)
+    preference: Preference = Field(default_factory=Preference, description="dpo/orpo settings.")
     quantization: Quantization = Field(default_factory=Quantization)
     prompt_tuning: PromptTuning = Field(default_factory=PromptTuning)
     training: Training = Field(default_factory=Training, json_schema_extra={"default": {}})
@@ -375,6 +449,11 @@ class FineTuneJobSpec(ApiModel):
         pattern="^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\\S+\\s+){4}\\S+)$",
         description="Cron schedule (5 fields, UTC) that starts a new run for recurring retraining.",
     )
+
+    @property
+    def policy_method(self) -> str:
+        """The method that decides which weights train: dpo and orpo train an adapter (lora) or all (full)."""
+        return self.preference.policy if self.method in PREFERENCE else self.method
 
     @property
     def gate_mode(self) -> str:

@@ -55,6 +55,9 @@ def spec_of(case: Case) -> dict[str, Any]:
     return merged(GOOD[case.kind], case.patch)
 
 
+_DPO: dict[str, Any] = {"method": "dpo", "dataset": {"format": "preference"}}
+_ORPO: dict[str, Any] = {"method": "orpo", "dataset": {"format": "preference"}}
+
 _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("qlora without quantization", {"method": "qlora"}, "method qlora requires spec.quantization"),
     ("quantization without qlora", {"quantization": {"bits": 4}}, "spec.quantization is only valid with method qlora"),
@@ -69,7 +72,7 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown scheduler", {"training": {"scheduler": "step"}}, "spec.training.scheduler"),
     ("zero maxRowBytes", {"dataset": {"cleaning": {"maxRowBytes": 0}}}, "spec.dataset.cleaning.maxRowBytes"),
     ("lora block on full", {"method": "full", "lora": {"r": 8}}, "spec.lora is only valid with method lora or qlora"),
-    ("unknown method", {"method": "dpo"}, "spec.method"),
+    ("unknown method", {"method": "rlhf"}, "spec.method"),
     ("negative gpus", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
     ("cpu not a quantity", {"resources": {"cpu": "lots"}}, "spec.resources.cpu"),
     ("unknown toleration operator", {"resources": {"tolerations": [{"operator": "In"}]}}, "tolerations[0].operator"),
@@ -165,6 +168,40 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("image with a space", {"image": "ghcr.io/x y"}, "spec.image"),
     ("image with a shell command", {"image": "trainer:1;rm -rf /"}, "spec.image"),
     ("image with an upper-case repository", {"image": "ghcr.io/Org/trainer"}, "spec.image"),
+    # Preference tuning (dpo, orpo).
+    ("dpo without pairs", {"method": "dpo"}, "spec.dataset.format must be preference"),
+    ("pairs without dpo", {"dataset": {"format": "preference"}}, "spec.dataset.format preference is only valid"),
+    ("preference block on lora", {"preference": {"beta": 0.2}}, "spec.preference is only valid with method dpo"),
+    ("beta 0", {**_DPO, "preference": {"beta": 0}}, "spec.preference.beta"),
+    ("unknown loss type", {**_DPO, "preference": {"lossType": "kto"}}, "spec.preference.lossType"),
+    ("label smoothing above 0.5", {**_DPO, "preference": {"labelSmoothing": 0.6}}, "spec.preference.labelSmoothing"),
+    (
+        "label smoothing with ipo",
+        {**_DPO, "preference": {"lossType": "ipo", "labelSmoothing": 0.1}},
+        "preference.labelSmoothing is only valid with preference.lossType sigmoid",
+    ),
+    ("orpo lambda 0", {**_ORPO, "preference": {"orpoLambda": 0}}, "spec.preference.orpoLambda"),
+    ("unknown policy", {**_DPO, "preference": {"policy": "qlora"}}, "spec.preference.policy"),
+    (
+        "lora block on full-policy dpo",
+        {**_DPO, "preference": {"policy": "full"}, "lora": {"r": 8}},
+        "spec.lora is only valid with method lora or qlora",
+    ),
+    (
+        "preference gate without the metric",
+        {**_DPO, "evaluation": {"gates": {"minPreferenceAccuracy": 0.6}}},
+        "evaluation.gates.minPreferenceAccuracy needs preferenceAccuracy",
+    ),
+    (
+        "preference gate above 1",
+        {**_DPO, "evaluation": {"metrics": ["preferenceAccuracy"], "gates": {"minPreferenceAccuracy": 1.5}}},
+        "evaluation.gates.minPreferenceAccuracy",
+    ),
+    (
+        "preference metric on lora",
+        {"evaluation": {"metrics": ["preferenceAccuracy"]}},
+        "evaluation.metrics preferenceAccuracy is only valid with method dpo or orpo",
+    ),
 ]
 
 _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
@@ -231,6 +268,7 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("example modeldeployment", *_example("modeldeployment.yaml")),
     ("minimal finetunejob", FTJ, GOOD_FTJ),
     ("minimal modeldeployment", MDEP, GOOD_MDEP),
+    ("example dpo finetunejob", *_example("finetunejob-dpo.yaml")),
     *(
         (f"finetunejob {i}", FTJ, merged(GOOD_FTJ, patch))
         for i, patch in enumerate(
@@ -245,6 +283,13 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 {"envFrom": [{"secretRef": {"name": "s3-keys"}}, {"configMapRef": {"name": "s3"}, "prefix": "S3_"}]},
                 {"evaluation": {"metrics": ["perplexity"], "gates": {"maxPerplexity": 20, "maxEvalLoss": 3}}},
                 {"resources": {"cpu": "500m", "memory": "2Gi", "tolerations": [{"operator": "Exists"}]}},
+                {**_DPO, "lora": {"r": 8}, "preference": {"beta": 0.2, "labelSmoothing": 0.1}},
+                {**_DPO, "preference": {"policy": "full", "lossType": "ipo"}},
+                {
+                    **_ORPO,
+                    "dataset": {"format": "preference", "fields": {"chosen": "good", "rejected": "bad"}},
+                    "evaluation": {"metrics": ["preferenceAccuracy"], "gates": {"minPreferenceAccuracy": 0.7}},
+                },
             ]
         )
     ),

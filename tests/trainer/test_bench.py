@@ -23,3 +23,11 @@ def test_bench_compares_both_sides_on_the_same_tokens(tmp_path):
     assert steps["hf"] == steps["ours"] > 0, out.stdout  # same optimizer steps on both sides
     pad = float(re.search(r"computed (\d+\.\d+) token positions per real token", out.stdout).group(1))
     assert pad > 1.0  # long-tailed lengths: pad-to-longest always wastes something
+
+
+def test_dpo_bench_runs_both_sides(tmp_path):
+    cmd = [sys.executable, str(REPO / "bench" / "bench_dpo.py"), "--pairs", "32", "--steps", "2", "--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"throughput ratio ours/trl: \d+\.\d+x", out.stdout), out.stdout
+    assert re.search(r"^trl\s+2\s", out.stdout, re.M) and re.search(r"^ours\s+2\s", out.stdout, re.M), out.stdout

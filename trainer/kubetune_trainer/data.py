@@ -26,9 +26,13 @@ def text_columns(fmt: str, fields: FieldsConfig) -> list[str]:
 
     >>> text_columns("instruction", FieldsConfig())
     ['prompt', 'response']
+    >>> text_columns("preference", FieldsConfig())  # dedup compares all three
+    ['prompt', 'chosen', 'rejected']
     """
     if fmt == "instruction":
         return [fields.prompt, fields.response] + ([fields.system] if fields.system else [])
+    if fmt == "preference":
+        return [fields.prompt, fields.chosen, fields.rejected]
     return [fields.messages] if fmt == "chat" else [fields.text]
 
 

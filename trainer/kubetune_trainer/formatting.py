@@ -1,7 +1,8 @@
 """Turn a validated row into a (prompt, response) pair of strings; the model learns the response.
 
-instruction: a fixed Alpaca-style template; chat: the tokenizer's chat template when it has one, else
-a plain ``<|role|>`` template; text: no prompt, the whole text is the response.
+instruction: a fixed Alpaca-style template (preference pairs too, with the chosen response); chat: the
+tokenizer's chat template when it has one, else a plain ``<|role|>`` template; text: no prompt, the whole
+text is the response.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def to_pair(row: Row, fmt: str, fields: FieldsConfig, tokenizer: Any = None) -> 
     if fmt == "instruction":
         system = row.get(fields.system) if fields.system else None
         return instruction_prompt(row[fields.prompt], system), row[fields.response]
+    if fmt == "preference":  # the chosen response is the one to generate (golden answers)
+        return instruction_prompt(row[fields.prompt]), row[fields.chosen]
     messages = row[fields.messages]
     context, answer = messages[:-1], messages[-1]["content"]
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):

@@ -86,7 +86,7 @@ def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = Fals
     """Wrap ``model`` for ``cfg.method``; afterwards exactly the trainable weights require grad."""
     import peft
 
-    method = cfg.method
+    method = cfg.policy_method  # dpo/orpo train a LoRA adapter or every weight (spec.preference.policy)
     if gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs, so no enable_input_require_grads hack.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

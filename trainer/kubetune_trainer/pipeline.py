@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from kubetune_trainer import scoring
+from kubetune_trainer import preference, scoring
 from kubetune_trainer.config import JobConfig, to_dict
 from kubetune_trainer.export import library_versions, write_json
 from kubetune_trainer.formatting import to_pair
@@ -49,7 +49,7 @@ def tokenize_splits(
         from kubetune_trainer.sources import DataError
 
         raise DataError(f"no training example fits in maxSeqLength {t.max_seq_length} tokens")
-    if t.packing and not uses_prompt_learning(cfg.method):
+    if t.packing and not uses_prompt_learning(cfg.method) and d.format != "preference":
         n = len(train)
         varlen = attn_implementation(device) == "flash_attention_2"
         train = rows_for(train, t.max_seq_length, varlen)
@@ -98,8 +98,11 @@ def _tokenized_examples(
         nonlocal dropped
         out = []
         for row in rows:
-            prompt, response = to_pair(row, d.format, d.fields, tokenizer)
-            ex = tokenize_pair(prompt, response, tokenizer, t.max_seq_length, t.prompt_loss or d.format == "text")
+            if d.format == "preference":
+                ex = preference.tokenize_preference(row, d.fields, tokenizer, t.max_seq_length)
+            else:
+                prompt, response = to_pair(row, d.format, d.fields, tokenizer)
+                ex = tokenize_pair(prompt, response, tokenizer, t.max_seq_length, t.prompt_loss or d.format == "text")
             if ex is None:
                 dropped += 1
             else:
@@ -115,7 +118,7 @@ def _tokenized_examples(
 
 def storage_dtype(cfg: JobConfig, device: str, compute: torch.dtype) -> torch.dtype:
     """Frozen base weights may live in the ``compute`` dtype on GPU; trained weights stay fp32."""
-    return compute if device.startswith("cuda") and cfg.method != "full" else torch.float32
+    return compute if device.startswith("cuda") and cfg.policy_method != "full" else torch.float32
 
 
 def evaluate(
@@ -127,9 +130,11 @@ def evaluate(
     dtype: torch.dtype,
     prompt_learning: bool,
     samples: list[dict[str, str]] | None = None,
+    objective: preference.PreferenceObjective | None = None,
 ) -> dict[str, float]:
     """Test-split loss/perplexity and golden-set accuracy, as the spec's metrics list asks, computed in
-    ``dtype`` (the compute dtype) on ``device``.
+    ``dtype`` (the compute dtype) on ``device``. Preference pairs: loss and perplexity of the chosen
+    responses, and preferenceAccuracy (+ rewardMargin, given the run's ``objective``: its reference).
 
     ``samples``, when given, receives the first few (prompt, expected, predicted) for eval.json.
     """
@@ -142,6 +147,9 @@ def evaluate(
         metrics["evalLoss"] = round(loss, 6)
         if "perplexity" in ev.metrics:
             metrics["perplexity"] = round(scoring.perplexity(loss), 6)
+        if cfg.dataset.format == "preference":
+            pad, beta = tokenizer.pad_token_id, cfg.preference.beta
+            metrics.update(preference.evaluate(model, rows, t.batch_size, pad, device, autocast, objective, beta))
     if data.golden and {"exactMatch", "contains"} & set(ev.metrics):
         prompts = [p for p, _ in data.golden]
         answers = [a for _, a in data.golden]
@@ -164,7 +172,7 @@ def gates(metrics: dict[str, float], cfg: JobConfig) -> tuple[bool | None, list[
     """(evalPassed, why not). None when the spec has no gates: nothing checked the model, so it is not
     a pass (the operator shows EvalPassed Unknown, NoGates), unless ``evaluation.requireGates`` is false."""
     g = cfg.evaluation.gates
-    if all(v is None for v in (g.max_perplexity, g.min_exact_match, g.max_eval_loss)):
+    if not g.any_set():
         return (None if cfg.evaluation.require_gates else True), []
     return scoring.apply_gates(metrics, g)
 
@@ -198,7 +206,8 @@ def model_card(
         "method": cfg.method,
         "hyperparameters": {
             "training": spec["training"],
-            **({"lora": spec["lora"]} if cfg.method in ("lora", "qlora") else {}),
+            **({"lora": spec["lora"]} if cfg.policy_method in ("lora", "qlora") else {}),
+            **({"preference": spec["preference"]} if cfg.dataset.format == "preference" else {}),
             **({"quantization": spec["quantization"]} if cfg.method == "qlora" else {}),
             **({"promptTuning": spec["promptTuning"]} if uses_prompt_learning(cfg.method) else {}),
         },

@@ -128,6 +128,11 @@ def run(
     base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning=False)
     torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter
     lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing)
+    objective = None  # dpo/orpo: the preference loss (and its reference) instead of next-token cross-entropy
+    if cfg.dataset.format == "preference":
+        from kubetune_trainer import preference
+
+        objective = preference.objective(lm, cfg, tokenizer.pad_token_id)
 
     # 4. train (resumes from the newest checkpoint in out_dir, if any).
     result = train.train(
@@ -144,11 +149,12 @@ def run(
         prompt_learning=prompt_learning,
         world=world,
         checkpoint_remote=f"{s.remote.rstrip('/')}/checkpoints" if s.remote else None,
+        objective=objective,
     )
 
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
     samples: list[dict[str, str]] = []
-    metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning, samples)
+    metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning, samples, objective)
     passed, reasons = pipeline.gates(metrics, cfg)
     outcome: dict[str, Any] = {
         "phase": "Succeeded",
@@ -176,9 +182,9 @@ def run(
     card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, s.started, s.env.run)
     artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir, state_dict=gathered)
     # kind tells a server what it holds: an adapter for the base model, or a whole model (full fine-tune).
-    kind = "model" if cfg.method == "full" else "adapter"
+    kind = "model" if cfg.policy_method == "full" else "adapter"
     artifact = {"uri": export.artifact_uri(s.remote, out_dir), "digest": digest, "kind": kind}
-    if cfg.output.merge_weights and cfg.method != "full":
+    if cfg.output.merge_weights and cfg.policy_method != "full":
         _, merged_digest = export.write_merged(lm, tokenizer, out_dir)
         artifact.update(mergedUri=export.artifact_uri(s.remote, out_dir, "merged"), mergedDigest=merged_digest)
     outcome.update(

@@ -79,6 +79,7 @@ def apply_gates(metrics: dict[str, float], gates: Any) -> tuple[bool, list[str]]
         ("perplexity", gates.max_perplexity, "maxPerplexity", lambda v, t: v <= t, ">"),
         ("evalLoss", gates.max_eval_loss, "maxEvalLoss", lambda v, t: v <= t, ">"),
         ("exactMatch", gates.min_exact_match, "minExactMatch", lambda v, t: v >= t, "<"),
+        ("preferenceAccuracy", gates.min_preference_accuracy, "minPreferenceAccuracy", lambda v, t: v >= t, "<"),
     ]
     for metric, threshold, gate, ok, op in checks:
         if threshold is None:

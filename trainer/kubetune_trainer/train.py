@@ -11,6 +11,9 @@ Under torchrun each step takes ``accumulation * world`` micro-batches and rank r
 the loss is still divided by the step's total target tokens (over all ranks), scaled by the world size
 because DDP (and FSDP's reduce-scatter) averages gradients. So 2 ranks x 1 micro-batch == 1 rank x 2
 accumulated micro-batches, for either strategy.
+
+What a step minimises is an `Objective` (next-token cross-entropy by default; dpo/orpo bring
+preference.PreferenceObjective, normalised per pair the same way), so every method shares this loop.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -106,6 +109,64 @@ def micro_batches(rows: list[dict[str, list[int]]], cfg: TrainingConfig, prompt_
     return batch_indices(rows, cfg.batch_size)
 
 
+class Objective(Protocol):
+    """What one training step minimises; the loop around it (steps, accumulation, checkpoints) is shared.
+
+    `TokenObjective` is next-token cross-entropy; preference.PreferenceObjective is dpo/orpo's.
+    """
+
+    def batches(self, rows: list[dict[str, list[int]]], cfg: TrainingConfig) -> list[list[int]]: ...
+
+    def tokens(self, row: dict[str, list[int]]) -> int: ...
+
+    def loss(
+        self, runner: Any, rows: list[dict[str, list[int]]], step_rows: list[dict[str, list[int]]], device: str
+    ) -> torch.Tensor:
+        """The share of the step's loss from ``rows`` (one micro-batch); ``step_rows``: the whole step's rows,
+        on all ranks, which decide the normalisation."""
+        ...
+
+    def eval_loss(
+        self,
+        model: Any,
+        rows: list[dict[str, list[int]]],
+        batch_size: int,
+        device: str,
+        autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    ) -> float: ...
+
+
+@dataclass
+class TokenObjective:
+    """Cross-entropy on target tokens, summed and divided by the step's target tokens."""
+
+    pad_id: int
+    prompt_learning: bool = False
+
+    def batches(self, rows: list[dict[str, list[int]]], cfg: TrainingConfig) -> list[list[int]]:
+        return micro_batches(rows, cfg, self.prompt_learning)
+
+    def tokens(self, row: dict[str, list[int]]) -> int:
+        return len(row["input_ids"])  # no padding
+
+    def loss(
+        self, runner: Any, rows: list[dict[str, list[int]]], step_rows: list[dict[str, list[int]]], device: str
+    ) -> torch.Tensor:
+        n_targets = sum(t != IGNORE for r in step_rows for t in r["labels"])
+        mb = {key: v.to(device) for key, v in collate(rows, self.pad_id).items()}
+        return token_losses(runner, mb, self.prompt_learning).sum() / max(n_targets, 1)
+
+    def eval_loss(
+        self,
+        model: Any,
+        rows: list[dict[str, list[int]]],
+        batch_size: int,
+        device: str,
+        autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    ) -> float:
+        return mean_loss(model, rows, batch_size, self.pad_id, device, autocast, self.prompt_learning)
+
+
 def plan_steps(n_batches: int, cfg: TrainingConfig, world_size: int = 1) -> tuple[int, int]:
     """(steps per epoch, total steps)."""
     per_epoch = math.ceil(n_batches / (cfg.gradient_accumulation_steps * world_size))
@@ -150,18 +211,20 @@ def train(
     after_step: Callable[[int], None] | None = None,
     world: World | None = None,
     checkpoint_remote: str | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """``dtype``: the compute (autocast) dtype, `resolve_precision`'s answer for this device.
+    ``objective``: what a step minimises (next-token cross-entropy when None).
 
     ``checkpoint_remote``: where checkpoints are mirrored (``<s3 output>/checkpoints``) so that a pod
     on another node resumes from them; None when the output directory itself outlives the pod."""
     world = world or World()
     torch.manual_seed(cfg.seed)
     autocast = autocast_factory(device, dtype)
-    batches = micro_batches(rows, cfg, prompt_learning)
+    objective = objective or TokenObjective(pad_id, prompt_learning)
+    batches = objective.batches(rows, cfg)
     per_step = cfg.gradient_accumulation_steps * world.size  # micro-batches per optimizer step, all ranks
     per_epoch, total = plan_steps(len(batches), cfg, world.size)
-    targets = [sum(t != IGNORE for t in r["labels"]) for r in rows]
     # DDP wrapper, or (fsdp) the model sharded in place, or the model itself; before the optimizer,
     # which must hold the sharded parameters under FSDP.
     runner = distributed.wrap(model, world, device, cfg.distributed.strategy)
@@ -187,7 +250,7 @@ def train(
         log.info("resumed from step %d/%d (%s)", step, total, pulled or state["path"])
 
     def evaluate() -> float:
-        return mean_loss(model, val_rows, cfg.batch_size, pad_id, device, autocast, prompt_learning)
+        return objective.eval_loss(model, val_rows, cfg.batch_size, device, autocast)
 
     def mirror(path: Path, keep: int | None = checkpoint.KEEP) -> str | None:
         """Upload a checkpoint of a remote-output run; a failed upload costs only resumability."""
@@ -216,17 +279,15 @@ def train(
             group = order[k * per_step : (k + 1) * per_step]
             if world.active:  # every rank needs the same number of micro-batches: wrap around at the end
                 group = [order[(k * per_step + j) % len(order)] for j in range(per_step)]
-            n_targets = sum(targets[i] for b in group for i in batches[b])
-            window_tokens += sum(len(rows[i]["input_ids"]) for b in group for i in batches[b])  # no padding
+            step_rows = [rows[i] for b in group for i in batches[b]]
+            window_tokens += sum(objective.tokens(r) for r in step_rows)
             mine = group[world.rank :: world.size]
             summed = torch.zeros((), device=device)  # on the device: one .item() per step, not per micro-batch
             for j, b in enumerate(mine):
-                mb = {key: v.to(device) for key, v in collate([rows[i] for i in batches[b]], pad_id).items()}
                 # Gradients are all-reduced (ddp) or reduce-scattered (fsdp) on the last micro-batch only.
                 with distributed.gradient_sync(runner, world, enabled=j == len(mine) - 1):
                     with autocast():
-                        losses = token_losses(runner, mb, prompt_learning)
-                    loss = losses.sum() / max(n_targets, 1)
+                        loss = objective.loss(runner, [rows[i] for i in batches[b]], step_rows, device)
                     scaler.scale(loss * world.size).backward()
                 summed += loss.detach()
             step_loss = distributed.sum_across(world, summed.item())
