@@ -80,11 +80,28 @@ class ControlPlane:
     workdir: Path
     assets: Path
     kubeconfig: Path = field(init=False)
+    audit_log: Path = field(init=False)
     apiserver_url: str = field(init=False, default="")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.audit_log = self.workdir / "audit.log"
+
+    def _audit_policy(self) -> Path:
+        """Metadata of writes only (reads and watches would swamp the file), once each when done."""
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [
+                {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+                {"level": "None"},
+            ],
+        }
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        return path
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, timeout: float = 120) -> ControlPlane:
@@ -129,6 +146,12 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
+            # Every write, who made it and in which namespace: what the apiserver's request counter
+            # (no namespace label) cannot attribute; see kubetune_dev.audit.
+            f"--audit-policy-file={self._audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxbackup=0",
             "--v=1",
         )
         self._write_kubeconfig(pki)
