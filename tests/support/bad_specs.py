@@ -79,8 +79,11 @@ _MERGE_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("density with linear", _merge({"merge": {"density": 0.5}}), "merge.density is only valid"),
     ("density 0", _merge({"merge": {"combination": "ties", "density": 0}}), "spec.merge.density"),
     ("density above 1", _merge({"merge": {"combination": "dare_ties", "density": 1.5}}), "spec.merge.density"),
-    ("majoritySign with dare_linear", _merge({"merge": {"combination": "dare_linear", "majoritySign": "total"}}),
-     "merge.majoritySign is only valid"),
+    (
+        "majoritySign with dare_linear",
+        _merge({"merge": {"combination": "dare_linear", "majoritySign": "total"}}),
+        "merge.majoritySign is only valid",
+    ),
     ("unknown majoritySign", _merge({"merge": {"combination": "ties", "majoritySign": "mean"}}), "majoritySign"),
     ("t with svd", _merge({"merge": {"combination": "svd", "t": 0.3}}), "merge.t is only valid"),
     ("t above 1", _merge({"merge": {"combination": "slerp", "sources": _TWO[:1] * 2, "t": 2}}), "spec.merge.t"),
