@@ -122,7 +122,6 @@ def fetch(source: Source) -> Path:
 
 def read_adapter(path: Path, field: str) -> Adapter:
     """The factors of a plain LoRA adapter; what a delta alone cannot describe is refused by name."""
-    import torch
     from safetensors.torch import load_file
 
     config = json.loads((path / "adapter_config.json").read_text())
