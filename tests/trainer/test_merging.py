@@ -178,6 +178,9 @@ def test_a_merge_job_evaluates_gates_and_exports_a_servable_adapter(
 
     sources = [{"uri": str(adapters["a"]), "weight": 0.6}, {"uri": str(adapters["b"]), "weight": 0.4}]
     spec = _merge_job(tmp_path, tiny_model_dir, sources)
+    obj = yaml.safe_load(spec.read_text())
+    obj["spec"]["output"]["mergeWeights"] = True
+    spec.write_text(yaml.safe_dump(obj))
     out = tmp_path / "out"
     (tmp_path / "termination-log").touch()  # the kubelet makes it; the trainer writes only into an existing one
     outcome = recipe.run(str(spec), output=str(out), env=TrainerEnv(termination_log=tmp_path / "termination-log"))
@@ -190,6 +193,7 @@ def test_a_merge_job_evaluates_gates_and_exports_a_servable_adapter(
     artifact = out / "artifact"
     assert outcome["artifact"]["digest"] == export.directory_digest(artifact)
     assert read_json(out / "result.json")["artifact"] == outcome["artifact"]
+    assert outcome["artifact"]["mergedDigest"] == export.directory_digest(out / "merged")  # output.mergeWeights
     card = read_json(artifact / "model_card.json")
     assert card["method"] == "merge" and card["merge"]["combination"] == "linear" and card["merge"]["rank"] == 6
     assert [(s["uri"], s["weight"]) for s in card["merge"]["sources"]] == [(x["uri"], x["weight"]) for x in sources]

@@ -261,10 +261,10 @@ def apply(base: Any, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], rank
     config = peft.LoraConfig(
         task_type=peft.TaskType.CAUSAL_LM, r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=sorted(factors)
     )
-    model = peft.get_peft_model(base, config)
+    model: Any = peft.get_peft_model(base, config)
     with torch.no_grad():
         for p, (a, b) in factors.items():
-            layer = model.get_submodule(PREFIX + p)
+            layer: Any = model.get_submodule(PREFIX + p)
             layer.lora_A["default"].weight.copy_(a)
             layer.lora_B["default"].weight.copy_(b)
     return model

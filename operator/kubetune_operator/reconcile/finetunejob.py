@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from kubetune_api.finetunejob import Merge
 from kubetune_operator import api, job_state, merge_sources, metrics, specs
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
@@ -244,7 +245,7 @@ WAITING_FOR_SOURCES = "WaitingForSources"
 
 
 def _merge_sources(
-    kube: Kube, ftj: dict[str, Any], merge: specs.Merge, generation: int, keep_phase: bool
+    kube: Kube, ftj: dict[str, Any], merge: Merge, generation: int, keep_phase: bool
 ) -> list[dict[str, Any]] | None:
     """method merge: the sources' artifacts, or None after recording (once) which source the run waits for."""
     meta, status = ftj["metadata"], ftj.get("status") or {}
