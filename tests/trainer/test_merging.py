@@ -226,3 +226,22 @@ def test_a_source_changed_after_its_run_is_refused(
     assert (src.uri, src.run, src.digest) == (str(adapters["a"]), 2, "sha256:00")
     with pytest.raises(ConfigError, match="is not the artifact FineTuneJob a run 2 recorded"):
         merging.fetch(src)
+
+
+def test_the_cli_runs_a_ties_merge_in_one_process(
+    tmp_path: Path, tiny_model_dir: Path, adapters: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubetune_trainer import cli
+
+    sources = [{"uri": str(adapters["a"])}, {"uri": str(adapters["b"])}]
+    spec = _merge_job(tmp_path, tiny_model_dir, sources, combination="ties", density=0.4, rank=3)
+    assert cli.main(["train", str(spec), "--output", str(tmp_path / "out")]) == 0
+    card = read_json(tmp_path / "out" / "artifact" / "model_card.json")["merge"]
+    assert (card["combination"], card["density"], card["majoritySign"], card["rank"]) == ("ties", 0.4, "total", 3)
+    config = read_json(tmp_path / "out" / "artifact" / "adapter_config.json")
+    assert config["r"] == 3 and config["lora_alpha"] == 3
+
+    # An unresolved fineTuneJobRef (no operator wrote status.mergeSources) is the spec's fault: exit 2, one line.
+    unresolved = _merge_job(tmp_path, tiny_model_dir, [{"fineTuneJobRef": {"name": "gone"}}, sources[1]])
+    assert cli.main(["train", str(unresolved), "--output", str(tmp_path / "out2")]) == 2
+    assert "spec.merge.sources[0].fineTuneJobRef: FineTuneJob gone was not resolved" in capsys.readouterr().err
