@@ -245,3 +245,28 @@ def test_the_cli_runs_a_ties_merge_in_one_process(
     unresolved = _merge_job(tmp_path, tiny_model_dir, [{"fineTuneJobRef": {"name": "gone"}}, sources[1]])
     assert cli.main(["train", str(unresolved), "--output", str(tmp_path / "out2")]) == 2
     assert "spec.merge.sources[0].fineTuneJobRef: FineTuneJob gone was not resolved" in capsys.readouterr().err
+
+
+def test_an_s3_source_is_downloaded_and_checked_against_its_digest(
+    adapters: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same download as a model or dataset (uris.fetch_remote), against moto's S3 in its own process."""
+    import torch
+
+    from kubetune_trainer import export, merging
+    from tests.support.s3 import S3Server
+
+    with S3Server() as server:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+        fs = server.client()
+        fs.mkdir("kt-merge")
+        for file in adapters["a"].iterdir():
+            fs.put_file(str(file), f"kt-merge/runs/a/run-1/artifact/{file.name}")
+        digest = export.directory_digest(adapters["a"])
+        source = merging.Source("spec.merge.sources[0]", "s3://kt-merge/runs/a/run-1/artifact", 1.0, "a", 1, digest)
+        local = merging.fetch(source)
+    assert local != adapters["a"] and export.directory_digest(local) == digest
+    got, want = merging.read_adapter(local, "s3"), merging.read_adapter(adapters["a"], "local")
+    assert all(torch.equal(got.delta(p), want.delta(p)) for p in want.modules)  # type: ignore[arg-type]
