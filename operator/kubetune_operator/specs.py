@@ -247,6 +247,8 @@ def validate(spec: FineTuneJobSpec) -> list[str]:
         "spec.dataset.mix.uri": spec.mix_uri,
         "spec.evaluation.goldenDatasetUri": spec.golden_dataset_uri,
     }
+    for i, source in enumerate(spec.merge.sources if spec.merge else []):
+        inputs[f"spec.merge.sources[{i}].uri"] = source.uri
     for field_name, uri in inputs.items():
         if spec.output_uri and uri and overlaps(spec.output_uri, uri):
             problems.append(

@@ -108,3 +108,13 @@ def test_the_trainer_pod_mounts_every_source_claim_read_only() -> None:
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     read_only = {n: m.get("readOnly", False) for n, m in mounts.items() if n not in ("spec", "tmp", "dshm")}
     assert sum(not ro for ro in read_only.values()) == 1  # only the output's claim (models) is writable
+
+
+def test_a_source_inside_the_output_is_refused_before_any_pod() -> None:
+    from kubetune_operator.specs import validate
+
+    obj = ftj()
+    obj["spec"]["merge"]["sources"][1]["uri"] = "pvc://models/merged/run-1/artifact"  # its own earlier run
+    (problem,) = validate(FineTuneJobSpec.from_dict(obj["spec"]))
+    assert "overlaps spec.merge.sources[1].uri 'pvc://models/merged/run-1/artifact'" in problem
+    assert validate(FineTuneJobSpec.from_dict(ftj()["spec"])) == []
