@@ -14,8 +14,11 @@ their rules on (task arithmetic, TIES, DARE). Combining the A and B factors sepa
   factors side by side (rank Σ rᵢ; peft's ``cat``). No SVD, no loss.
 - ``svd``, ``ties``, ``dare_linear``, ``dare_ties``: peft's own rules (`peft.utils.merge_utils`, the ones
   its ``*_svd`` combinations use) applied to the deltas, then a truncated SVD back to a rank-``merge.rank``
-  adapter. DARE drops weights at random: seeded by ``spec.training.seed``, one module after the other in
-  a fixed order, so a merge is reproducible.
+  adapter (peft's plain ``ties`` would need equal ranks and works on A and B, not on ΔW). In ties the
+  sign is elected on the trimmed, unweighted deltas and the weights enter the disjoint mean (peft's rule;
+  the paper has one scale for all tasks, which equal weights are). DARE drops weights at random:
+  seeded by ``spec.training.seed``, one module after the other in a fixed order, so a merge is
+  reproducible.
 - ``slerp``: per module, spherical interpolation between the two flattened deltas (the angle measured
   on their unit vectors, the deltas themselves interpolated, as mergekit does; nearly parallel deltas
   fall back to linear interpolation), then the truncated SVD. The result is a LoRA adapter for the same
