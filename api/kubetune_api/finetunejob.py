@@ -22,7 +22,7 @@ from kubetune_api.common import (
 )
 from kubetune_api.rules import ApiModel, Rule, has, no_schema_default
 
-Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3", "dpo", "orpo"]
+Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3", "dpo", "orpo", "merge"]
 Metric = Literal["perplexity", "exactMatch", "contains", "preferenceAccuracy"]
 # FSDP shards what sits inside the transformers model; prompt-learning parameters live outside it
 # (they would never be synchronised), and 4-bit bitsandbytes weights need a quant-storage setup.
@@ -321,6 +321,105 @@ class Output(ApiModel):
     merge_weights: bool = Field(False, description="Also write base+adapter merged weights.")
 
 
+# -- merge: combine finished adapters, train nothing (issue 12) ---------------------------------------
+Combination = Literal["linear", "ties", "dare_linear", "dare_ties", "svd", "slerp"]
+SPARSIFYING = ("ties", "dare_linear", "dare_ties")  # the combinations that trim each delta to merge.density
+SIGN_ELECTING = ("ties", "dare_ties")  # the combinations that elect a sign per weight (merge.majoritySign)
+
+
+class MergeSourceRef(ApiModel):
+    name: str = Field(max_length=253, description="A FineTuneJob in the same namespace.")
+
+
+class MergeSource(ApiModel):
+    rules = (
+        Rule(
+            "has(self.fineTuneJobRef) != has(self.uri)",
+            "each merge.sources entry needs exactly one of fineTuneJobRef or uri, not both and not neither",
+            lambda s: has(s, "fine_tune_job_ref") != has(s, "uri"),
+        ),
+    )
+    fine_tune_job_ref: MergeSourceRef | None = Field(
+        None, description="Its latest run that Succeeded and passed evaluation; the merge waits until there is one."
+    )
+    uri: MaybeInClaim = Field(
+        None,
+        max_length=1024,
+        pattern=INPUT_LOCATION,
+        description="A LoRA adapter folder: pvc://claim/path, s3://bucket/prefix, hf://org/name or an absolute path.",
+    )
+    weight: float = Field(1.0, ge=-100, le=100, description="Its share of the merge (negative subtracts it).")
+
+
+class Merge(ApiModel):
+    rules = (
+        Rule(
+            "self.combination != 'slerp' || size(self.sources) == 2",
+            "merge.combination slerp needs exactly 2 merge.sources",
+            lambda s: s.combination != "slerp" or len(s.sources) == 2,
+        ),
+        Rule(
+            "self.combination != 'slerp' || self.sources.all(x, x.weight == 1.0)",
+            "merge.sources[].weight does not apply to combination slerp (merge.t is the second source's share)",
+            lambda s: s.combination != "slerp" or all(x.weight == 1.0 for x in s.sources),
+        ),
+        Rule(
+            "!has(self.density) || self.combination in ['ties', 'dare_linear', 'dare_ties']",
+            "merge.density is only valid with combination ties, dare_linear or dare_ties",
+            lambda s: not has(s, "density") or s.combination in SPARSIFYING,
+        ),
+        Rule(
+            "!has(self.majoritySign) || self.combination in ['ties', 'dare_ties']",
+            "merge.majoritySign is only valid with combination ties or dare_ties",
+            lambda s: not has(s, "majority_sign") or s.combination in SIGN_ELECTING,
+        ),
+        Rule(
+            "!has(self.t) || self.combination == 'slerp'",
+            "merge.t is only valid with combination slerp",
+            lambda s: not has(s, "t") or s.combination == "slerp",
+        ),
+        Rule(
+            "!has(self.rank) || self.combination != 'linear'",
+            "merge.rank does not apply to combination linear (the exact sum keeps every source's rank)",
+            lambda s: not has(s, "rank") or s.combination != "linear",
+        ),
+    )
+    sources: list[MergeSource] = Field(min_length=2, max_length=8, description="The LoRA adapters to combine.")
+    combination: Combination = Field(
+        "linear",
+        description=(
+            "linear: the exact weighted sum of the adapters' weight deltas (ranks add up); ties, dare_linear, "
+            "dare_ties: those papers' rules on the deltas; svd: the weighted sum of the deltas at merge.rank; "
+            "slerp: spherical interpolation between two deltas. All but linear end in a rank-merge.rank adapter."
+        ),
+    )
+    density: float | None = Field(
+        None, gt=0, le=1, description="Share of each delta's weights kept (ties: largest, dare: random); 0.5 unset."
+    )
+    majority_sign: Literal["total", "frequency"] | None = Field(
+        None, description="How the sign of each weight is elected: by total mass (unset) or by count."
+    )
+    rank: int | None = Field(
+        None, ge=1, le=1024, description="Rank of the merged adapter (the sources' largest when unset)."
+    )
+    t: float | None = Field(None, ge=0, le=1, description="slerp: 0 is the first source, 1 the second (0.5 unset).")
+
+    @property
+    def density_or_default(self) -> float:
+        return 0.5 if self.density is None else self.density
+
+    @property
+    def majority_sign_or_default(self) -> str:
+        return self.majority_sign or "total"
+
+    @property
+    def t_or_default(self) -> float:
+        return 0.5 if self.t is None else self.t
+
+
+_TRAINING_ONLY = ("max_steps", "distributed", "layerwise_lr_decay")
+
+
 def _fsdp(s: FineTuneJobSpec) -> bool:
     return has(s.training, "distributed") and s.training.distributed.strategy == "fsdp"
 
@@ -408,16 +507,35 @@ class FineTuneJobSpec(ApiModel):
                 or s.training.distributed.processes_per_node <= s.resources.gpus
             ),
         ),
+        # merge (issue 12): its own section, and nothing that only training reads.
+        Rule(
+            "self.method != 'merge' || has(self.merge)",
+            "method merge requires spec.merge (the adapters to combine)",
+            lambda s: s.method != "merge" or has(s, "merge"),
+        ),
+        Rule(
+            "!has(self.merge) || self.method == 'merge'",
+            "spec.merge is only valid with method merge",
+            lambda s: not has(s, "merge") or s.method == "merge",
+        ),
+        Rule(
+            "self.method != 'merge' || !(has(self.training.maxSteps) || has(self.training.distributed)"
+            " || has(self.training.layerwiseLrDecay))",
+            "method merge trains nothing: spec.training.maxSteps, distributed and layerwiseLrDecay do not apply",
+            lambda s: s.method != "merge" or not any(has(s.training, f) for f in _TRAINING_ONLY),
+        ),
     )
     base_model: BaseModelSource = Field(description="The model to fine-tune; exactly one of name (hub id) or uri.")
     dataset: Dataset
     method: Method = Field(
         "lora",
         description=(
-            "lora, qlora (4-bit base), full, prefix tuning, prompt (P-)tuning, ia3, or preference tuning: "
-            "dpo or orpo (spec.preference)."
+            "lora, qlora (4-bit base), full, prefix tuning, prompt (P-)tuning, ia3, preference tuning: dpo or "
+            "orpo (spec.preference), or merge (combine the LoRA adapters of spec.merge, evaluated on spec.dataset "
+            "like a training run)."
         ),
     )
+    merge: Merge | None = Field(None, description="method merge: which adapters to combine, and how.")
     lora: Lora = Field(default_factory=Lora)
     preference: Preference = Field(default_factory=Preference, description="dpo/orpo settings.")
     quantization: Quantization = Field(default_factory=Quantization)

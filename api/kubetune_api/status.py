@@ -56,6 +56,16 @@ class DataCounts(ApiModel):
     test: int | None = None
 
 
+class MergeSourceStatus(ApiModel):
+    """One spec.merge.sources entry as the operator resolved it for the current run (and the trainer reads)."""
+
+    name: str | None = Field(None, description="The source FineTuneJob; absent for a source given by uri.")
+    run: int | None = Field(None, description="The source FineTuneJob's run whose artifact is merged.")
+    uri: str | None = None
+    digest: str | None = Field(None, description="The artifact digest the trainer checks its download against.")
+    weight: float | None = None
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = None
     observed_generation: int | None = None
@@ -85,6 +95,9 @@ class FineTuneJobStatus(ApiModel):
             "What reading and cleaning did to the dataset, whether or not the run went on to train. A drop count "
             "appears only when non-zero."
         ),
+    )
+    merge_sources: list[MergeSourceStatus] | None = Field(
+        None, description="method merge: the adapters the current run combines, resolved before it started."
     )
     conditions: list[Condition] | None = conditions_field()
 

@@ -68,6 +68,22 @@ def retry_when_output_is_free(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -
     finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
 
 
+def _waits_for_sources(status: kopf.Status, **_: Any) -> bool:
+    return any(c.get("type") == "SourcesReady" and c.get("status") == "False" for c in status.get("conditions") or [])
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.FINETUNEJOBS,
+    interval=Settings.from_env().schedule_check_seconds,
+    when=_waits_for_sources,
+)
+def retry_when_sources_are_ready(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    # method merge: a source FineTuneJob had no artifact that passed evaluation yet; look again.
+    finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_JOBS)
 def mirror_trainer_job(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type == "DELETED":

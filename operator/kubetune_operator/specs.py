@@ -18,6 +18,7 @@ from croniter import croniter
 from kubetune_api import SpecError, parse_finetunejob
 from kubetune_api import common as api_common
 from kubetune_api.finetunejob import FineTuneJobSpec as ApiFineTuneJobSpec
+from kubetune_api.finetunejob import Merge
 
 # Fields that change how a run is scheduled or kept, not what it computes: editing them must not
 # start a new training run (toggling `suspend` pauses the same run, as for a batch/v1 Job).
@@ -80,6 +81,7 @@ class FineTuneJobSpec:
     raw: dict[str, Any]
 
     problems: tuple[str, ...] = ()  # the API's own rules a stored spec breaks (it predates them)
+    merge: Merge | None = None  # method merge: the adapters to combine (merge_sources resolves the refs)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FineTuneJobSpec:
@@ -112,6 +114,7 @@ class FineTuneJobSpec:
             schedule=m.schedule,
             gate_mode=m.gate_mode,
             raw=raw,
+            merge=m.merge,
         )
 
     @classmethod
@@ -141,6 +144,7 @@ class FineTuneJobSpec:
     def pvc_uris(self) -> list[str]:
         """Every `pvc://` location the trainer reads or writes, in a stable order."""
         uris = [self.base_model_uri, self.dataset_uri, self.mix_uri, self.golden_dataset_uri, self.output_uri]
+        uris += [s.uri for s in self.merge.sources] if self.merge else []
         return [u for u in uris if u and u.startswith("pvc://")]
 
 
@@ -243,6 +247,8 @@ def validate(spec: FineTuneJobSpec) -> list[str]:
         "spec.dataset.mix.uri": spec.mix_uri,
         "spec.evaluation.goldenDatasetUri": spec.golden_dataset_uri,
     }
+    for i, source in enumerate(spec.merge.sources if spec.merge else []):
+        inputs[f"spec.merge.sources[{i}].uri"] = source.uri
     for field_name, uri in inputs.items():
         if spec.output_uri and uri and overlaps(spec.output_uri, uri):
             problems.append(

@@ -57,6 +57,45 @@ def spec_of(case: Case) -> dict[str, Any]:
 
 _DPO: dict[str, Any] = {"method": "dpo", "dataset": {"format": "preference"}}
 _ORPO: dict[str, Any] = {"method": "orpo", "dataset": {"format": "preference"}}
+# method merge (issue 12): a patch onto GOOD_FTJ made a merge of two adapters.
+_TWO = [{"fineTuneJobRef": {"name": "a"}}, {"uri": "pvc://models/b/run-1/artifact", "weight": 0.5}]
+_MERGE = {"method": "merge", "merge": {"sources": _TWO}}
+
+
+def _merge(patch: dict[str, Any]) -> dict[str, Any]:
+    return merged(_MERGE, {"merge": merged(_MERGE["merge"], patch.pop("merge", {})), **patch})
+
+
+_MERGE_ROWS: list[tuple[str, dict[str, Any], str]] = [
+    ("merge without spec.merge", {"method": "merge"}, "method merge requires spec.merge"),
+    ("spec.merge without method merge", {"merge": {"sources": _TWO}}, "spec.merge is only valid with method merge"),
+    ("merge of one source", _merge({"merge": {"sources": _TWO[:1]}}), "spec.merge.sources"),
+    ("merge of nine sources", _merge({"merge": {"sources": _TWO * 4 + _TWO[:1]}}), "spec.merge.sources"),
+    ("merge source with both", _merge({"merge": {"sources": [{**_TWO[0], "uri": "/a"}, _TWO[1]]}}), "exactly one of"),
+    ("merge source with neither", _merge({"merge": {"sources": [{"weight": 1.0}, _TWO[1]]}}), "exactly one of"),
+    ("merge source climbs out", _merge({"merge": {"sources": [{"uri": "pvc://m/../x"}, _TWO[1]]}}), "sources[0].uri"),
+    ("merge source not a location", _merge({"merge": {"sources": [{"uri": "adapter"}, _TWO[1]]}}), "sources[0].uri"),
+    ("unknown combination", _merge({"merge": {"combination": "mean"}}), "spec.merge.combination"),
+    ("slerp of three", _merge({"merge": {"combination": "slerp", "sources": [*_TWO, _TWO[0]]}}), "exactly 2"),
+    ("slerp with weights", _merge({"merge": {"combination": "slerp"}}), "weight does not apply to combination slerp"),
+    ("density with linear", _merge({"merge": {"density": 0.5}}), "merge.density is only valid"),
+    ("density 0", _merge({"merge": {"combination": "ties", "density": 0}}), "spec.merge.density"),
+    ("density above 1", _merge({"merge": {"combination": "dare_ties", "density": 1.5}}), "spec.merge.density"),
+    (
+        "majoritySign with dare_linear",
+        _merge({"merge": {"combination": "dare_linear", "majoritySign": "total"}}),
+        "merge.majoritySign is only valid",
+    ),
+    ("unknown majoritySign", _merge({"merge": {"combination": "ties", "majoritySign": "mean"}}), "majoritySign"),
+    ("t with svd", _merge({"merge": {"combination": "svd", "t": 0.3}}), "merge.t is only valid"),
+    ("t above 1", _merge({"merge": {"combination": "slerp", "sources": _TWO[:1] * 2, "t": 2}}), "spec.merge.t"),
+    ("rank with linear", _merge({"merge": {"rank": 8}}), "merge.rank does not apply"),
+    ("merge with lora", _merge({"lora": {"r": 8}}), "spec.lora is only valid with method lora or qlora"),
+    ("merge with promptTuning", _merge({"promptTuning": {}}), "spec.promptTuning is only valid"),
+    ("merge with quantization", _merge({"quantization": {}}), "spec.quantization is only valid with method qlora"),
+    ("merge with maxSteps", _merge({"training": {"maxSteps": 10}}), "method merge trains nothing"),
+    ("merge with distributed", _merge({"training": {"distributed": {}}}), "method merge trains nothing"),
+]
 
 _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("qlora without quantization", {"method": "qlora"}, "method qlora requires spec.quantization"),
@@ -202,6 +241,7 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
         {"evaluation": {"metrics": ["preferenceAccuracy"]}},
         "evaluation.metrics preferenceAccuracy is only valid with method dpo or orpo",
     ),
+    *_MERGE_ROWS,
 ]
 
 _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
@@ -269,6 +309,7 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("minimal finetunejob", FTJ, GOOD_FTJ),
     ("minimal modeldeployment", MDEP, GOOD_MDEP),
     ("example dpo finetunejob", *_example("finetunejob-dpo.yaml")),
+    ("example merge finetunejob", *_example("finetunejob-merge.yaml")),
     *(
         (f"finetunejob {i}", FTJ, merged(GOOD_FTJ, patch))
         for i, patch in enumerate(
@@ -290,6 +331,11 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                     "dataset": {"format": "preference", "fields": {"chosen": "good", "rejected": "bad"}},
                     "evaluation": {"metrics": ["preferenceAccuracy"], "gates": {"minPreferenceAccuracy": 0.7}},
                 },
+                _MERGE,
+                _merge({"merge": {"combination": "ties", "density": 0.3, "majoritySign": "frequency", "rank": 4}}),
+                _merge({"merge": {"combination": "dare_linear", "density": 0.9}, "training": {"seed": 7}}),
+                _merge({"merge": {"combination": "slerp", "sources": _TWO[:1] * 2, "t": 0.25, "rank": 8}}),
+                _merge({"merge": {"combination": "svd"}, "output": {"mergeWeights": True}, "schedule": "@daily"}),
             ]
         )
     ),

@@ -94,8 +94,10 @@ def relaunch_under_torchrun(spec: str, argv: list[str]) -> None:
 
     if distributed.under_torchrun(os.environ):
         return
-    requested = load_config(spec).training.distributed.processes_per_node
-    nproc = distributed.processes_wanted(requested)
+    cfg = load_config(spec)
+    if cfg.method == "merge":
+        return  # merging trains nothing: one process does it, whatever the GPUs
+    nproc = distributed.processes_wanted(cfg.training.distributed.processes_per_node)
     import torch
 
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():

@@ -63,6 +63,7 @@ class JobConfig(FineTuneJobSpec):
     _name: str = PrivateAttr("local")
     _namespace: str | None = PrivateAttr(None)
     _uid: str | None = PrivateAttr(None)
+    _merge_sources: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -77,6 +78,11 @@ class JobConfig(FineTuneJobSpec):
     def uid(self) -> str | None:
         """metadata.uid: whose run this is (checkpoints carry it)."""
         return self._uid
+
+    @property
+    def merge_sources(self) -> list[dict[str, Any]]:
+        """method merge: the sources the operator resolved (status.mergeSources, frozen with the spec)."""
+        return self._merge_sources
 
 
 def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobConfig:
@@ -96,6 +102,10 @@ def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobCon
     cfg._name = str(meta.get("name") or "local")
     cfg._namespace = meta.get("namespace")
     cfg._uid = meta.get("uid")
+    resolved = (obj.get("status") or {}).get("mergeSources") or []
+    if not isinstance(resolved, list) or not all(isinstance(r, dict) for r in resolved):
+        raise ConfigError("status.mergeSources: expected a list of {name, run, uri, digest} mappings")
+    cfg._merge_sources = resolved
     check_runtime(cfg, cuda_available)
     return cfg
 

@@ -97,6 +97,10 @@ def run(
     # 1. setup: config, environment, world, device, dtype.
     env = env or TrainerEnv.from_environ(os.environ)
     s = setup(spec_path, output, env, world or distributed.World.from_environ(os.environ))
+    if s.cfg.method == "merge":  # trains nothing: combines finished adapters (its own recipe, merging.py)
+        from kubetune_trainer import merging
+
+        return merging.run(s)
     cfg, world, device, out_dir = s.cfg, s.world, s.device, s.out_dir
     if s.main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)

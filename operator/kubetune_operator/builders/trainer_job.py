@@ -25,15 +25,22 @@ def run_labels(finetunejob: dict[str, Any], run: int) -> dict[str, str]:
     return child_labels(name, COMPONENT, {api.LABEL_FINETUNEJOB: label_value(name), api.LABEL_RUN: str(run)})
 
 
-def build_spec_configmap(finetunejob: dict[str, Any], run: int) -> dict[str, Any]:
-    """The FineTuneJob as the trainer reads it: the spec of this run, frozen in a ConfigMap."""
+def build_spec_configmap(
+    finetunejob: dict[str, Any], run: int, merge_sources: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The FineTuneJob as the trainer reads it: the spec of this run, frozen in a ConfigMap.
+
+    `merge_sources` (method merge): the artifacts the operator resolved the sources to, frozen with the
+    spec as ``status.mergeSources`` (kubetune_trainer.config.parse_job reads them from there)."""
     meta = finetunejob["metadata"]
-    frozen = {
+    frozen: dict[str, Any] = {
         "apiVersion": finetunejob["apiVersion"],
         "kind": finetunejob["kind"],
         "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
         "spec": finetunejob["spec"],
     }
+    if merge_sources is not None:
+        frozen["status"] = {"mergeSources": merge_sources}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -48,12 +55,19 @@ def build_spec_configmap(finetunejob: dict[str, Any], run: int) -> dict[str, Any
 
 
 def build_trainer_job(
-    spec: FineTuneJobSpec, finetunejob: dict[str, Any], run: int, settings: Settings
+    spec: FineTuneJobSpec,
+    finetunejob: dict[str, Any],
+    run: int,
+    settings: Settings,
+    merge_sources: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job for run `run` of `finetunejob` (its metadata; its spec is read once, as `spec`)."""
+    """The batch/v1 Job for run `run` of `finetunejob` (its metadata; its spec is read once, as `spec`).
+
+    `merge_sources`: method merge's resolved sources, whose claims the pod mounts read-only too."""
     meta = finetunejob["metadata"]
     labels = run_labels(finetunejob, run)
-    volumes, mounts = _volumes(spec, spec_configmap_name(meta["name"], run), settings)
+    extra = [str(s["uri"]) for s in merge_sources or []]
+    volumes, mounts = _volumes(spec, spec_configmap_name(meta["name"], run), settings, extra)
     container: dict[str, Any] = {
         "name": COMPONENT,
         "image": spec.image or settings.trainer_image,
@@ -169,7 +183,7 @@ def _env(finetunejob: dict[str, Any], spec: FineTuneJobSpec, run: int, settings:
 
 
 def _volumes(
-    spec: FineTuneJobSpec, configmap: str, settings: Settings
+    spec: FineTuneJobSpec, configmap: str, settings: Settings, extra_uris: list[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": configmap}},
@@ -183,7 +197,7 @@ def _volumes(
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     output_claim = claim_of(spec.output_uri) if spec.output_uri.startswith("pvc://") else None
-    claim_volumes, claim_mounts = pvc_volumes(spec.pvc_uris(), settings.pvc_mount_root, output_claim)
+    claim_volumes, claim_mounts = pvc_volumes(spec.pvc_uris() + extra_uris, settings.pvc_mount_root, output_claim)
     volumes += claim_volumes
     mounts += claim_mounts
     return volumes, mounts

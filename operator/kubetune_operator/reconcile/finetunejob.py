@@ -15,7 +15,8 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_operator import api, job_state, metrics, specs
+from kubetune_api.finetunejob import Merge
+from kubetune_operator import api, job_state, merge_sources, metrics, specs
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
 from kubetune_operator.conditions import set_condition
@@ -187,9 +188,14 @@ def _start_run(
 ) -> None:
     meta = ftj["metadata"]
     generation = int(meta.get("generation", 1))
-    job = build_trainer_job(spec, ftj, run, settings)
+    resolved = None
+    if spec.merge is not None:
+        resolved = _merge_sources(kube, ftj, spec.merge, generation, keep_phase=reason == "Scheduled")
+        if resolved is None:
+            return  # a source is not ready: the WaitingForSources timer checks again
+    job = build_trainer_job(spec, ftj, run, settings, resolved)
     try:
-        kube.create(build_spec_configmap(ftj, run))
+        kube.create(build_spec_configmap(ftj, run, resolved))
         created = kube.create(job)
     except ApiException as err:
         if err.status in (400, 403, 422):
@@ -221,10 +227,44 @@ def _start_run(
             "data": None,
         }
     )
+    if resolved is not None:
+        names = ", ".join(f"{r['name']} run {r['run']}" for r in resolved if r.get("name")) or "uris only"
+        message = f"run {run} merges {len(resolved)} adapters ({names})"
+        patch["conditions"] = set_condition(
+            patch["conditions"], SOURCES_READY, True, "SourcesResolved", message, generation, now_iso()
+        )
+    patch["mergeSources"] = resolved
     patch.update(extra_status or {})
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
     if created:
         kube.event(ftj, "Normal", reason, f"run {run} started: trainer Job {job['metadata']['name']}")
+
+
+SOURCES_READY = "SourcesReady"
+WAITING_FOR_SOURCES = "WaitingForSources"
+
+
+def _merge_sources(
+    kube: Kube, ftj: dict[str, Any], merge: Merge, generation: int, keep_phase: bool
+) -> list[dict[str, Any]] | None:
+    """method merge: the sources' artifacts, or None after recording (once) which source the run waits for."""
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    names = merge_sources.referenced(merge)
+    found = {name: kube.get_custom(api.FINETUNEJOBS, meta["namespace"], name) for name in dict.fromkeys(names)}
+    resolution = merge_sources.resolve(merge, found)
+    if not resolution.waiting:
+        return resolution.sources
+    message = resolution.message
+    conditions = set_condition(
+        status.get("conditions"), SOURCES_READY, False, WAITING_FOR_SOURCES, message, generation, now_iso()
+    )
+    patch: dict[str, Any] = {"message": message, "observedGeneration": generation, "conditions": conditions}
+    if not keep_phase:  # a scheduled re-run waits behind the last run's outcome, which stays shown
+        patch["phase"] = job_state.PENDING
+    if not _same(status, patch):
+        kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
+        kube.event(ftj, "Normal", WAITING_FOR_SOURCES, message)
+    return None
 
 
 def _mirror(kube: Kube, ftj: dict[str, Any], job: dict[str, Any], spec: specs.FineTuneJobSpec) -> None:
