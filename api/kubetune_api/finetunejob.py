@@ -275,6 +275,55 @@ class Output(ApiModel):
     merge_weights: bool = Field(False, description="Also write base+adapter merged weights.")
 
 
+# --- stages: spec.initFrom (start from another run's artifact) ---------------------------------------
+
+
+class ParentRef(ApiModel):
+    name: str = Field(max_length=253, description="A FineTuneJob in the same namespace.")
+
+
+class InitFrom(ApiModel):
+    rules = (
+        Rule(
+            "has(self.fineTuneJobRef) != has(self.uri)",
+            "initFrom needs exactly one of fineTuneJobRef or uri, not both and not neither",
+            lambda s: has(s, "fine_tune_job_ref") != has(s, "uri"),
+        ),
+        Rule(
+            "!has(self.rerunOnParentSuccess) || !self.rerunOnParentSuccess || has(self.fineTuneJobRef)",
+            "initFrom.rerunOnParentSuccess needs initFrom.fineTuneJobRef (a uri has no runs to follow)",
+            lambda s: not s.rerun_on_parent_success or has(s, "fine_tune_job_ref"),
+        ),
+    )
+    fine_tune_job_ref: ParentRef | None = Field(
+        None,
+        description=(
+            "Start from this FineTuneJob's latest successful, EvalPassed artifact; this one waits (Pending, "
+            "WaitingForParent) until there is one."
+        ),
+    )
+    uri: MaybeInClaim = Field(
+        None,
+        max_length=1024,
+        pattern=INPUT_LOCATION,
+        description=(
+            "A run's artifact directory: a peft adapter (trained on further by the same method family: lora/qlora, "
+            "ia3, prefix, prompt) or whole model weights (used as the base model, tokenizer included)."
+        ),
+    )
+    rerun_on_parent_success: bool = Field(
+        False,
+        description=(
+            "Start a new run each time the parent has a new successful artifact. false: a parent's later runs "
+            "start nothing; a spec change or the schedule takes the parent's latest artifact."
+        ),
+        json_schema_extra=no_schema_default,
+    )
+
+
+# --- end stages ---------------------------------------------------------------------------------------
+
+
 def _fsdp(s: FineTuneJobSpec) -> bool:
     return has(s.training, "distributed") and s.training.distributed.strategy == "fsdp"
 
@@ -342,6 +391,13 @@ class FineTuneJobSpec(ApiModel):
     )
     base_model: BaseModelSource = Field(description="The model to fine-tune; exactly one of name (hub id) or uri.")
     dataset: Dataset
+    init_from: InitFrom | None = Field(
+        None,
+        description=(
+            "Two-stage training: start from a parent FineTuneJob's artifact or an artifact uri instead of fresh "
+            "weights (e.g. continued pre-training, then instruction tuning); lineage goes into status.lineage."
+        ),
+    )
     method: Method = Field(
         "lora", description="lora, qlora (4-bit base), full, prefix tuning, prompt (P-)tuning or ia3."
     )

@@ -165,6 +165,21 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("image with a space", {"image": "ghcr.io/x y"}, "spec.image"),
     ("image with a shell command", {"image": "trainer:1;rm -rf /"}, "spec.image"),
     ("image with an upper-case repository", {"image": "ghcr.io/Org/trainer"}, "spec.image"),
+    # stages: spec.initFrom
+    (
+        "initFrom with both sources",
+        {"initFrom": {"fineTuneJobRef": {"name": "cpt"}, "uri": "/models/cpt/run-1"}},
+        "initFrom needs exactly one of fineTuneJobRef or uri",
+    ),
+    ("initFrom with neither source", {"initFrom": {}}, "initFrom needs exactly one of fineTuneJobRef or uri"),
+    (
+        "rerunOnParentSuccess without a parent",
+        {"initFrom": {"uri": "/models/cpt/run-1", "rerunOnParentSuccess": True}},
+        "initFrom.rerunOnParentSuccess needs initFrom.fineTuneJobRef",
+    ),
+    ("initFrom uri climbs out of its claim", {"initFrom": {"uri": "pvc://m/../x"}}, "spec.initFrom.uri"),
+    ("initFrom uri relative", {"initFrom": {"uri": "models/run-1"}}, "spec.initFrom.uri"),
+    ("initFrom ref without a name", {"initFrom": {"fineTuneJobRef": {}}}, "spec.initFrom.fineTuneJobRef.name"),
 ]
 
 _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
@@ -225,12 +240,17 @@ def _example(name: str) -> tuple[str, dict[str, Any]]:
     return obj["kind"], obj["spec"]
 
 
+def _stages(name: str) -> list[dict[str, Any]]:
+    return [obj["spec"] for obj in yaml.safe_load_all((EXAMPLES / name).read_text()) if obj]
+
+
 # Specs both must accept: the examples, and the shapes the other tests rely on.
 GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("example finetunejob", *_example("finetunejob.yaml")),
     ("example modeldeployment", *_example("modeldeployment.yaml")),
     ("minimal finetunejob", FTJ, GOOD_FTJ),
     ("minimal modeldeployment", MDEP, GOOD_MDEP),
+    *((f"example stage {i}", FTJ, spec) for i, spec in enumerate(_stages("finetunejob-stages.yaml"))),
     *(
         (f"finetunejob {i}", FTJ, merged(GOOD_FTJ, patch))
         for i, patch in enumerate(
@@ -245,6 +265,8 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 {"envFrom": [{"secretRef": {"name": "s3-keys"}}, {"configMapRef": {"name": "s3"}, "prefix": "S3_"}]},
                 {"evaluation": {"metrics": ["perplexity"], "gates": {"maxPerplexity": 20, "maxEvalLoss": 3}}},
                 {"resources": {"cpu": "500m", "memory": "2Gi", "tolerations": [{"operator": "Exists"}]}},
+                {"initFrom": {"fineTuneJobRef": {"name": "cpt"}, "rerunOnParentSuccess": True}},
+                {"initFrom": {"uri": "s3://bucket/cpt/run-1/adapter"}, "method": "ia3"},
             ]
         )
     ),
