@@ -63,6 +63,7 @@ class JobConfig(FineTuneJobSpec):
     _name: str = PrivateAttr("local")
     _namespace: str | None = PrivateAttr(None)
     _uid: str | None = PrivateAttr(None)
+    _init_artifact: dict[str, Any] | None = PrivateAttr(None)
 
     @property
     def name(self) -> str:
@@ -77,6 +78,12 @@ class JobConfig(FineTuneJobSpec):
     def uid(self) -> str | None:
         """metadata.uid: whose run this is (checkpoints carry it)."""
         return self._uid
+
+    @property
+    def init_artifact(self) -> dict[str, Any] | None:
+        """The parent artifact the operator resolved for spec.initFrom.fineTuneJobRef (the frozen object's
+        ``initArtifact``: uri, digest, kind, parent {name, run}); None otherwise."""
+        return self._init_artifact
 
 
 def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobConfig:
@@ -96,6 +103,8 @@ def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobCon
     cfg._name = str(meta.get("name") or "local")
     cfg._namespace = meta.get("namespace")
     cfg._uid = meta.get("uid")
+    init = obj.get("initArtifact")
+    cfg._init_artifact = dict(init) if isinstance(init, dict) else None
     check_runtime(cfg, cuda_available)
     return cfg
 

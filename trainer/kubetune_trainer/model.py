@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from kubetune_trainer import uris
@@ -82,8 +83,13 @@ def load_model(source: str, cfg: JobConfig, device: str, dtype: Any, token: str 
     return model
 
 
-def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = False) -> Any:
-    """Wrap ``model`` for ``cfg.method``; afterwards exactly the trainable weights require grad."""
+def apply_method(
+    model: Any, cfg: JobConfig, gradient_checkpointing: bool = False, init_adapter: Path | None = None
+) -> Any:
+    """Wrap ``model`` for ``cfg.method``; afterwards exactly the trainable weights require grad.
+
+    ``init_adapter``: a peft adapter directory (spec.initFrom, checked by `init_from.check_method`)
+    loaded as trainable instead of a freshly initialised adapter of the method."""
     import peft
 
     method = cfg.method
@@ -100,6 +106,8 @@ def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = Fals
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    if init_adapter is not None:
+        return peft.PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
     task = peft.TaskType.CAUSAL_LM
     if method in ("lora", "qlora"):
         lo = cfg.lora
