@@ -68,6 +68,37 @@ def retry_when_output_is_free(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -
     finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
 
 
+@kopf.index(api.GROUP, api.VERSION, api.FINETUNEJOBS)
+def ftj_children(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str] | None:
+    """FineTuneJobs by the parent they start from (spec.initFrom.fineTuneJobRef): whom a parent's news concerns."""
+    parent = (((body.get("spec") or {}).get("initFrom") or {}).get("fineTuneJobRef") or {}).get("name")
+    return {(body["metadata"]["namespace"], parent): body["metadata"]["name"]} if parent else None
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.FINETUNEJOBS)
+def tell_children(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    # A parent changed (a run succeeded, failed, started; or it was deleted): its children decide again,
+    # reading the parent afresh (an event's body may be older than the parent now is).
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    children: kopf.Index[tuple[str, str], str] = kwargs["ftj_children"]
+    for child in set(children.get((ns, name), [])):
+        current = Kube().get_custom(api.FINETUNEJOBS, ns, child)
+        if current is not None:
+            finetunejob.follow_parent(Kube(), current, memo.settings, _outputs(kwargs))
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.FINETUNEJOBS,
+    interval=Settings.from_env().schedule_check_seconds,
+    when=lambda spec, **_: bool((spec.get("initFrom") or {}).get("fineTuneJobRef")),
+)
+def follow_parent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    # Events can be missed (the operator was down): the timer re-reads the parent.
+    finetunejob.follow_parent(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_JOBS)
 def mirror_trainer_job(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type == "DELETED":

@@ -25,14 +25,20 @@ def run_labels(finetunejob: dict[str, Any], run: int) -> dict[str, str]:
     return child_labels(name, COMPONENT, {api.LABEL_FINETUNEJOB: label_value(name), api.LABEL_RUN: str(run)})
 
 
-def build_spec_configmap(finetunejob: dict[str, Any], run: int) -> dict[str, Any]:
-    """The FineTuneJob as the trainer reads it: the spec of this run, frozen in a ConfigMap."""
+def build_spec_configmap(
+    finetunejob: dict[str, Any], run: int, init_artifact: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The FineTuneJob as the trainer reads it: the spec of this run, frozen in a ConfigMap.
+
+    ``init_artifact``: for spec.initFrom.fineTuneJobRef, the parent's artifact this run starts from
+    (`lineage.ParentArtifact.for_trainer`), frozen beside the spec so a retried pod reads the same one."""
     meta = finetunejob["metadata"]
     frozen = {
         "apiVersion": finetunejob["apiVersion"],
         "kind": finetunejob["kind"],
         "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
         "spec": finetunejob["spec"],
+        **({"initArtifact": init_artifact} if init_artifact else {}),
     }
     return {
         "apiVersion": "v1",
