@@ -107,7 +107,7 @@ def apply_method(
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     if init_adapter is not None:
-        return peft.PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        return _load_trainable_adapter(model, init_adapter)
     task = peft.TaskType.CAUSAL_LM
     if method in ("lora", "qlora"):
         lo = cfg.lora
@@ -133,3 +133,17 @@ def apply_method(
 def uses_prompt_learning(method: str) -> bool:
     """Prefix / prompt tuning prepend virtual tokens, so rows cannot be packed by position ids."""
     return method in ("prefix", "prompt")
+
+
+def _load_trainable_adapter(model: Any, path: Path) -> Any:
+    """The saved adapter, its weights trainable. peft refuses ``is_trainable`` for prompt learning (prefix,
+    prompt) in ``from_pretrained``: those are rebuilt from their saved config and their weights loaded in."""
+    import peft
+
+    config = peft.PeftConfig.from_pretrained(str(path))
+    if not config.is_prompt_learning:
+        return peft.PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    config.inference_mode = False
+    wrapped = peft.get_peft_model(model, config)
+    peft.set_peft_model_state_dict(wrapped, peft.load_peft_weights(str(path), device=str(model.device)))
+    return wrapped

@@ -195,10 +195,12 @@ def model_card(
     passed: bool | None,
     started: float,
     run: str | None,
+    lineage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Lineage: where the model and data came from, how it was trained, and how it scored.
 
-    ``run``: the operator's run number (`TrainerEnv.run`), None for a local run.
+    ``run``: the operator's run number (`TrainerEnv.run`), None for a local run. ``lineage``: `lineage`'s
+    record (the spec.initFrom artifact, the data's hashes).
     """
     spec = to_dict(cfg)
     return {
@@ -229,6 +231,7 @@ def model_card(
         },
         "metrics": {"base": base_metrics, "tuned": metrics},
         "evalPassed": passed,
+        "lineage": lineage,
         "libraries": library_versions(),
         "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "durationSeconds": round(time.time() - started, 1),

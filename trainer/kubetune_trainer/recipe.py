@@ -185,8 +185,9 @@ def run(
     }
     export.write_json(out_dir / "eval.json", eval_report)
     lineage = pipeline.lineage(prepared.info, init_from.record(init))
-    card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, s.started, s.env.run)
-    card["lineage"] = lineage
+    card = pipeline.model_card(
+        cfg, prepared.info, base_metrics, metrics, result, passed, s.started, s.env.run, lineage=lineage
+    )
     artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir, state_dict=gathered)
     # kind tells a server what it holds: an adapter for the base model, or a whole model (full fine-tune).
     kind = "model" if cfg.method == "full" else "adapter"
