@@ -130,7 +130,6 @@ def run(
         distributed.barrier(world)
     lm = model.load_model(source, cfg, device, s.storage_dtype, s.env.hf_token)
     prompt_learning = model.uses_prompt_learning(cfg.method)
-    torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter
     if init is not None and init.kind == "adapter":
         # "base" metrics are the starting point's: base model + the parent's adapter, so the card shows
         # what this stage added.
@@ -138,6 +137,7 @@ def run(
         base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning)
     else:
         base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning=False)
+        torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter
         lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing)
 
     # 4. train (resumes from the newest checkpoint in out_dir, if any).
