@@ -192,14 +192,11 @@ def start_scheduled_run(kube: Kube, ftj: dict[str, Any], settings: Settings, now
 
 
 def follow_parent(
-    kube: Kube,
-    ftj: dict[str, Any],
-    settings: Settings,
-    outputs: list[specs.OutputClaim] | None = None,
-    parent: dict[str, Any] | None = None,
+    kube: Kube, ftj: dict[str, Any], settings: Settings, outputs: list[specs.OutputClaim] | None = None
 ) -> None:
-    """Timer, and events of the parent (`parent`, else read): start a child that waits for its parent once
-    the parent has an artifact; with rerunOnParentSuccess, start a new run for each newer artifact."""
+    """Timer, and any event of the parent: start a child that waits for its parent once the parent has an
+    artifact; with rerunOnParentSuccess, start a new run for each newer artifact. The parent is read
+    afresh; what the child started from is read back from its status, so a restart decides the same."""
     meta, status = ftj["metadata"], ftj.get("status") or {}
     spec = specs.FineTuneJobSpec.from_dict(ftj["spec"])
     if not spec.parent_name:
@@ -209,7 +206,7 @@ def follow_parent(
         return
     if status.get("runSpecHash") != specs.run_spec_hash(ftj["spec"]):
         return  # a spec change is reconcile_spec's to start
-    parent = parent or kube.get_custom(api.FINETUNEJOBS, meta["namespace"], spec.parent_name)
+    parent = kube.get_custom(api.FINETUNEJOBS, meta["namespace"], spec.parent_name)
     latest = lineage.parent_artifact(spec.parent_name, spec.method, parent)
     if not isinstance(latest, lineage.ParentArtifact) or not lineage.rerun_due(
         spec.rerun_on_parent_success, status, latest
