@@ -420,6 +420,55 @@ class Merge(ApiModel):
 _TRAINING_ONLY = ("max_steps", "distributed", "layerwise_lr_decay")
 
 
+# --- stages: spec.initFrom (start from another run's artifact) ---------------------------------------
+
+
+class ParentRef(ApiModel):
+    name: str = Field(max_length=253, description="A FineTuneJob in the same namespace.")
+
+
+class InitFrom(ApiModel):
+    rules = (
+        Rule(
+            "has(self.fineTuneJobRef) != has(self.uri)",
+            "initFrom needs exactly one of fineTuneJobRef or uri, not both and not neither",
+            lambda s: has(s, "fine_tune_job_ref") != has(s, "uri"),
+        ),
+        Rule(
+            "!has(self.rerunOnParentSuccess) || !self.rerunOnParentSuccess || has(self.fineTuneJobRef)",
+            "initFrom.rerunOnParentSuccess needs initFrom.fineTuneJobRef (a uri has no runs to follow)",
+            lambda s: not s.rerun_on_parent_success or has(s, "fine_tune_job_ref"),
+        ),
+    )
+    fine_tune_job_ref: ParentRef | None = Field(
+        None,
+        description=(
+            "Start from this FineTuneJob's latest successful, EvalPassed artifact; this one waits (Pending, "
+            "WaitingForParent) until there is one."
+        ),
+    )
+    uri: MaybeInClaim = Field(
+        None,
+        max_length=1024,
+        pattern=INPUT_LOCATION,
+        description=(
+            "A run's artifact directory: a peft adapter (trained on further by the same method family: lora/qlora, "
+            "ia3, prefix, prompt) or whole model weights (used as the base model, tokenizer included)."
+        ),
+    )
+    rerun_on_parent_success: bool = Field(
+        False,
+        description=(
+            "Start a new run each time the parent has a new successful artifact. false: a parent's later runs "
+            "start nothing; a spec change or the schedule takes the parent's latest artifact."
+        ),
+        json_schema_extra=no_schema_default,
+    )
+
+
+# --- end stages ---------------------------------------------------------------------------------------
+
+
 def _fsdp(s: FineTuneJobSpec) -> bool:
     return has(s.training, "distributed") and s.training.distributed.strategy == "fsdp"
 
@@ -524,9 +573,21 @@ class FineTuneJobSpec(ApiModel):
             "method merge trains nothing: spec.training.maxSteps, distributed and layerwiseLrDecay do not apply",
             lambda s: s.method != "merge" or not any(has(s.training, f) for f in _TRAINING_ONLY),
         ),
+        Rule(
+            "self.method != 'merge' || !has(self.initFrom)",
+            "spec.initFrom does not apply to method merge (its adapters are spec.merge.sources)",
+            lambda s: s.method != "merge" or not has(s, "init_from"),
+        ),
     )
     base_model: BaseModelSource = Field(description="The model to fine-tune; exactly one of name (hub id) or uri.")
     dataset: Dataset
+    init_from: InitFrom | None = Field(
+        None,
+        description=(
+            "Two-stage training: start from a parent FineTuneJob's artifact or an artifact uri instead of fresh "
+            "weights (e.g. continued pre-training, then instruction tuning); lineage goes into status.lineage."
+        ),
+    )
     method: Method = Field(
         "lora",
         description=(

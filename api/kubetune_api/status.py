@@ -66,6 +66,24 @@ class MergeSourceStatus(ApiModel):
     weight: float | None = None
 
 
+class LineageParent(ApiModel):
+    name: str | None = Field(None, description="The parent FineTuneJob (spec.initFrom.fineTuneJobRef).")
+    run: int | None = Field(None, description="The parent's run whose artifact this run started from.")
+    artifact_uri: str | None = None
+    digest: str | None = None
+    kind: Literal["adapter", "model"] | None = Field(
+        None, description="adapter: trained on further; model: used as the base model weights."
+    )
+
+
+class Lineage(ApiModel):
+    parent: LineageParent | None = Field(
+        None, description="What the current run starts from (spec.initFrom); a uri has no name or run."
+    )
+    dataset_sha256: str | None = Field(None, description="The trainer's hash of spec.dataset.uri for this run.")
+    mix_sha256: str | None = Field(None, description="The same for spec.dataset.mix.uri.")
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = None
     observed_generation: int | None = None
@@ -98,6 +116,9 @@ class FineTuneJobStatus(ApiModel):
     )
     merge_sources: list[MergeSourceStatus] | None = Field(
         None, description="method merge: the adapters the current run combines, resolved before it started."
+    )
+    lineage: Lineage | None = Field(
+        None, description="Where this run's weights and data came from (spec.initFrom, the dataset's hash)."
     )
     conditions: list[Condition] | None = conditions_field()
 

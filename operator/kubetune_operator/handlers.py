@@ -72,6 +72,25 @@ def _waits_for_sources(status: kopf.Status, **_: Any) -> bool:
     return any(c.get("type") == "SourcesReady" and c.get("status") == "False" for c in status.get("conditions") or [])
 
 
+@kopf.index(api.GROUP, api.VERSION, api.FINETUNEJOBS)
+def ftj_children(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str] | None:
+    """FineTuneJobs by the parent they start from (spec.initFrom.fineTuneJobRef): whom a parent's news concerns."""
+    parent = (((body.get("spec") or {}).get("initFrom") or {}).get("fineTuneJobRef") or {}).get("name")
+    return {(body["metadata"]["namespace"], parent): body["metadata"]["name"]} if parent else None
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.FINETUNEJOBS)
+def tell_children(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    # A parent changed (a run succeeded, failed, started; or it was deleted): its children decide again,
+    # reading the parent afresh (an event's body may be older than the parent now is).
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    children: kopf.Index[tuple[str, str], str] = kwargs["ftj_children"]
+    for child in set(children.get((ns, name), [])):
+        current = Kube().get_custom(api.FINETUNEJOBS, ns, child)
+        if current is not None:
+            finetunejob.follow_parent(Kube(), current, memo.settings, _outputs(kwargs))
+
+
 @kopf.timer(
     api.GROUP,
     api.VERSION,
@@ -82,6 +101,18 @@ def _waits_for_sources(status: kopf.Status, **_: Any) -> bool:
 def retry_when_sources_are_ready(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     # method merge: a source FineTuneJob had no artifact that passed evaluation yet; look again.
     finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.FINETUNEJOBS,
+    interval=Settings.from_env().schedule_check_seconds,
+    when=lambda spec, **_: bool((spec.get("initFrom") or {}).get("fineTuneJobRef")),
+)
+def follow_parent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    # Events can be missed (the operator was down): the timer re-reads the parent.
+    finetunejob.follow_parent(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_JOBS)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kubetune_operator import lineage
 from kubetune_operator.conditions import set_condition
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
@@ -207,6 +208,8 @@ def status_for_run(
         patch["artifact"] = result["artifact"]
     if isinstance(result.get("data"), dict):
         patch["data"] = {k: int(v) for k, v in result["data"].items() if isinstance(v, int) and not isinstance(v, bool)}
+    if isinstance(result.get("lineage"), dict):
+        patch["lineage"] = lineage.with_result(current.get("lineage"), result["lineage"])
     eval_passed = result.get("evalPassed", current.get("evalPassed"))
     if state.phase == SUCCEEDED:
         eval_passed, conditions = _eval_condition(conditions, gate_mode, eval_passed, generation, now)

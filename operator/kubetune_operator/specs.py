@@ -79,6 +79,10 @@ class FineTuneJobSpec:
     schedule: str | None
     gate_mode: str  # job_state.GATED / NO_GATES / UNGATED: what decides EvalPassed
     raw: dict[str, Any]
+    # spec.initFrom: the parent FineTuneJob, or the artifact location (the parent's, once resolved).
+    parent_name: str | None = None
+    init_uri: str | None = None
+    rerun_on_parent_success: bool = False
 
     problems: tuple[str, ...] = ()  # the API's own rules a stored spec breaks (it predates them)
     merge: Merge | None = None  # method merge: the adapters to combine (merge_sources resolves the refs)
@@ -115,6 +119,9 @@ class FineTuneJobSpec:
             gate_mode=m.gate_mode,
             raw=raw,
             merge=m.merge,
+            parent_name=m.init_from.fine_tune_job_ref.name if m.init_from and m.init_from.fine_tune_job_ref else None,
+            init_uri=m.init_from.uri if m.init_from else None,
+            rerun_on_parent_success=bool(m.init_from and m.init_from.rerun_on_parent_success),
         )
 
     @classmethod
@@ -143,7 +150,14 @@ class FineTuneJobSpec:
 
     def pvc_uris(self) -> list[str]:
         """Every `pvc://` location the trainer reads or writes, in a stable order."""
-        uris = [self.base_model_uri, self.dataset_uri, self.mix_uri, self.golden_dataset_uri, self.output_uri]
+        uris = [
+            self.base_model_uri,
+            self.init_uri,
+            self.dataset_uri,
+            self.mix_uri,
+            self.golden_dataset_uri,
+            self.output_uri,
+        ]
         uris += [s.uri for s in self.merge.sources] if self.merge else []
         return [u for u in uris if u and u.startswith("pvc://")]
 

@@ -86,7 +86,7 @@ def test_the_trainer_reads_the_resolved_sources_from_the_spec_configmap() -> Non
     from kubetune_trainer.config import parse_job
 
     resolved = resolve(MERGE, {"a": source(), "b": source(run=5, digest="sha256:bb")}).sources
-    cm = build_spec_configmap(ftj(), 1, resolved)
+    cm = build_spec_configmap(ftj(), 1, merge_sources=resolved)
     frozen = yaml.safe_load(cm["data"][api.SPEC_FILE])
     assert frozen["status"] == {"mergeSources": resolved}
     got = merging.sources(parse_job(frozen))

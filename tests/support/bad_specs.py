@@ -95,6 +95,7 @@ _MERGE_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("merge with quantization", _merge({"quantization": {}}), "spec.quantization is only valid with method qlora"),
     ("merge with maxSteps", _merge({"training": {"maxSteps": 10}}), "method merge trains nothing"),
     ("merge with distributed", _merge({"training": {"distributed": {}}}), "method merge trains nothing"),
+    ("merge with initFrom", _merge({"initFrom": {"uri": "/models/a"}}), "spec.initFrom does not apply to method merge"),
 ]
 
 _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
@@ -242,6 +243,21 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
         "evaluation.metrics preferenceAccuracy is only valid with method dpo or orpo",
     ),
     *_MERGE_ROWS,
+    # stages: spec.initFrom
+    (
+        "initFrom with both sources",
+        {"initFrom": {"fineTuneJobRef": {"name": "cpt"}, "uri": "/models/cpt/run-1"}},
+        "initFrom needs exactly one of fineTuneJobRef or uri",
+    ),
+    ("initFrom with neither source", {"initFrom": {}}, "initFrom needs exactly one of fineTuneJobRef or uri"),
+    (
+        "rerunOnParentSuccess without a parent",
+        {"initFrom": {"uri": "/models/cpt/run-1", "rerunOnParentSuccess": True}},
+        "initFrom.rerunOnParentSuccess needs initFrom.fineTuneJobRef",
+    ),
+    ("initFrom uri climbs out of its claim", {"initFrom": {"uri": "pvc://m/../x"}}, "spec.initFrom.uri"),
+    ("initFrom uri relative", {"initFrom": {"uri": "models/run-1"}}, "spec.initFrom.uri"),
+    ("initFrom ref without a name", {"initFrom": {"fineTuneJobRef": {}}}, "spec.initFrom.fineTuneJobRef.name"),
 ]
 
 _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
@@ -302,6 +318,10 @@ def _example(name: str) -> tuple[str, dict[str, Any]]:
     return obj["kind"], obj["spec"]
 
 
+def _stages(name: str) -> list[dict[str, Any]]:
+    return [obj["spec"] for obj in yaml.safe_load_all((EXAMPLES / name).read_text()) if obj]
+
+
 # Specs both must accept: the examples, and the shapes the other tests rely on.
 GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("example finetunejob", *_example("finetunejob.yaml")),
@@ -310,6 +330,7 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("minimal modeldeployment", MDEP, GOOD_MDEP),
     ("example dpo finetunejob", *_example("finetunejob-dpo.yaml")),
     ("example merge finetunejob", *_example("finetunejob-merge.yaml")),
+    *((f"example stage {i}", FTJ, spec) for i, spec in enumerate(_stages("finetunejob-stages.yaml"))),
     *(
         (f"finetunejob {i}", FTJ, merged(GOOD_FTJ, patch))
         for i, patch in enumerate(
@@ -336,6 +357,8 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 _merge({"merge": {"combination": "dare_linear", "density": 0.9}, "training": {"seed": 7}}),
                 _merge({"merge": {"combination": "slerp", "sources": _TWO[:1] * 2, "t": 0.25, "rank": 8}}),
                 _merge({"merge": {"combination": "svd"}, "output": {"mergeWeights": True}, "schedule": "@daily"}),
+                {"initFrom": {"fineTuneJobRef": {"name": "cpt"}, "rerunOnParentSuccess": True}},
+                {"initFrom": {"uri": "s3://bucket/cpt/run-1/adapter"}, "method": "ia3"},
             ]
         )
     ),

@@ -64,6 +64,7 @@ class JobConfig(FineTuneJobSpec):
     _namespace: str | None = PrivateAttr(None)
     _uid: str | None = PrivateAttr(None)
     _merge_sources: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+    _init_artifact: dict[str, Any] | None = PrivateAttr(None)
 
     @property
     def name(self) -> str:
@@ -83,6 +84,12 @@ class JobConfig(FineTuneJobSpec):
     def merge_sources(self) -> list[dict[str, Any]]:
         """method merge: the sources the operator resolved (status.mergeSources, frozen with the spec)."""
         return self._merge_sources
+
+    @property
+    def init_artifact(self) -> dict[str, Any] | None:
+        """The parent artifact the operator resolved for spec.initFrom.fineTuneJobRef (the frozen object's
+        ``initArtifact``: uri, digest, kind, parent {name, run}); None otherwise."""
+        return self._init_artifact
 
 
 def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobConfig:
@@ -106,6 +113,8 @@ def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobCon
     if not isinstance(resolved, list) or not all(isinstance(r, dict) for r in resolved):
         raise ConfigError("status.mergeSources: expected a list of {name, run, uri, digest} mappings")
     cfg._merge_sources = resolved
+    init = obj.get("initArtifact")
+    cfg._init_artifact = dict(init) if isinstance(init, dict) else None
     check_runtime(cfg, cuda_available)
     return cfg
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from kubetune_trainer import uris
@@ -82,8 +83,13 @@ def load_model(source: str, cfg: JobConfig, device: str, dtype: Any, token: str 
     return model
 
 
-def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = False) -> Any:
-    """Wrap ``model`` for ``cfg.method``; afterwards exactly the trainable weights require grad."""
+def apply_method(
+    model: Any, cfg: JobConfig, gradient_checkpointing: bool = False, init_adapter: Path | None = None
+) -> Any:
+    """Wrap ``model`` for ``cfg.method``; afterwards exactly the trainable weights require grad.
+
+    ``init_adapter``: a peft adapter directory (spec.initFrom, checked by `init_from.check_method`)
+    loaded as trainable instead of a freshly initialised adapter of the method."""
     import peft
 
     method = cfg.policy_method  # dpo/orpo train a LoRA adapter or every weight (spec.preference.policy)
@@ -100,6 +106,8 @@ def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = Fals
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    if init_adapter is not None:
+        return _load_trainable_adapter(model, init_adapter)
     task = peft.TaskType.CAUSAL_LM
     if method in ("lora", "qlora"):
         lo = cfg.lora
@@ -125,3 +133,17 @@ def apply_method(model: Any, cfg: JobConfig, gradient_checkpointing: bool = Fals
 def uses_prompt_learning(method: str) -> bool:
     """Prefix / prompt tuning prepend virtual tokens, so rows cannot be packed by position ids."""
     return method in ("prefix", "prompt")
+
+
+def _load_trainable_adapter(model: Any, path: Path) -> Any:
+    """The saved adapter, its weights trainable. peft refuses ``is_trainable`` for prompt learning (prefix,
+    prompt) in ``from_pretrained``: those are rebuilt from their saved config and their weights loaded in."""
+    import peft
+
+    config = peft.PeftConfig.from_pretrained(str(path))
+    if not config.is_prompt_learning:
+        return peft.PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    config.inference_mode = False
+    wrapped = peft.get_peft_model(model, config)
+    peft.set_peft_model_state_dict(wrapped, peft.load_peft_weights(str(path), device=str(model.device)))
+    return wrapped

@@ -177,6 +177,23 @@ def gates(metrics: dict[str, float], cfg: JobConfig) -> tuple[bool | None, list[
     return scoring.apply_gates(metrics, g)
 
 
+def lineage(data_info: dict[str, Any], init: dict[str, Any] | None) -> dict[str, Any]:
+    """Where this run's weights and data came from, for the model card and result.json (which the operator
+    mirrors into status.lineage): the spec.initFrom artifact (`init_from.record`) and the data's hashes.
+
+    >>> lineage({"sourceUri": "/d.jsonl", "sourceSha256": "ab"}, None)
+    {'initFrom': None, 'datasetUri': '/d.jsonl', 'datasetSha256': 'ab'}
+    """
+    out: dict[str, Any] = {
+        "initFrom": init,
+        "datasetUri": data_info.get("sourceUri"),
+        "datasetSha256": data_info.get("sourceSha256"),
+    }
+    if data_info.get("mixSha256"):
+        out.update(mixUri=data_info["mixUri"], mixSha256=data_info["mixSha256"])
+    return out
+
+
 def model_card(
     cfg: JobConfig,
     data_info: dict[str, Any],
@@ -186,10 +203,12 @@ def model_card(
     passed: bool | None,
     started: float,
     run: str | None,
+    lineage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Lineage: where the model and data came from, how it was trained, and how it scored.
 
-    ``run``: the operator's run number (`TrainerEnv.run`), None for a local run.
+    ``run``: the operator's run number (`TrainerEnv.run`), None for a local run. ``lineage``: `lineage`'s
+    record (the spec.initFrom artifact, the data's hashes).
     """
     spec = to_dict(cfg)
     return {
@@ -221,6 +240,7 @@ def model_card(
         },
         "metrics": {"base": base_metrics, "tuned": metrics},
         "evalPassed": passed,
+        "lineage": lineage,
         "libraries": library_versions(),
         "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "durationSeconds": round(time.time() - started, 1),

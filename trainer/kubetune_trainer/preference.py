@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -105,12 +106,17 @@ def odds_ratio_losses(mean_logps: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(log_odds)
 
 
+REFERENCE_ADAPTER = "reference"
+
+
 @dataclass
 class PreferenceObjective:
     """The per-step loss of a dpo/orpo run (see train.Objective).
 
     ``model``: the policy; with an adapter (policy lora), the reference is the same model with the adapter
-    disabled. ``reference``: a frozen copy (dpo with policy full), else None.
+    disabled. ``reference``: a frozen copy (dpo with policy full), else None. ``reference_adapter``: a dpo
+    run that continues a parent's adapter (spec.initFrom) holds the parent's adapter a second time, frozen,
+    and uses it as the reference: the model the preference stage starts from, not the bare base.
     """
 
     method: str  # dpo | orpo
@@ -121,6 +127,7 @@ class PreferenceObjective:
     pad_id: int
     model: Any
     reference: Any = None
+    reference_adapter: str | None = None
 
     def batches(self, rows: list[Row], cfg: TrainingConfig) -> list[list[int]]:
         """``batchSize`` pairs of similar length a micro-batch (packing does not apply to pairs)."""
@@ -137,6 +144,15 @@ class PreferenceObjective:
     def reference_logps(self, rows: list[Row], device: str) -> torch.Tensor:
         if self.reference is not None:
             return sequence_logps(self.reference, rows, self.pad_id, device)[0]
+        if self.reference_adapter is not None:
+            active = self.model.active_adapter
+            # peft's set_adapter makes the active adapter's weights trainable and freezes the others:
+            # switching back restores exactly the policy's trainable set.
+            self.model.set_adapter(self.reference_adapter)
+            try:
+                return sequence_logps(self.model, rows, self.pad_id, device)[0]
+            finally:
+                self.model.set_adapter(active)
         with self.model.disable_adapter():
             return sequence_logps(self.model, rows, self.pad_id, device)[0]
 
@@ -173,16 +189,27 @@ class PreferenceObjective:
         return float(total.item())
 
 
-def objective(model: Any, cfg: JobConfig, pad_id: int) -> PreferenceObjective:
+def objective(model: Any, cfg: JobConfig, pad_id: int, init_adapter: Path | None = None) -> PreferenceObjective:
     """The objective for a dpo/orpo ``cfg``, after `model.apply_method`; dpo with policy full keeps a frozen
-    copy of the weights as they are now (the base) as its reference."""
+    copy of the weights as they are now (the base, or spec.initFrom's model) as its reference; dpo that
+    trains on a parent's adapter (``init_adapter``) loads it once more, frozen, as the reference."""
     p = cfg.preference
-    reference = None
+    reference, reference_adapter = None, None
     if cfg.method == "dpo" and p.policy == "full":
         reference = copy.deepcopy(model).eval().requires_grad_(False)
+    elif cfg.method == "dpo" and init_adapter is not None:
+        model.load_adapter(str(init_adapter), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        reference_adapter = REFERENCE_ADAPTER
     return PreferenceObjective(
-        cfg.method, p.beta, p.loss_type, p.label_smoothing, p.orpo_lambda, pad_id, model, reference
+        cfg.method, p.beta, p.loss_type, p.label_smoothing, p.orpo_lambda, pad_id, model, reference, reference_adapter
     )
+
+
+def release(objective: PreferenceObjective | None) -> None:
+    """Drop the reference adapter before export: the artifact holds the policy's adapter only."""
+    if objective is not None and objective.reference_adapter is not None:
+        objective.model.delete_adapter(objective.reference_adapter)
+        objective.reference_adapter = None
 
 
 @torch.no_grad()

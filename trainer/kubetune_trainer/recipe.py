@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kubetune_trainer import export, uris
+from kubetune_trainer import export, init_from, uris
 from kubetune_trainer.config import ConfigError, JobConfig, parse_job, to_dict
 from kubetune_trainer.environment import TrainerEnv
 
@@ -63,6 +63,7 @@ class Setup:
     remote: str | None  # s3:// (or other fsspec) location to upload to, None when out_dir is the output
     owner: dict[str, str]  # {"uid", "run"}: whose run the output and checkpoints are
     started: float
+    init: init_from.InitArtifact | None  # spec.initFrom: the artifact this run starts from
 
     @property
     def main_rank(self) -> bool:
@@ -76,6 +77,8 @@ def setup(spec_path: str, output: str | None, env: TrainerEnv, world: World) -> 
 
     started = time.time()
     cfg = load_config(spec_path)
+    init = init_from.resolve(cfg)
+    init_from.check_method(cfg, init)  # a method that cannot continue the artifact fails before any data
     out_dir, remote = output_location(cfg, output, env)
     owner = {"uid": cfg.uid or "", "run": env.owner_run}
     export.refuse_foreign_result(out_dir, remote, owner)
@@ -83,7 +86,7 @@ def setup(spec_path: str, output: str | None, env: TrainerEnv, world: World) -> 
     device = distributed.device_for(world)
     dtype = train.resolve_precision(cfg.training.precision, device)
     storage = pipeline.storage_dtype(cfg, device, dtype)
-    return Setup(cfg, env, world, device, dtype, storage, out_dir, remote, owner, started)
+    return Setup(cfg, env, world, device, dtype, storage, out_dir, remote, owner, started, init)
 
 
 def run(
@@ -119,7 +122,9 @@ def run(
     # 3. model: tokenizer first, so the data is tokenised once.
     import torch
 
-    source = model.resolve_model_source(cfg)
+    # A model artifact from spec.initFrom replaces the base weights (and brings its tokenizer).
+    init = s.init
+    source = str(init.path) if init is not None and init.kind == "model" else model.resolve_model_source(cfg)
     tokenizer = model.load_tokenizer(source, cfg, s.env.hf_token)
     # Token ids are cached next to the splits: rank 0 writes them, the other ranks and retries read them.
     if not s.main_rank:
@@ -129,14 +134,21 @@ def run(
         distributed.barrier(world)
     lm = model.load_model(source, cfg, device, s.storage_dtype, s.env.hf_token)
     prompt_learning = model.uses_prompt_learning(cfg.method)
-    base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning=False)
-    torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter
-    lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing)
+    if init is not None and init.kind == "adapter":
+        # "base" metrics are the starting point's: base model + the parent's adapter, so the card shows
+        # what this stage added.
+        lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing, init_adapter=init.path)
+        base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning)
+    else:
+        base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning=False)
+        torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter
+        lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing)
     objective = None  # dpo/orpo: the preference loss (and its reference) instead of next-token cross-entropy
     if cfg.dataset.format == "preference":
         from kubetune_trainer import preference
 
-        objective = preference.objective(lm, cfg, tokenizer.pad_token_id)
+        init_adapter = init.path if init is not None and init.kind == "adapter" else None
+        objective = preference.objective(lm, cfg, tokenizer.pad_token_id, init_adapter)
 
     # 4. train (resumes from the newest checkpoint in out_dir, if any).
     result = train.train(
@@ -159,6 +171,10 @@ def run(
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
     samples: list[dict[str, str]] = []
     metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning, samples, objective)
+    if objective is not None:
+        from kubetune_trainer import preference
+
+        preference.release(objective)
     passed, reasons = pipeline.gates(metrics, cfg)
     outcome: dict[str, Any] = {
         "phase": "Succeeded",
@@ -183,7 +199,10 @@ def run(
         "samples": samples,
     }
     export.write_json(out_dir / "eval.json", eval_report)
-    card = pipeline.model_card(cfg, prepared.info, base_metrics, metrics, result, passed, s.started, s.env.run)
+    lineage = pipeline.lineage(prepared.info, init_from.record(init))
+    card = pipeline.model_card(
+        cfg, prepared.info, base_metrics, metrics, result, passed, s.started, s.env.run, lineage=lineage
+    )
     artifact_dir, digest = export.write_artifact(lm, tokenizer, card, out_dir, state_dict=gathered)
     # kind tells a server what it holds: an adapter for the base model, or a whole model (full fine-tune).
     kind = "model" if cfg.policy_method == "full" else "adapter"
@@ -198,6 +217,7 @@ def run(
         steps=result.steps,
         stoppedEarly=result.stopped_early,
         worldSize=world.size,
+        lineage=lineage,
     )
     export.write_result(out_dir, outcome)
     export.write_termination_message(outcome, s.env.termination_log)

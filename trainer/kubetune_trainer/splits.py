@@ -74,14 +74,17 @@ def _prepare(cfg: JobConfig, out_dir: Path, raw: list[dict[str, Any]], oversized
             splits = data.split_rows(cleaned, d.split)
         except DataError as e:
             raise DataError(f"{d.uri}: {e} ({data.describe_counts(counts)})", counts) from e
+        mix_sha = None
         if d.mix is not None and d.mix.uri:
             general = load_rows(d.mix.uri, d.cleaning.max_row_bytes)
             data.validate_rows(general, "text", d.fields, d.mix.uri)
+            mix_sha = data.content_sha256(general)  # lineage: the general data is an input too
             general, _ = data.clean_rows(general, [d.fields.text], d.cleaning)
             splits["train"] = data.mix_in(splits["train"], general, d.mix.fraction, d.split.seed)
         info = {
             "sourceUri": d.uri,
             "sourceSha256": sha,
+            **({"mixUri": d.mix.uri, "mixSha256": mix_sha} if d.mix is not None else {}),
             "seed": d.split.seed,
             "settings": settings,
             "cleaning": report,

@@ -26,11 +26,17 @@ def run_labels(finetunejob: dict[str, Any], run: int) -> dict[str, str]:
 
 
 def build_spec_configmap(
-    finetunejob: dict[str, Any], run: int, merge_sources: list[dict[str, Any]] | None = None
+    finetunejob: dict[str, Any],
+    run: int,
+    *,
+    init_artifact: dict[str, Any] | None = None,
+    merge_sources: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The FineTuneJob as the trainer reads it: the spec of this run, frozen in a ConfigMap.
 
-    `merge_sources` (method merge): the artifacts the operator resolved the sources to, frozen with the
+    ``init_artifact``: for spec.initFrom.fineTuneJobRef, the parent's artifact this run starts from
+    (`lineage.ParentArtifact.for_trainer`), frozen beside the spec so a retried pod reads the same one.
+    ``merge_sources`` (method merge): the artifacts the operator resolved the sources to, frozen with the
     spec as ``status.mergeSources`` (kubetune_trainer.config.parse_job reads them from there)."""
     meta = finetunejob["metadata"]
     frozen: dict[str, Any] = {
@@ -38,6 +44,7 @@ def build_spec_configmap(
         "kind": finetunejob["kind"],
         "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
         "spec": finetunejob["spec"],
+        **({"initArtifact": init_artifact} if init_artifact else {}),
     }
     if merge_sources is not None:
         frozen["status"] = {"mergeSources": merge_sources}

@@ -9,14 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_api.finetunejob import Merge
-from kubetune_operator import api, job_state, merge_sources, metrics, specs
+from kubetune_operator import api, job_state, lineage, merge_sources, metrics, specs
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
 from kubetune_operator.conditions import set_condition
@@ -67,20 +67,30 @@ def reconcile_spec(
         if owner is not None:
             _mark_invalid(kube, ftj, _output_in_use(spec.output_uri, owner), generation, "OutputInUse")
             return
+        if spec.parent_name == meta["name"]:
+            _mark_invalid(kube, ftj, "spec.initFrom.fineTuneJobRef names this FineTuneJob itself", generation)
+            return
         previous = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run)) if run else None
         if previous is not None and job_state.read_job(previous).phase not in job_state.TERMINAL:
             # The spec changed under a live run: it trains the wrong thing, so replace it.
             kube.delete_job(meta["namespace"], previous["metadata"]["name"])
             kube.event(ftj, "Normal", "RunReplaced", f"spec changed: run {run} stopped, starting run {run + 1}")
-        _start_run(kube, ftj, spec, run + 1, spec_hash, settings, reason="SpecChanged" if run else "Created")
+        init = _latest_init(kube, ftj, spec)  # a new run takes the parent's latest artifact
+        if isinstance(init, lineage.Waiting):
+            _mark_waiting(kube, ftj, init.message, generation)
+            return
+        reason = "SpecChanged" if run else "Created"
+        _start_run(kube, ftj, spec, run + 1, spec_hash, settings, reason=reason, init=init)
         return
 
     if status.get("phase") in job_state.TERMINAL:
         return  # A finished run stays finished (its Job may even be gone by TTL); nothing to do.
     job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
     if job is None:
-        # Status says a run is live but its Job is missing (e.g. crash before create): recreate it.
-        _start_run(kube, ftj, spec, run, spec_hash, settings, reason="Recreated")
+        # Status says a run is live but its Job is missing (e.g. crash before create): recreate it, from
+        # the artifact the run recorded (not the parent's latest: that would be another run).
+        init = lineage.ParentArtifact.from_status(status)
+        _start_run(kube, ftj, spec, run, spec_hash, settings, reason="Recreated", init=init)
         return
     if bool(job["spec"].get("suspend")) != spec.suspend:
         kube.patch_job(meta["namespace"], job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
@@ -164,16 +174,47 @@ def start_scheduled_run(kube: Kube, ftj: dict[str, Any], settings: Settings, now
         return
     if status.get("phase") not in job_state.TERMINAL:
         return  # Forbid overlap: a run is live; the slot is taken when it finishes.
+    spec = specs.FineTuneJobSpec.from_dict(ftj["spec"])
+    init = _latest_init(kube, ftj, spec)
+    if isinstance(init, lineage.Waiting):
+        log.info("%s/%s: scheduled run waits: %s", meta["namespace"], meta["name"], init.message)
+        return  # The slot stays due (lastScheduleTime is unchanged): the next tick tries again.
     _start_run(
         kube,
         ftj,
-        specs.FineTuneJobSpec.from_dict(ftj["spec"]),
+        spec,
         int(status["run"]) + 1,
         specs.run_spec_hash(ftj["spec"]),
         settings,
         reason="Scheduled",
         extra_status={"lastScheduleTime": due.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        init=init,
     )
+
+
+def follow_parent(
+    kube: Kube, ftj: dict[str, Any], settings: Settings, outputs: list[specs.OutputClaim] | None = None
+) -> None:
+    """Timer, and any event of the parent: start a child that waits for its parent once the parent has an
+    artifact; with rerunOnParentSuccess, start a new run for each newer artifact. The parent is read
+    afresh; what the child started from is read back from its status, so a restart decides the same."""
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    spec = specs.FineTuneJobSpec.from_dict(ftj["spec"])
+    if not spec.parent_name:
+        return
+    if lineage.waiting(status):
+        reconcile_spec(kube, ftj, settings, outputs)
+        return
+    if status.get("runSpecHash") != specs.run_spec_hash(ftj["spec"]):
+        return  # a spec change is reconcile_spec's to start
+    parent = kube.get_custom(api.FINETUNEJOBS, meta["namespace"], spec.parent_name)
+    latest = lineage.parent_artifact(spec.parent_name, spec.method, parent)
+    if not isinstance(latest, lineage.ParentArtifact) or not lineage.rerun_due(
+        spec.rerun_on_parent_success, status, latest
+    ):
+        return
+    run = int(status["run"]) + 1
+    _start_run(kube, ftj, spec, run, status["runSpecHash"], settings, reason=lineage.PARENT_UPDATED, init=latest)
 
 
 def _start_run(
@@ -185,17 +226,22 @@ def _start_run(
     settings: Settings,
     reason: str,
     extra_status: dict[str, Any] | None = None,
+    init: lineage.ParentArtifact | None = None,
 ) -> None:
     meta = ftj["metadata"]
     generation = int(meta.get("generation", 1))
-    resolved = None
+    sources = None
     if spec.merge is not None:
-        resolved = _merge_sources(kube, ftj, spec.merge, generation, keep_phase=reason == "Scheduled")
-        if resolved is None:
+        sources = _merge_sources(kube, ftj, spec.merge, generation, keep_phase=reason == "Scheduled")
+        if sources is None:
             return  # a source is not ready: the WaitingForSources timer checks again
-    job = build_trainer_job(spec, ftj, run, settings, resolved)
+    resolved = init if init is not None and init.name else None  # a parent's artifact, not a spec uri
+    if resolved is not None:
+        spec = replace(spec, init_uri=resolved.uri)  # the pod mounts the parent's claim
+    job = build_trainer_job(spec, ftj, run, settings, sources)
     try:
-        kube.create(build_spec_configmap(ftj, run, resolved))
+        init_artifact = resolved.for_trainer() if resolved else None
+        kube.create(build_spec_configmap(ftj, run, init_artifact=init_artifact, merge_sources=sources))
         created = kube.create(job)
     except ApiException as err:
         if err.status in (400, 403, 422):
@@ -225,19 +271,50 @@ def _start_run(
             "evalPassed": None,
             "lastCheckpoint": None,
             "data": None,
+            "lineage": {"parent": init.status()} if init is not None else None,
         }
     )
-    if resolved is not None:
-        names = ", ".join(f"{r['name']} run {r['run']}" for r in resolved if r.get("name")) or "uris only"
-        message = f"run {run} merges {len(resolved)} adapters ({names})"
+    if sources is not None:
+        names = ", ".join(f"{r['name']} run {r['run']}" for r in sources if r.get("name")) or "uris only"
+        message = f"run {run} merges {len(sources)} adapters ({names})"
         patch["conditions"] = set_condition(
             patch["conditions"], SOURCES_READY, True, "SourcesResolved", message, generation, now_iso()
         )
-    patch["mergeSources"] = resolved
+    patch["mergeSources"] = sources
     patch.update(extra_status or {})
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
     if created:
-        kube.event(ftj, "Normal", reason, f"run {run} started: trainer Job {job['metadata']['name']}")
+        source = f" from {resolved.name} run {resolved.run} ({resolved.uri})" if resolved else ""
+        kube.event(ftj, "Normal", reason, f"run {run} started{source}: trainer Job {job['metadata']['name']}")
+
+
+def _latest_init(
+    kube: Kube, ftj: dict[str, Any], spec: specs.FineTuneJobSpec
+) -> lineage.ParentArtifact | lineage.Waiting | None:
+    """What a new run starts from: the parent's latest artifact, the spec's initFrom.uri, or nothing."""
+    if spec.parent_name:
+        parent = kube.get_custom(api.FINETUNEJOBS, ftj["metadata"]["namespace"], spec.parent_name)
+        return lineage.parent_artifact(spec.parent_name, spec.method, parent)
+    return lineage.ParentArtifact(spec.init_uri) if spec.init_uri else None
+
+
+def _mark_waiting(kube: Kube, ftj: dict[str, Any], message: str, generation: int) -> None:
+    """Pending without a Job; the timer and the parent's events look again (`follow_parent`)."""
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    reason = lineage.WAITING_FOR_PARENT
+    conditions = set_condition(status.get("conditions"), "Running", False, reason, message, generation, now_iso())
+    patch: dict[str, Any] = {
+        "phase": job_state.PENDING,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+    if status.get("jobName"):
+        patch["jobName"] = None  # the last run's Job no longer describes this FineTuneJob (sync_from_job)
+    if _same(status, patch):
+        return
+    kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
+    kube.event(ftj, "Normal", reason, message)
 
 
 SOURCES_READY = "SourcesReady"
