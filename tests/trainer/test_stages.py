@@ -206,3 +206,43 @@ def test_a_directory_without_weights_is_refused(write_spec, tmp_path):
         init_from.resolve(config_with(write_spec, {"uri": str(tmp_path / "empty")}))
     with pytest.raises(ConfigError, match="is not a directory"):
         init_from.resolve(config_with(write_spec, {"uri": str(tmp_path / "missing")}))
+
+
+@pytest.mark.slow
+def test_a_dpo_stage_continues_the_sft_adapter_against_it_as_reference(write_spec, tmp_path, monkeypatch):
+    """instruction -> DPO: the preference stage trains the parent's adapter further, and its reference is
+    the parent (its adapter held a second time, frozen), not the bare base; the artifact holds one adapter."""
+    from kubetune_trainer import preference
+    from tests.trainer.test_preference import pref_spec
+
+    sft = run(str(write_spec({"training": STEPS}, "sft.yaml")), output=str(tmp_path / "sft"))
+    parent = sft["artifact"]
+    seen: dict[str, Any] = {}
+    real_train = train_lib.train
+
+    def spy(model, rows, *args, **kwargs):
+        objective = kwargs["objective"]
+        batch = rows[:4]
+        with torch.no_grad():
+            seen["policy"] = preference.sequence_logps(model, batch, objective.pad_id, "cpu")[0]
+        seen["reference"] = objective.reference_logps(batch, "cpu")
+        with torch.no_grad(), model.disable_adapter():
+            seen["base"] = preference.sequence_logps(model, batch, objective.pad_id, "cpu")[0]
+        seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+        return real_train(model, rows, *args, **kwargs)
+
+    monkeypatch.setattr(train_lib, "train", spy)
+    spec = pref_spec("dpo", training={"maxSteps": 4, "evalSteps": 2}, lora={})
+    spec["initFrom"] = {"uri": parent["uri"]}
+    spec.pop("lora")  # the parent's adapter decides the rank
+    result = run(str(write_spec(spec, "dpo.yaml")), output=str(tmp_path / "dpo"))
+
+    assert result["phase"] == "Succeeded"
+    assert torch.allclose(seen["reference"], seen["policy"]), "at the start the policy is its reference"
+    assert not torch.allclose(seen["reference"], seen["base"]), "the reference is the parent, not the base"
+    assert seen["trainable"] and all(".default." in n for n in seen["trainable"]), "only the policy trains"
+    artifact = Path(result["artifact"]["uri"])
+    assert not (artifact / preference.REFERENCE_ADAPTER).exists(), "the reference adapter is not exported"
+    before, after = adapter_weights(parent["uri"]), adapter_weights(str(artifact))
+    assert after.keys() == before.keys() and any(not torch.equal(after[k], before[k]) for k in before)
+    assert result["lineage"]["initFrom"]["digest"] == parent["digest"]
