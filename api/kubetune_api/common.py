@@ -94,6 +94,12 @@ Affinity = Annotated[
 ]
 
 
+class FineTuneJobRef(ApiModel):
+    """A FineTuneJob the resource builds on (an adapter to serve, a source to merge, a parent to start from)."""
+
+    name: str = Field(max_length=253, description="A FineTuneJob in the same namespace.")
+
+
 class LocalObjectRef(ApiModel):
     name: str = Field(max_length=253)
     optional: bool | None = None

@@ -15,6 +15,7 @@ from kubetune_api.common import (
     INPUT_LOCATION,
     LOCATION,
     EnvFromSource,
+    FineTuneJobRef,
     InClaim,
     MaybeImage,
     MaybeInClaim,
@@ -327,10 +328,6 @@ SPARSIFYING = ("ties", "dare_linear", "dare_ties")  # the combinations that trim
 SIGN_ELECTING = ("ties", "dare_ties")  # the combinations that elect a sign per weight (merge.majoritySign)
 
 
-class MergeSourceRef(ApiModel):
-    name: str = Field(max_length=253, description="A FineTuneJob in the same namespace.")
-
-
 class MergeSource(ApiModel):
     rules = (
         Rule(
@@ -339,7 +336,7 @@ class MergeSource(ApiModel):
             lambda s: has(s, "fine_tune_job_ref") != has(s, "uri"),
         ),
     )
-    fine_tune_job_ref: MergeSourceRef | None = Field(
+    fine_tune_job_ref: FineTuneJobRef | None = Field(
         None, description="Its latest run that Succeeded and passed evaluation; the merge waits until there is one."
     )
     uri: MaybeInClaim = Field(
@@ -423,10 +420,6 @@ _TRAINING_ONLY = ("max_steps", "distributed", "layerwise_lr_decay")
 # --- stages: spec.initFrom (start from another run's artifact) ---------------------------------------
 
 
-class ParentRef(ApiModel):
-    name: str = Field(max_length=253, description="A FineTuneJob in the same namespace.")
-
-
 class InitFrom(ApiModel):
     rules = (
         Rule(
@@ -440,7 +433,7 @@ class InitFrom(ApiModel):
             lambda s: not s.rerun_on_parent_success or has(s, "fine_tune_job_ref"),
         ),
     )
-    fine_tune_job_ref: ParentRef | None = Field(
+    fine_tune_job_ref: FineTuneJobRef | None = Field(
         None,
         description=(
             "Start from this FineTuneJob's latest successful, EvalPassed artifact; this one waits (Pending, "

@@ -15,6 +15,7 @@ from kubetune_api.common import (
     DURATION,
     LOCATION,
     EnvFromSource,
+    FineTuneJobRef,
     MaybeImage,
     MaybeInClaim,
     ServingResources,
@@ -64,10 +65,6 @@ class ServedBaseModel(ApiModel):
             "HF_HUB_OFFLINE=1 from envFrom, pods never reach the hub."
         ),
     )
-
-
-class FineTuneJobRef(ApiModel):
-    name: str = Field(max_length=253)
 
 
 class Adapter(ApiModel):
