@@ -329,6 +329,7 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("minimal finetunejob", FTJ, GOOD_FTJ),
     ("minimal modeldeployment", MDEP, GOOD_MDEP),
     ("example dpo finetunejob", *_example("finetunejob-dpo.yaml")),
+    ("example orpo finetunejob", *_example("finetunejob-orpo.yaml")),
     ("example merge finetunejob", *_example("finetunejob-merge.yaml")),
     *((f"example stage {i}", FTJ, spec) for i, spec in enumerate(_stages("finetunejob-stages.yaml"))),
     *(

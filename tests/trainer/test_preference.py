@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from kubetune_trainer import model as model_lib
 from kubetune_trainer import pipeline, preference, splits
 from kubetune_trainer import train as train_lib
 from kubetune_trainer.recipe import load_config, run
+from kubetune_trainer.sources import DataError
 
 pytestmark = pytest.mark.slow
 PAIRS = Path(__file__).resolve().parents[2] / "examples" / "data" / "preference" / "support-pairs.jsonl"
@@ -55,6 +57,29 @@ def test_pairs_are_cleaned_deduplicated_and_split_like_other_data(write_spec, tm
     assert {k: counts[k] for k in ("train", "validation", "test")} == {"train": 42, "validation": 6, "test": 12}
     again = splits.prepare(cfg, tmp_path / "again")
     assert again.splits == prepared.splits  # seeded: the same split every time
+
+
+CHAT_PAIRS = PAIRS.with_name("support-pairs-chat.jsonl")  # the same pairs as chat messages (trl's conversational)
+
+
+def test_conversational_pairs_render_the_prompt_as_chat_and_train_on_the_answers(write_spec, tmp_path):
+    spec = pref_spec("dpo")
+    spec["dataset"]["uri"] = str(CHAT_PAIRS)
+    cfg, tok, data, _ = prepare(write_spec(spec), tmp_path)
+    row = json.loads(CHAT_PAIRS.read_text().splitlines()[0])
+    pair = preference.tokenize_preference(row, cfg.dataset.fields, tok, cfg.training.max_seq_length)
+    assert pair is not None
+    chosen = [t for t, lab in zip(pair["input_ids"], pair["labels"], strict=True) if lab != -100]
+    assert tok.decode(chosen).strip().startswith(row["chosen"][0]["content"][:10])
+    prompt = tok.decode(pair["input_ids"][: len(pair["input_ids"]) - len(chosen)])
+    assert row["prompt"][0]["content"] in prompt and "### Instruction" not in prompt
+    assert len(data.train) == 42  # cleaned and split like the string pairs
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**row, "prompt": row["chosen"]}) + "\n")
+    spec["dataset"]["uri"] = str(bad)
+    with pytest.raises(DataError, match=r"row 1: field 'prompt' must end with a user message"):
+        splits.prepare(load_config(str(write_spec(spec, "bad.yaml"))), tmp_path / "bad")
 
 
 # -- our losses vs trl's --------------------------------------------------------------------------------

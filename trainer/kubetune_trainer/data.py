@@ -63,18 +63,22 @@ def validate_rows(rows: list[Row], fmt: str, fields: FieldsConfig, source: str) 
             value = row[column]
             if fmt == "chat":
                 _validate_messages(value, f"{where}: field '{column}'")
+            elif fmt == "preference" and isinstance(value, list):  # trl's conversational pairs
+                last = "user" if column == fields.prompt else "assistant"
+                _validate_messages(value, f"{where}: field '{column}'", last)
             elif not isinstance(value, str):
                 raise DataError(f"{where}: field '{column}' must be a string, got {type(value).__name__}")
 
 
-def _validate_messages(value: Any, where: str) -> None:
+def _validate_messages(value: Any, where: str, last: str = "assistant") -> None:
     if not isinstance(value, list) or not value:
         raise DataError(f"{where} must be a non-empty list of {{role, content}}")
     for j, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
             raise DataError(f"{where}[{j}] must be {{role: system|user|assistant, content: string}}")
-    if value[-1]["role"] != "assistant":
-        raise DataError(f"{where} must end with an assistant message (the training target)")
+    if value[-1]["role"] != last:
+        why = "the training target" if last == "assistant" else "the turn the responses answer"
+        raise DataError(f"{where} must end with a{'n' if last == 'assistant' else ''} {last} message ({why})")
 
 
 def normalize_whitespace(text: str) -> str:

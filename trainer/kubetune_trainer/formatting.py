@@ -33,6 +33,32 @@ def default_chat_prompt(messages: list[dict[str, str]]) -> str:
     return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
 
 
+def chat_prompt(messages: list[dict[str, str]], tokenizer: Any = None) -> str:
+    """The conversation so far, rendered with an assistant turn opened (the tokenizer's template if any)."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return default_chat_prompt(messages)
+
+
+def preference_parts(row: Row, fields: FieldsConfig, tokenizer: Any = None) -> tuple[str, str, str]:
+    """A pair row -> (prompt, chosen, rejected) strings. Each may be a string (the instruction template
+    frames the prompt) or, as trl's conversational pairs, chat messages: the prompt's turns go through
+    the chat template, and a response's last (assistant) message is the answer.
+
+    >>> row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
+    ...        "rejected": "go away"}
+    >>> preference_parts(row, FieldsConfig())
+    ('<|user|>\\nhi\\n<|assistant|>\\n', 'hello', 'go away')
+    """
+    prompt = row[fields.prompt]
+    text = chat_prompt(prompt, tokenizer) if isinstance(prompt, list) else instruction_prompt(prompt)
+
+    def answer(value: Any) -> str:
+        return str(value[-1]["content"]) if isinstance(value, list) else str(value)
+
+    return text, answer(row[fields.chosen]), answer(row[fields.rejected])
+
+
 def to_pair(row: Row, fmt: str, fields: FieldsConfig, tokenizer: Any = None) -> tuple[str, str]:
     """One row -> (prompt, response).
 
@@ -47,10 +73,7 @@ def to_pair(row: Row, fmt: str, fields: FieldsConfig, tokenizer: Any = None) -> 
         system = row.get(fields.system) if fields.system else None
         return instruction_prompt(row[fields.prompt], system), row[fields.response]
     if fmt == "preference":  # the chosen response is the one to generate (golden answers)
-        return instruction_prompt(row[fields.prompt]), row[fields.chosen]
+        prompt, chosen, _ = preference_parts(row, fields, tokenizer)
+        return prompt, chosen
     messages = row[fields.messages]
-    context, answer = messages[:-1], messages[-1]["content"]
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
-        return prompt, answer
-    return default_chat_prompt(context), answer
+    return chat_prompt(messages[:-1], tokenizer), messages[-1]["content"]

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from kubetune_trainer.config import FieldsConfig, JobConfig, TrainingConfig
-from kubetune_trainer.formatting import instruction_prompt
+from kubetune_trainer.formatting import preference_parts
 from kubetune_trainer.loss import token_losses
 from kubetune_trainer.packing import IGNORE, batch_indices, collate, tokenize_pair
 
@@ -41,9 +41,9 @@ Row = dict[str, list[int]]
 
 def tokenize_preference(row: dict[str, Any], fields: FieldsConfig, tokenizer: Any, max_len: int) -> Row | None:
     """One pair row; None when either response has no token left within ``max_len``."""
-    prompt = instruction_prompt(row[fields.prompt])
-    chosen = tokenize_pair(prompt, row[fields.chosen], tokenizer, max_len)
-    rejected = tokenize_pair(prompt, row[fields.rejected], tokenizer, max_len)
+    prompt, chosen_text, rejected_text = preference_parts(row, fields, tokenizer)
+    chosen = tokenize_pair(prompt, chosen_text, tokenizer, max_len)
+    rejected = tokenize_pair(prompt, rejected_text, tokenizer, max_len)
     if chosen is None or rejected is None:
         return None
     return {**chosen, "rejected_input_ids": rejected["input_ids"], "rejected_labels": rejected["labels"]}
