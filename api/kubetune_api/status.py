@@ -98,7 +98,14 @@ class FineTuneJobStatus(ApiModel):
     last_schedule_time: str | None = timestamp()
     message: str | None = None
     progress: Progress | None = None
-    metrics: dict[str, float] | None = None
+    metrics: dict[str, float] | None = Field(None, description="The tuned model's evaluation on the test split.")
+    base_metrics: dict[str, float] | None = Field(
+        None,
+        description=(
+            "The same evaluation of the starting point (the base model; with spec.initFrom an adapter, the parent's), "
+            "beside metrics: what the run bought."
+        ),
+    )
     artifact: Artifact | None = None
     last_checkpoint: str | None = None
     eval_passed: bool | None = Field(

@@ -202,8 +202,9 @@ def status_for_run(
     if state.phase in TERMINAL:
         patch["completionTime"] = state.completion_time or now
     result = result or {}
-    if result.get("metrics"):
-        patch["metrics"] = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, int | float)}
+    for key in ("metrics", "baseMetrics"):  # the tuned model's numbers, and the base's beside them
+        if isinstance(result.get(key), dict) and result[key]:
+            patch[key] = {k: float(v) for k, v in result[key].items() if isinstance(v, int | float)}
     if result.get("artifact"):
         patch["artifact"] = result["artifact"]
     if isinstance(result.get("data"), dict):

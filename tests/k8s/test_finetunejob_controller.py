@@ -89,6 +89,7 @@ def test_finetunejob_runs_a_trainer_job_and_mirrors_success(k8s, operator):
         "lastTransitionTime": None,
     }
     assert status["metrics"] == {"evalLoss": 1.25, "perplexity": 3.49}
+    assert status["baseMetrics"] == {"evalLoss": 2.5, "perplexity": 12.18}  # the base beside the tuned
     assert status["artifact"]["uri"] == "/models/out/run-1"
     assert status["startTime"] and status["completionTime"]
     reasons = wait_for(

@@ -64,9 +64,11 @@ def test_termination_result_ignores_garbage(message):
 
 def test_status_for_success_sets_eval_condition_and_metrics():
     state = read_job({"spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}})
-    patch = status_for_run({}, state, 3, "now", {"evalPassed": False, "metrics": {"evalLoss": 2, "note": "x"}})
+    result = {"evalPassed": False, "metrics": {"evalLoss": 2, "note": "x"}, "baseMetrics": {"evalLoss": 3}}
+    patch = status_for_run({}, state, 3, "now", result)
     assert patch["phase"] == "Succeeded"
     assert patch["metrics"] == {"evalLoss": 2.0}
+    assert patch["baseMetrics"] == {"evalLoss": 3.0}  # the base's numbers beside the tuned ones
     cond = get_condition(patch["conditions"], "EvalPassed")
     assert cond["status"] == "False" and cond["reason"] == "GatesFailed" and cond["observedGeneration"] == 3
     assert get_condition(patch["conditions"], "Succeeded")["status"] == "True"

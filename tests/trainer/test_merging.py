@@ -198,7 +198,9 @@ def test_a_merge_job_evaluates_gates_and_exports_a_servable_adapter(
     assert card["method"] == "merge" and card["merge"]["combination"] == "linear" and card["merge"]["rank"] == 6
     assert [(s["uri"], s["weight"]) for s in card["merge"]["sources"]] == [(x["uri"], x["weight"]) for x in sources]
     assert card["merge"]["sources"][0]["digest"] == export.directory_digest(adapters["a"])
-    assert read_json(tmp_path / "termination-log")["artifact"]["uri"] == str(artifact)
+    handed = read_json(tmp_path / "termination-log")  # what the operator mirrors into status
+    assert handed["artifact"]["uri"] == str(artifact)
+    assert handed["baseMetrics"] == report["base"] and handed["metrics"] == report["tuned"]
 
     with ServerProcess(tiny_model_dir, version="merged", adapter=artifact) as server:
         status, body = server.post(

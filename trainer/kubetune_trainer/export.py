@@ -148,7 +148,18 @@ def write_termination_message(result: dict[str, Any], path: Path) -> bool:
     """
     if not path.exists():
         return False
-    keys = ("phase", "reason", "metrics", "evalPassed", "artifact", "message", "data", "steps", "lineage")
+    keys = (
+        "phase",
+        "reason",
+        "metrics",
+        "baseMetrics",
+        "evalPassed",
+        "artifact",
+        "message",
+        "data",
+        "steps",
+        "lineage",
+    )
     summary = {k: result[k] for k in keys if k in result}
     if "message" in summary:
         summary["message"] = str(summary["message"])[:1000]

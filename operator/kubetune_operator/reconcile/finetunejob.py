@@ -267,6 +267,7 @@ def _start_run(
             "completionTime": None,
             "progress": None,
             "metrics": None,
+            "baseMetrics": None,
             "artifact": None,
             "evalPassed": None,
             "lastCheckpoint": None,
