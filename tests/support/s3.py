@@ -51,6 +51,12 @@ class S3Server:
     def __exit__(self, *_: Any) -> None:
         if self._proc is not None:
             stop_process(self._proc, timeout=10)
+        # fsspec caches S3 filesystems by their arguments, and the trainer's carry none (the endpoint
+        # comes from AWS_ENDPOINT_URL): a cached one would keep talking to this stopped server when the
+        # next test's server is somewhere else.
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
 
     def client(self) -> Any:
         """An s3fs filesystem talking to this server (a fresh instance: no fsspec cache)."""
