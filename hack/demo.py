@@ -223,7 +223,10 @@ def rollouts(cp, prometheus: PrometheusServer) -> tuple[list[str], list[str]]:  
         st, seen = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
         decisions.append(f"run 2 canary -> {st['phase']}: {st.get('message')}")
         decisions.append(f"run 2 shares: {shares(seen)}")
-        if st["phase"] != "Promoted" or st.get("stableAdapterUri") != (run2.get("artifact") or {}).get("uri"):
+        # stableAdapterUri names the served artifact with its digest: uri#digest=sha256:...
+        served_uri, _, served_digest = (st.get("stableAdapterUri") or "").partition("#digest=")
+        artifact = run2.get("artifact") or {}
+        if st["phase"] != "Promoted" or (served_uri, served_digest) != (artifact.get("uri"), artifact.get("digest")):
             problems.append(f"run 2 was not promoted: {st['phase']} serving {st.get('stableAdapterUri')}")
         if [w for w, _ in seen] != steps or any(a is None for _, a in seen):
             problems.append(f"run 2 did not go through every step {steps} with its achieved share: {seen}")
