@@ -37,6 +37,7 @@ from typing import Any
 from kubernetes import client, config
 
 from kubetune_dev.apiserver_metrics import Key, delta, request_counts
+from kubetune_dev.audit import AuditLog
 from kubetune_dev.controlplane import ControlPlane, running_control_plane
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,9 +192,19 @@ def idle_modeldeployments(
         )
     time.sleep(max(3 * tick, 10))  # settled: the pods' last status updates, kopf's own bookkeeping
 
-    start = request_counts(cp)
+    audit = AuditLog(cp.audit_log)
+    start, mark, since = request_counts(cp), audit.end(), time.time()
     time.sleep(window)
     with_operator = delta(request_counts(cp), start)
+    # The apiserver's audit log names each write's namespace: what was written to the bench's own objects
+    # in the window, by anyone (the counters' subtraction also catches the apiserver's own background work).
+    written = [w for w in audit.writes_since(mark) if w.namespace == ns]
+    events = [
+        f"{e.reason} on {e.involved_object.kind}/{e.involved_object.name}: {e.message}"
+        for e in client.CoreV1Api(api).list_namespaced_event(ns).items
+        if (when := e.last_timestamp or e.event_time or e.metadata.creation_timestamp) is not None
+        and when.timestamp() >= since
+    ]
     op.stop()
     time.sleep(5)  # the operator's watches close (a WATCH is counted when it ends)
     start = request_counts(cp)
@@ -210,9 +221,23 @@ def idle_modeldeployments(
     ticks = 60 / tick
     print(
         f"  total: {reads:.1f} reads, {writes:.1f} writes per idle ModelDeployment per minute "
-        f"({ticks:g} ticks a minute: {writes / ticks:.2f} writes per tick)\n"
+        f"({ticks:g} ticks a minute: {writes / ticks:.2f} writes per tick)"
     )
-    return {"reads_per_min": round(reads, 2), "writes_per_min": round(writes, 2), "writes_per_tick": writes / ticks}
+    in_namespace = len(written) * per_minute
+    print(
+        f"  audit log: {len(written)} writes in namespace {ns} during the window ({in_namespace / ticks:.2f} per tick)"
+    )
+    for w in written:
+        print(f"    {w.verb} {w.resource} {w.name} ({w.user_agent})")
+    for e in events:
+        print(f"    event in the window: {e}")
+    print()
+    return {
+        "reads_per_min": round(reads, 2),
+        "writes_per_min": round(writes, 2),
+        "writes_per_tick": writes / ticks,
+        "namespace_writes_per_tick": in_namespace / ticks,
+    }
 
 
 def main() -> None:
