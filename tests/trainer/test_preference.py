@@ -16,6 +16,7 @@ from kubetune_trainer import pipeline, preference, splits
 from kubetune_trainer import train as train_lib
 from kubetune_trainer.recipe import load_config, run
 from kubetune_trainer.sources import DataError
+from tests.trainer.test_trainer_train import prepare
 
 pytestmark = pytest.mark.slow
 PAIRS = Path(__file__).resolve().parents[2] / "examples" / "data" / "preference" / "support-pairs.jsonl"
@@ -32,16 +33,6 @@ def pref_spec(method: str, **extra):
     for key, value in extra.items():
         spec[key] = {**spec.get(key, {}), **value}
     return spec
-
-
-def prepare(spec_path, out_dir):
-    cfg = load_config(str(spec_path))
-    prepared = splits.prepare(cfg, out_dir)
-    source = model_lib.resolve_model_source(cfg)
-    tok = model_lib.load_tokenizer(source, cfg)
-    data = pipeline.tokenize_splits(prepared, cfg, tok, "cpu")
-    lm = model_lib.load_model(source, cfg, "cpu", torch.float32)
-    return cfg, tok, data, lm
 
 
 def test_pairs_are_cleaned_deduplicated_and_split_like_other_data(write_spec, tmp_path):

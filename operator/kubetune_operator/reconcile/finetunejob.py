@@ -155,10 +155,7 @@ def explain_pending(
         reason, message = blocker
         generation = int(meta.get("generation", 1))
         conditions = set_condition(status.get("conditions"), "Running", False, reason, message, generation, now_iso())
-        patch = {"message": message, "conditions": conditions}
-        if not _same(status, patch):
-            kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
-            kube.event(ftj, "Warning", reason, message)
+        _patch_and_tell(kube, ftj, {"message": message, "conditions": conditions}, "Warning", reason, message)
         return
 
 
@@ -301,7 +298,7 @@ def _latest_init(
 
 def _mark_waiting(kube: Kube, ftj: dict[str, Any], message: str, generation: int) -> None:
     """Pending without a Job; the timer and the parent's events look again (`follow_parent`)."""
-    meta, status = ftj["metadata"], ftj.get("status") or {}
+    status = ftj.get("status") or {}
     reason = lineage.WAITING_FOR_PARENT
     conditions = set_condition(status.get("conditions"), "Running", False, reason, message, generation, now_iso())
     patch: dict[str, Any] = {
@@ -312,10 +309,7 @@ def _mark_waiting(kube: Kube, ftj: dict[str, Any], message: str, generation: int
     }
     if status.get("jobName"):
         patch["jobName"] = None  # the last run's Job no longer describes this FineTuneJob (sync_from_job)
-    if _same(status, patch):
-        return
-    kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
-    kube.event(ftj, "Normal", reason, message)
+    _patch_and_tell(kube, ftj, patch, "Normal", reason, message)
 
 
 SOURCES_READY = "SourcesReady"
@@ -339,9 +333,7 @@ def _merge_sources(
     patch: dict[str, Any] = {"message": message, "observedGeneration": generation, "conditions": conditions}
     if not keep_phase:  # a scheduled re-run waits behind the last run's outcome, which stays shown
         patch["phase"] = job_state.PENDING
-    if not _same(status, patch):
-        kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
-        kube.event(ftj, "Normal", WAITING_FOR_SOURCES, message)
+    _patch_and_tell(kube, ftj, patch, "Normal", WAITING_FOR_SOURCES, message)
     return None
 
 
@@ -391,13 +383,21 @@ def _output_in_use(uri: str, owner: specs.OutputClaim) -> str:
 
 
 def _mark_invalid(kube: Kube, ftj: dict[str, Any], message: str, generation: int, reason: str = "InvalidSpec") -> None:
-    meta, status = ftj["metadata"], ftj.get("status") or {}
+    status = ftj.get("status") or {}
     conditions = set_condition(status.get("conditions"), "Failed", True, reason, message, generation, now_iso())
     patch = {"phase": job_state.FAILED, "message": message, "observedGeneration": generation, "conditions": conditions}
-    if _same(status, patch):
+    _patch_and_tell(kube, ftj, patch, "Warning", reason, message)
+
+
+def _patch_and_tell(
+    kube: Kube, ftj: dict[str, Any], patch: dict[str, Any], event_type: str, reason: str, message: str
+) -> None:
+    """Patch the status and post one Event, both only when the patch changes something (write once)."""
+    if _same(ftj.get("status") or {}, patch):
         return
+    meta = ftj["metadata"]
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
-    kube.event(ftj, "Warning", reason, message)
+    kube.event(ftj, event_type, reason, message)
 
 
 def _same(status: dict[str, Any], patch: dict[str, Any]) -> bool:
