@@ -2,7 +2,8 @@
 
 Room: the API package. This module is the single source of the FineTuneJob API: the CRD schema
 (hack/gen_crds.py), the API reference, the operator's and the trainer's parsers all come from it.
-Defaults are written here once; `no_schema_default` marks the few the CRD must not store.
+Defaults are written here once; `no_schema_default` marks the few the CRD must not store. The larger
+sections live beside it: dataset.py, evaluation.py and stages.py (merge, initFrom).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from kubetune_api.common import (
     INPUT_LOCATION,
     LOCATION,
     EnvFromSource,
-    FineTuneJobRef,
     InClaim,
     MaybeImage,
     MaybeInClaim,
     TrainerResources,
 )
+from kubetune_api.dataset import Dataset
+from kubetune_api.evaluation import Evaluation
 from kubetune_api.rules import ApiModel, Rule, has, no_schema_default
+from kubetune_api.stages import InitFrom, Merge
 
 Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3", "dpo", "orpo", "merge"]
-Metric = Literal["perplexity", "exactMatch", "contains", "preferenceAccuracy"]
 # FSDP shards what sits inside the transformers model; prompt-learning parameters live outside it
 # (they would never be synchronised), and 4-bit bitsandbytes weights need a quant-storage setup.
 FSDP_METHODS = ("lora", "full", "ia3")
@@ -64,85 +66,6 @@ class BaseModelSource(ApiModel):
     token_secret_ref: SecretKeyRef | None = Field(
         None, description="Secret holding an access token; passed to the pod by reference only."
     )
-
-
-class DatasetFields(ApiModel):
-    prompt: str = Field("prompt", max_length=128)
-    response: str = Field("response", max_length=128)
-    messages: str = Field("messages", max_length=128)
-    text: str = Field("text", max_length=128)
-    system: str | None = Field(None, max_length=128)
-    chosen: str = Field("chosen", max_length=128, description="format preference: the preferred response.")
-    rejected: str = Field("rejected", max_length=128, description="format preference: the dispreferred response.")
-
-
-class Split(ApiModel):
-    rules = (
-        Rule(
-            "(has(self.validation) ? self.validation : 0.1) + (has(self.test) ? self.test : 0.1) < 1.0",
-            "split.validation + split.test must leave data to train on (sum < 1)",
-            lambda s: s.validation + s.test < 1.0,
-        ),
-    )
-    validation: float = Field(0.1, ge=0, lt=1)
-    test: float = Field(0.1, ge=0, lt=1)
-    seed: int = Field(42, ge=0)
-
-
-class Cleaning(ApiModel):
-    rules = (
-        Rule(
-            "!has(self.maxChars) || self.maxChars >= (has(self.minChars) ? self.minChars : 1)",
-            "cleaning.maxChars must be >= cleaning.minChars",
-            lambda s: s.max_chars is None or s.max_chars >= s.min_chars,
-        ),
-    )
-    dedup: bool = Field(True, description="Drop exact and whitespace/case-normalised duplicates.")
-    normalize_whitespace: bool = True
-    min_chars: int = Field(1, ge=0)
-    max_chars: int | None = Field(None, ge=1)
-    drop_outliers: bool = Field(False, description="Drop examples longer than Q3 + 3 IQR of the lengths.")
-    max_row_bytes: int = Field(
-        8 << 20,
-        ge=1,
-        le=1 << 30,
-        description=(
-            "Rows longer than this many bytes (8388608, 8 MiB, when unset) are dropped unread and counted in "
-            "status.data.oversizedDropped: a bound on the memory one row can take."
-        ),
-        json_schema_extra=no_schema_default,
-    )
-
-
-class Mix(ApiModel):
-    uri: InClaim = Field(max_length=1024)
-    # 0 would mix nothing in: leave the section out instead.
-    fraction: float = Field(gt=0, lt=1, description="Share of the training split that comes from the mix.")
-
-
-class Dataset(ApiModel):
-    uri: InClaim = Field(
-        max_length=1024,
-        pattern=INPUT_LOCATION,
-        description="pvc://claim/path, s3://bucket/key, hf://org/name or an absolute path.",
-    )
-    format: Literal["instruction", "chat", "text", "preference"] = Field(
-        "instruction",
-        description=(
-            "instruction (prompt/response), chat (messages), text (continued pre-training) or preference "
-            "(prompt/chosen/rejected, for method dpo or orpo)."
-        ),
-    )
-    fields: DatasetFields = Field(
-        default_factory=DatasetFields, description="Column names in the dataset for each role."
-    )
-    split: Split = Field(
-        default_factory=Split,
-        description="Held-out fractions, split once with a seed before training.",
-        json_schema_extra={"default": {}},
-    )
-    cleaning: Cleaning = Field(default_factory=Cleaning, json_schema_extra={"default": {}})
-    mix: Mix | None = Field(None, description="General-domain text mixed in against forgetting (format text only).")
 
 
 class Lora(ApiModel):
@@ -254,62 +177,6 @@ class Training(ApiModel):
     )
 
 
-class Gates(ApiModel):
-    max_perplexity: float | None = Field(None, gt=0)
-    min_exact_match: float | None = Field(None, ge=0, le=1)
-    max_eval_loss: float | None = Field(None, gt=0)
-    min_preference_accuracy: float | None = Field(
-        None, ge=0, le=1, description="dpo/orpo: share of held-out pairs where the model prefers the chosen response."
-    )
-
-    def any_set(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.max_perplexity, self.min_exact_match, self.max_eval_loss, self.min_preference_accuracy)
-        )
-
-
-def _default_metrics() -> list[Metric]:
-    return ["perplexity", "exactMatch"]
-
-
-class Evaluation(ApiModel):
-    rules = (
-        Rule(
-            "!has(self.gates) || !has(self.gates.maxPerplexity) || 'perplexity' in self.metrics",
-            "evaluation.gates.maxPerplexity needs perplexity in evaluation.metrics",
-            lambda s: s.gates.max_perplexity is None or "perplexity" in s.metrics,
-        ),
-        Rule(
-            "!has(self.gates) || !has(self.gates.minExactMatch) || 'exactMatch' in self.metrics",
-            "evaluation.gates.minExactMatch needs exactMatch in evaluation.metrics",
-            lambda s: s.gates.min_exact_match is None or "exactMatch" in s.metrics,
-        ),
-        Rule(
-            "!has(self.gates) || !has(self.gates.minPreferenceAccuracy) || 'preferenceAccuracy' in self.metrics",
-            "evaluation.gates.minPreferenceAccuracy needs preferenceAccuracy in evaluation.metrics",
-            lambda s: s.gates.min_preference_accuracy is None or "preferenceAccuracy" in s.metrics,
-        ),
-    )
-    golden_dataset_uri: MaybeInClaim = Field(None, max_length=1024)
-    metrics: list[Metric] = Field(
-        default_factory=_default_metrics,
-        max_length=8,
-        json_schema_extra={"default": ["perplexity", "exactMatch"]},
-    )
-    max_new_tokens: int = Field(32, ge=1, le=4096)
-    require_gates: bool = Field(
-        True,
-        description=(
-            "True when unset: a run without gates is not EvalPassed (Unknown, reason NoGates), so a "
-            "ModelDeployment never rolls it out. false opts out on purpose: EvalPassed=True with reason Ungated "
-            "and a Warning event."
-        ),
-        json_schema_extra=no_schema_default,
-    )
-    gates: Gates = Field(default_factory=Gates, description="Thresholds that decide the EvalPassed condition.")
-
-
 class Output(ApiModel):
     uri: InClaim = Field(
         max_length=1024,
@@ -322,144 +189,7 @@ class Output(ApiModel):
     merge_weights: bool = Field(False, description="Also write base+adapter merged weights.")
 
 
-# -- merge: combine finished adapters, train nothing (issue 12) ---------------------------------------
-Combination = Literal["linear", "ties", "dare_linear", "dare_ties", "svd", "slerp"]
-SPARSIFYING = ("ties", "dare_linear", "dare_ties")  # the combinations that trim each delta to merge.density
-SIGN_ELECTING = ("ties", "dare_ties")  # the combinations that elect a sign per weight (merge.majoritySign)
-
-
-class MergeSource(ApiModel):
-    rules = (
-        Rule(
-            "has(self.fineTuneJobRef) != has(self.uri)",
-            "each merge.sources entry needs exactly one of fineTuneJobRef or uri, not both and not neither",
-            lambda s: has(s, "fine_tune_job_ref") != has(s, "uri"),
-        ),
-    )
-    fine_tune_job_ref: FineTuneJobRef | None = Field(
-        None, description="Its latest run that Succeeded and passed evaluation; the merge waits until there is one."
-    )
-    uri: MaybeInClaim = Field(
-        None,
-        max_length=1024,
-        pattern=INPUT_LOCATION,
-        description="A LoRA adapter folder: pvc://claim/path, s3://bucket/prefix, hf://org/name or an absolute path.",
-    )
-    weight: float = Field(1.0, ge=-100, le=100, description="Its share of the merge (negative subtracts it).")
-
-
-class Merge(ApiModel):
-    rules = (
-        Rule(
-            "self.combination != 'slerp' || size(self.sources) == 2",
-            "merge.combination slerp needs exactly 2 merge.sources",
-            lambda s: s.combination != "slerp" or len(s.sources) == 2,
-        ),
-        Rule(
-            "self.combination != 'slerp' || self.sources.all(x, x.weight == 1.0)",
-            "merge.sources[].weight does not apply to combination slerp (merge.t is the second source's share)",
-            lambda s: s.combination != "slerp" or all(x.weight == 1.0 for x in s.sources),
-        ),
-        Rule(
-            "!has(self.density) || self.combination in ['ties', 'dare_linear', 'dare_ties']",
-            "merge.density is only valid with combination ties, dare_linear or dare_ties",
-            lambda s: not has(s, "density") or s.combination in SPARSIFYING,
-        ),
-        Rule(
-            "!has(self.majoritySign) || self.combination in ['ties', 'dare_ties']",
-            "merge.majoritySign is only valid with combination ties or dare_ties",
-            lambda s: not has(s, "majority_sign") or s.combination in SIGN_ELECTING,
-        ),
-        Rule(
-            "!has(self.t) || self.combination == 'slerp'",
-            "merge.t is only valid with combination slerp",
-            lambda s: not has(s, "t") or s.combination == "slerp",
-        ),
-        Rule(
-            "!has(self.rank) || self.combination != 'linear'",
-            "merge.rank does not apply to combination linear (the exact sum keeps every source's rank)",
-            lambda s: not has(s, "rank") or s.combination != "linear",
-        ),
-    )
-    sources: list[MergeSource] = Field(min_length=2, max_length=8, description="The LoRA adapters to combine.")
-    combination: Combination = Field(
-        "linear",
-        description=(
-            "linear: the exact weighted sum of the adapters' weight deltas (ranks add up); ties, dare_linear, "
-            "dare_ties: those papers' rules on the deltas; svd: the weighted sum of the deltas at merge.rank; "
-            "slerp: spherical interpolation between two deltas. All but linear end in a rank-merge.rank adapter."
-        ),
-    )
-    density: float | None = Field(
-        None, gt=0, le=1, description="Share of each delta's weights kept (ties: largest, dare: random); 0.5 unset."
-    )
-    majority_sign: Literal["total", "frequency"] | None = Field(
-        None, description="How the sign of each weight is elected: by total mass (unset) or by count."
-    )
-    rank: int | None = Field(
-        None, ge=1, le=1024, description="Rank of the merged adapter (the sources' largest when unset)."
-    )
-    t: float | None = Field(None, ge=0, le=1, description="slerp: 0 is the first source, 1 the second (0.5 unset).")
-
-    @property
-    def density_or_default(self) -> float:
-        return 0.5 if self.density is None else self.density
-
-    @property
-    def majority_sign_or_default(self) -> str:
-        return self.majority_sign or "total"
-
-    @property
-    def t_or_default(self) -> float:
-        return 0.5 if self.t is None else self.t
-
-
-_TRAINING_ONLY = ("max_steps", "distributed", "layerwise_lr_decay")
-
-
-# --- stages: spec.initFrom (start from another run's artifact) ---------------------------------------
-
-
-class InitFrom(ApiModel):
-    rules = (
-        Rule(
-            "has(self.fineTuneJobRef) != has(self.uri)",
-            "initFrom needs exactly one of fineTuneJobRef or uri, not both and not neither",
-            lambda s: has(s, "fine_tune_job_ref") != has(s, "uri"),
-        ),
-        Rule(
-            "!has(self.rerunOnParentSuccess) || !self.rerunOnParentSuccess || has(self.fineTuneJobRef)",
-            "initFrom.rerunOnParentSuccess needs initFrom.fineTuneJobRef (a uri has no runs to follow)",
-            lambda s: not s.rerun_on_parent_success or has(s, "fine_tune_job_ref"),
-        ),
-    )
-    fine_tune_job_ref: FineTuneJobRef | None = Field(
-        None,
-        description=(
-            "Start from this FineTuneJob's latest successful, EvalPassed artifact; this one waits (Pending, "
-            "WaitingForParent) until there is one."
-        ),
-    )
-    uri: MaybeInClaim = Field(
-        None,
-        max_length=1024,
-        pattern=INPUT_LOCATION,
-        description=(
-            "A run's artifact directory: a peft adapter (trained on further by the same method family: lora/qlora, "
-            "ia3, prefix, prompt) or whole model weights (used as the base model, tokenizer included)."
-        ),
-    )
-    rerun_on_parent_success: bool = Field(
-        False,
-        description=(
-            "Start a new run each time the parent has a new successful artifact. false: a parent's later runs "
-            "start nothing; a spec change or the schedule takes the parent's latest artifact."
-        ),
-        json_schema_extra=no_schema_default,
-    )
-
-
-# --- end stages ---------------------------------------------------------------------------------------
+_TRAINING_ONLY = ("max_steps", "distributed", "layerwise_lr_decay")  # what method merge must not set
 
 
 def _fsdp(s: FineTuneJobSpec) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune_api.finetunejob import Merge
+from kubetune_api.stages import Merge
 from kubetune_operator.conditions import get_condition
 
 

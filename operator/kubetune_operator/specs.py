@@ -18,7 +18,7 @@ from croniter import croniter
 from kubetune_api import SpecError, parse_finetunejob
 from kubetune_api import common as api_common
 from kubetune_api.finetunejob import FineTuneJobSpec as ApiFineTuneJobSpec
-from kubetune_api.finetunejob import Merge
+from kubetune_api.stages import Merge
 
 # Fields that change how a run is scheduled or kept, not what it computes: editing them must not
 # start a new training run (toggling `suspend` pauses the same run, as for a batch/v1 Job).

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune_api.finetunejob import Merge
+from kubetune_api.stages import Merge
 from kubetune_operator import api
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
 from kubetune_operator.merge_sources import referenced, resolve

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune_api.finetunejob import Merge
+from kubetune_api.stages import Merge
 from tests.trainer.conftest import BASE_SPEC, GOLDEN, read_json
 
 ATOL = 1e-5

@@ -12,21 +12,21 @@ from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
+from kubetune_api.dataset import Cleaning as CleaningConfig
+from kubetune_api.dataset import Dataset as DatasetConfig
+from kubetune_api.dataset import DatasetFields as FieldsConfig
+from kubetune_api.dataset import Mix as MixConfig
+from kubetune_api.dataset import Split as SplitConfig
+from kubetune_api.evaluation import Evaluation as EvaluationConfig
+from kubetune_api.evaluation import Gates as GatesConfig
 from kubetune_api.finetunejob import BaseModelSource as BaseModelConfig
-from kubetune_api.finetunejob import Cleaning as CleaningConfig
-from kubetune_api.finetunejob import Dataset as DatasetConfig
-from kubetune_api.finetunejob import DatasetFields as FieldsConfig
 from kubetune_api.finetunejob import Distributed as DistributedConfig
 from kubetune_api.finetunejob import EarlyStopping as EarlyStoppingConfig
-from kubetune_api.finetunejob import Evaluation as EvaluationConfig
 from kubetune_api.finetunejob import FineTuneJobSpec
-from kubetune_api.finetunejob import Gates as GatesConfig
 from kubetune_api.finetunejob import Lora as LoraConfig
-from kubetune_api.finetunejob import Mix as MixConfig
 from kubetune_api.finetunejob import Output as OutputConfig
 from kubetune_api.finetunejob import PromptTuning as PromptTuningConfig
 from kubetune_api.finetunejob import Quantization as QuantizationConfig
-from kubetune_api.finetunejob import Split as SplitConfig
 from kubetune_api.finetunejob import Training as TrainingConfig
 from kubetune_api.parse import SpecError, parse
 

@@ -41,7 +41,7 @@ from kubetune_trainer.config import ConfigError, JobConfig, to_dict
 if TYPE_CHECKING:
     import torch
 
-    from kubetune_api.finetunejob import Merge
+    from kubetune_api.stages import Merge
     from kubetune_trainer.recipe import Setup
 
 log = logging.getLogger("kubetune_trainer")

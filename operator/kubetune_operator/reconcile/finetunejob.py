@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kubetune_api.finetunejob import Merge
+from kubetune_api.stages import Merge
 from kubetune_operator import api, job_state, lineage, merge_sources, metrics, specs
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
