@@ -9,7 +9,8 @@ and the requests name a model the server does not serve: each is answered 404 ri
 (it counts in the latency histogram and in the request count, not as a 5xx error), so a server's
 latency is its injected delay plus a few ms of HTTP and its P99 is known in advance. Real generations
 would add up to ~50 ms of jitter on two shared cores (15 % at 0.3 s): that would measure the machine,
-not the histogram. Eight servers, one Prometheus, one module-scoped load phase.
+not the histogram. Eight servers, one Prometheus, one module-scoped load phase (run again on fresh
+processes when a client saw a stall break that premise, see STALL_SLACK).
 """
 
 from __future__ import annotations
@@ -41,19 +42,32 @@ WARMUP = 3  # requests per server before the measured load
 WINDOW = "3m"  # covers the whole load phase
 
 
-@pytest.fixture(scope="module")
-def fleet(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
-    binary = prometheus_binary_or_skip()
-    servers: dict[str, ServerProcess] = {}
+ATTEMPTS = 3
+# The premise every verdict below rests on: each request took its injected delay plus a few ms. A
+# machine stall that a client saw (a GC pause, a busy neighbour) breaks it; with 33 requests a server's
+# P99 is its slowest one, so one stalled stable request of 0.25 s turns a 50 %-slower canary into a
+# 20 %-slower one. Such a load phase measured the machine, not the check: it is run again on fresh
+# processes (at most ATTEMPTS times). The verdicts are never retried, only a phase whose premise broke.
+# The slack is what the verdicts can bear beside the buckets' own error: at 0.4 s a stable 20 ms slow
+# already turns the 30 %-slower canary into 24 % (measured here, a few ms over is the norm).
+STALL_SLACK = (0.02, 0.010)  # relative to the injected delay, plus seconds
+
+
+def injected_ms() -> dict[str, int]:
+    out = {}
     for level, ms in LEVELS.items():
-        servers[f"{level}-stable"] = ServerProcess(
-            tiny_model_dir, "--inject-latency-ms", str(ms), version=f"{level}-stable"
-        )
-        for name, k in SLOWER.items():
-            inject = str(round(ms * k))
-            servers[f"{level}-{name}"] = ServerProcess(
-                tiny_model_dir, "--inject-latency-ms", inject, version=f"{level}-{name}"
-            )
+        out[f"{level}-stable"] = ms
+        out.update({f"{level}-{name}": round(ms * k) for name, k in SLOWER.items()})
+    return out
+
+
+@contextlib.contextmanager
+def measured_fleet(tiny_model_dir: Path, binary: str) -> Iterator[tuple[PrometheusServer, dict[str, float]]]:
+    """Eight servers and a Prometheus that scraped one load phase; yields it and each client-side P99 (s)."""
+    servers = {
+        name: ServerProcess(tiny_model_dir, "--inject-latency-ms", str(ms), version=name)
+        for name, ms in injected_ms().items()
+    }
     with contextlib.ExitStack() as stack:
         for s in servers.values():
             s.start()
@@ -88,11 +102,36 @@ def fleet(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
         while {k: int(v) for k, v in prom.query_by(query, "version").items()} != counted:
             assert time.monotonic() < deadline, f"Prometheus never counted {counted}"
             time.sleep(0.5)
-        client_p99 = {
-            name: round(load.by_target()[servers[name].url].quantile(0.99), 3) for name, load in loads.items()
-        }
-        print(f"client-side p99 (s): {client_p99}")
-        yield {"prom": prom}
+        yield prom, {name: load.by_target()[servers[name].url].quantile(0.99) for name, load in loads.items()}
+
+
+def stalled(client_p99: dict[str, float]) -> dict[str, float]:
+    """The servers whose slowest requests exceeded their injected delay by more than the slack (s over)."""
+    relative, absolute = STALL_SLACK
+    over = {name: (client_p99[name] - ms / 1000, ms / 1000 * relative + absolute) for name, ms in injected_ms().items()}
+    return {name: round(s, 3) for name, (s, slack) in over.items() if s > slack}
+
+
+def test_stall_premise_names_the_late_server():
+    on_time = {name: ms / 1000 + 0.01 for name, ms in injected_ms().items()}
+    assert stalled(on_time) == {}
+    assert stalled({**on_time, "boundary-stable": 0.95 + 0.25}) == {"boundary-stable": 0.25}
+    assert stalled({**on_time, "low-stable": 0.4 + 0.017}) == {}
+    assert stalled({**on_time, "low-stable": 0.4 + 0.019}) == {"low-stable": 0.019}
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
+    binary = prometheus_binary_or_skip()
+    for attempt in range(1, ATTEMPTS + 1):
+        with measured_fleet(tiny_model_dir, binary) as (prom, client_p99):
+            print(f"attempt {attempt}: client-side p99 (s): { ({k: round(v, 3) for k, v in client_p99.items()}) }")
+            late = stalled(client_p99)
+            if not late:
+                yield {"prom": prom}
+                return
+            print(f"attempt {attempt}: stalls broke the premise (s over the injected delay): {late}")
+    pytest.fail(f"every one of {ATTEMPTS} load phases saw stalls over the slack {STALL_SLACK}; the machine is too busy")
 
 
 @pytest.mark.parametrize("level", list(LEVELS))

@@ -7,6 +7,7 @@ shows the error instead of staying unready forever. SIGTERM shuts down cleanly (
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -32,6 +33,11 @@ def load_into(state: ServerState, server: KubetuneHTTPServer) -> None:
         return
     if loaded.device.startswith("cuda"):
         state.metrics.add_gpu_memory(lambda: model.gpu_memory()[0], lambda: model.gpu_memory()[1])
+    # Everything made while loading (imports, the model's Python objects) leaves the collector's
+    # generations: a full collection during a request then walks only what requests made. With torch
+    # and transformers loaded one walked ~430,000 objects in 0.15 s here (0.0 s frozen): a pause a P99 shows.
+    gc.collect()
+    gc.freeze()
     state.model = loaded
     log.info("ready: serving %s", ", ".join(loaded.names))
 
