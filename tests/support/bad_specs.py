@@ -62,6 +62,7 @@ def _captures(captures: dict[str, Any]) -> dict[str, Any]:
     """spec.dataset with captures instead of the good spec's uri."""
     return {"uri": None, "captures": captures}
 
+
 _ORPO: dict[str, Any] = {"method": "orpo", "dataset": {"format": "preference"}}
 # method merge (issue 12): a patch onto GOOD_FTJ made a merge of two adapters.
 _TWO = [{"fineTuneJobRef": {"name": "a"}}, {"uri": "pvc://models/b/run-1/artifact", "weight": 0.5}]
@@ -115,8 +116,11 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("lora block on ia3", {"method": "ia3", "lora": {"r": 8}}, "spec.lora is only valid with method lora or qlora"),
     ("dataset without uri", {"dataset": {"uri": None, "format": "chat"}}, "spec.dataset.uri"),
     ("dataset with uri and captures", {"dataset": {"captures": {"uri": "/c"}}}, "spec.dataset.captures"),
-    ("captures with ref and uri", {"dataset": _captures({"uri": "/c", "modelDeploymentRef": {"name": "m"}})},
-     "exactly one of modelDeploymentRef or uri"),  # fmt: skip
+    (
+        "captures with ref and uri",
+        {"dataset": _captures({"uri": "/c", "modelDeploymentRef": {"name": "m"}})},
+        "exactly one of modelDeploymentRef or uri",
+    ),
     ("captures with neither", {"dataset": _captures({})}, "spec.dataset.captures"),
     ("captures minRating 0", {"dataset": _captures({"uri": "/c", "minRating": 0})}, "spec.dataset.captures.minRating"),
     ("captures minRating 6", {"dataset": _captures({"uri": "/c", "minRating": 6})}, "spec.dataset.captures.minRating"),

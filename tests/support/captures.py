@@ -1,9 +1,9 @@
 """Capture files as the serving side writes them (the issue-13 contract), for the trainer's tests.
 
-    cap = CaptureWriter(tmp_path / "captures")  # or a pvc:// claim's folder, or an s3fs upload
-    rid = cap.request("v1", "What is LoRA?", "A low-rank adapter.")
-    cap.feedback(rid, rating=5)
-    cap.close()  # writes <root>/<version>/{requests,feedback}-<pod>-<ts>-<seq>.jsonl (and a .part never read)
+cap = CaptureWriter(tmp_path / "captures")  # or a pvc:// claim's folder, or an s3fs upload
+rid = cap.request("v1", "What is LoRA?", "A low-rank adapter.")
+cap.feedback(rid, rating=5)
+cap.close()  # writes <root>/<version>/{requests,feedback}-<pod>-<ts>-<seq>.jsonl (and a .part never read)
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class CaptureWriter:
         rid = f"kt-{version}-{uuid.uuid4().hex}"
         chat = isinstance(prompt, list)
         record = {"kind": "request", "id": rid, "time": time, "version": version, "model": "tiny"}
-        record.update({"endpoint": "chat", "messages": prompt} if chat else {"endpoint": "completions", "prompt": prompt})
+        record.update(
+            {"endpoint": "chat", "messages": prompt} if chat else {"endpoint": "completions", "prompt": prompt}
+        )
         record.update(response=response, finishReason="stop", promptTokens=3, completionTokens=3, latencySeconds=0.01)
         record.update(extra)
         self.records.setdefault((version, "requests"), []).append(record)

@@ -38,7 +38,7 @@ def test_corrections_and_well_rated_answers_become_instruction_rows_and_the_rest
     cap.feedback(cap.request("v2", [{"role": "user", "content": "hi"}], "hello"), rating=5)
     cap.feedback("kt-v1-" + "0" * 32, rating=5)  # its request was never captured
     cap.close()
-    requests, feedback, bad = records(tmp_path / "caps")
+    requests, feedback, _ = records(tmp_path / "caps")
     assert all(r["id"] != "kt-part-0" for r in requests), ".part files are never read"
     built = build_rows(requests, feedback, "instruction", FieldsConfig(), Window(4, START))
     assert sorted(row["response"] for _, row in built.rows) == ["4", "Paris"]
@@ -126,7 +126,7 @@ def test_the_ledger_drops_rows_earlier_runs_trained_on_and_nothing_new_is_no_new
     many(cap, 30)
     cap.close()
     cfg = parse_job(job(tmp_path, tmp_path / "caps"), cuda_available=False)
-    splits, info, ledger = captured.build(cfg, 1)
+    splits, _, ledger = captured.build(cfg, 1)
     run1 = tmp_path / "out" / "run-1"
     captured.write_ledger(run1 / "data", ledger, {"uid": "uid-1", "run": "1"})
     assert captured.build(cfg, 2)[0] == splits, "run 1 did not succeed (no result.json): its ledger is not read"
