@@ -183,3 +183,37 @@ def test_a_run_trains_on_captured_files_and_the_next_run_with_nothing_new_is_ski
     assert second["data"]["usedBeforeDropped"] == data["train"]
     assert second["artifact"] == first["artifact"], "the latest artifact stays"
     assert not (tmp_path / "out" / "run-2" / "artifact").exists()
+
+
+def test_captures_and_ledgers_on_a_real_s3_server(tmp_path, monkeypatch):
+    """The same reading from s3:// (moto's server): new files are seen on the next run, .part never."""
+    import uuid
+
+    from tests.support.s3 import S3Server
+
+    with S3Server() as server:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        fs, bucket = server.client(), f"kt-{uuid.uuid4().hex[:12]}"
+        fs.mkdir(bucket)
+        cap = CaptureWriter(tmp_path / "caps")
+        many(cap, 20)
+        cap.close()
+        fs.put(str(tmp_path / "caps"), f"{bucket}/caps", recursive=True)
+        obj = job(tmp_path, tmp_path / "unused")
+        obj["spec"]["dataset"]["captures"] = {"uri": f"s3://{bucket}/caps"}
+        obj["spec"]["output"] = {"uri": f"s3://{bucket}/out"}
+        obj["captures"] = {"uri": f"s3://{bucket}/caps", "runStart": "2026-12-02T00:00:00Z"}
+        cfg = parse_job(obj, cuda_available=False)
+        splits, _, ledger = captured.build(cfg, 1)
+        assert sum(len(v) for v in splits.values()) == 20
+        fs.pipe(
+            f"{bucket}/out/run-1/result.json", json.dumps({"phase": "Succeeded", "owner": {"uid": "uid-1"}}).encode()
+        )
+        fs.pipe(f"{bucket}/out/run-1/data/ledger.json", json.dumps({"rows": ledger}).encode())
+        with pytest.raises(captured.NoNewData):
+            captured.build(cfg, 2)
+        many(cap, 10, start=20)
+        for path in cap.close():
+            fs.put(str(path), f"{bucket}/caps/{path.parent.name}/{path.name}")
+        assert captured.build(cfg, 2)[0]["train"], "the files published since run 1 are read"

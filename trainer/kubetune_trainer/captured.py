@@ -68,6 +68,20 @@ def _lines(f: Any, max_row_bytes: int) -> tuple[list[dict[str, Any]], int, int]:
     return out, malformed, oversized
 
 
+def _read(fs: Any, path: str, max_row_bytes: int) -> tuple[list[dict[str, Any]], int, int]:
+    """One capture file; a remote one is copied to a temporary file first (its readline takes no bound)."""
+    if getattr(fs, "protocol", None) in ("file", ("file", "local")):
+        with open(path, "rb") as f:
+            return _lines(f, max_row_bytes)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=uris.cache_dir() if uris.cache_dir().exists() else None) as tmp:
+        local = Path(tmp) / "capture.jsonl"
+        fs.get_file(path, str(local))
+        with local.open("rb") as f:
+            return _lines(f, max_row_bytes)
+
+
 def read_captures(
     uri: str, versions: tuple[str, ...] | None, max_row_bytes: int = MAX_ROW_BYTES
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, int]]]:
@@ -76,6 +90,7 @@ def read_captures(
     requests: list[dict[str, Any]] = []
     feedback: list[dict[str, Any]] = []
     bad: dict[str, dict[str, int]] = {}
+    fs.invalidate_cache()  # s3fs keeps listings per process: files published since must be seen
     if not fs.exists(root):
         return requests, feedback, bad
     for path in sorted(fs.glob(f"{root.rstrip('/')}/*/*.jsonl")):
@@ -83,8 +98,7 @@ def read_captures(
         kind = "request" if name.startswith("requests-") else "feedback" if name.startswith("feedback-") else None
         if kind is None or (kind == "request" and versions is not None and version not in versions):
             continue
-        with fs.open(path, "rb") as f:
-            records, malformed, oversized = _lines(f, max_row_bytes)
+        records, malformed, oversized = _read(fs, path, max_row_bytes)
         (requests if kind == "request" else feedback).extend(r for r in records if r.get("kind") == kind)
         counts = bad.setdefault(version, {"malformed": 0, "oversized": 0})
         counts["malformed"] += malformed
