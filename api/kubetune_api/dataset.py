@@ -5,12 +5,15 @@ Room: the API package (see finetunejob.py, which composes the spec from this and
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from kubetune_api.common import INPUT_LOCATION, InClaim
-from kubetune_api.rules import ApiModel, Rule, no_schema_default
+from kubetune_api.common import DURATION, INPUT_LOCATION, LOCATION, InClaim, MaybeInClaim
+from kubetune_api.rules import ApiModel, Rule, has, no_schema_default
+
+# A server's --version, as response ids carry it (kt-<version>-<32 hex>).
+VERSION = "^[A-Za-z0-9._-]+$"
 
 
 class DatasetFields(ApiModel):
@@ -67,11 +70,81 @@ class Mix(ApiModel):
     fraction: float = Field(gt=0, lt=1, description="Share of the training split that comes from the mix.")
 
 
+class ModelDeploymentRef(ApiModel):
+    name: str = Field(max_length=253, description="A ModelDeployment in the same namespace.")
+
+
+class Captures(ApiModel):
+    """Rows from the requests and feedback a ModelDeployment's servers captured (its spec.capture)."""
+
+    rules = (
+        Rule(
+            "has(self.modelDeploymentRef) != has(self.uri)",
+            "spec.dataset.captures needs exactly one of modelDeploymentRef or uri",
+            lambda s: has(s, "model_deployment_ref") != has(s, "uri"),
+        ),
+    )
+    model_deployment_ref: ModelDeploymentRef | None = Field(
+        None,
+        description=(
+            "Read the captures of this ModelDeployment: the operator resolves it to its spec.capture.uri before "
+            "any pod starts."
+        ),
+    )
+    uri: MaybeInClaim = Field(
+        None,
+        max_length=1024,
+        pattern=LOCATION,
+        description="The capture location itself (pvc://claim/path, s3://bucket/prefix or an absolute path).",
+    )
+    since: str | None = Field(
+        None,
+        max_length=64,
+        pattern=DURATION,
+        description=(
+            "Only requests captured this long before the run started (Go duration, e.g. 168h); unset: all of them."
+        ),
+    )
+    min_rating: int = Field(
+        4,
+        ge=1,
+        le=5,
+        description=(
+            "Responses rated at least this (1..5) become instruction and chat rows, and the chosen side of "
+            "up-vs-down pairs (a down rating is <= 2); corrected answers are used whatever the rating."
+        ),
+    )
+    versions: list[Annotated[str, Field(max_length=128, pattern=VERSION)]] | None = Field(
+        None, max_length=64, description="Only responses of these serving versions; unset: every version."
+    )
+
+
 class Dataset(ApiModel):
-    uri: InClaim = Field(
+    rules = (
+        Rule(
+            "has(self.uri) != has(self.captures)",
+            "exactly one of spec.dataset.uri or spec.dataset.captures must be set",
+            lambda s: has(s, "uri") != has(s, "captures"),
+        ),
+        Rule(
+            "!has(self.captures) || self.format != 'text'",
+            "spec.dataset.captures gives instruction, chat or preference rows, not format text",
+            lambda s: s.captures is None or s.format != "text",
+        ),
+    )
+    uri: MaybeInClaim = Field(
+        None,
         max_length=1024,
         pattern=INPUT_LOCATION,
         description="pvc://claim/path, s3://bucket/key, hf://org/name or an absolute path.",
+    )
+    captures: Captures | None = Field(
+        None,
+        description=(
+            "Instead of uri: build the rows from captured traffic and feedback (corrections and well-rated "
+            "responses; with format preference, corrected-vs-original and up-vs-down pairs). Train/validation/test "
+            "by a stable hash of the prompt; rows earlier runs trained on are dropped; no new rows: run Skipped."
+        ),
     )
     format: Literal["instruction", "chat", "text", "preference"] = Field(
         "instruction",

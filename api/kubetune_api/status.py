@@ -41,8 +41,29 @@ class Artifact(ApiModel):
     merged_digest: str | None = None
 
 
+class DataSourceCounts(ApiModel):
+    """spec.dataset.captures: what one serving version's captures gave (records read, rows built, drops)."""
+
+    uri: str | None = Field(None, description="The version's capture folder (<capture uri>/<version>).")
+    version: str | None = None
+    requests: int | None = Field(None, description="Request records read (after spec.dataset.captures.since).")
+    feedback: int | None = Field(None, description="Feedback records read for them.")
+    rows: int | None = Field(None, description="Rows this version gave the dataset, before cleaning.")
+    dropped: dict[str, int] | None = Field(
+        None,
+        description=(
+            "Records that gave no row, by reason: noFeedback, belowMinRating, unpaired (preference: no opposite "
+            "rating for the prompt), otherEndpoint (a chat request with format instruction), beforeSince, "
+            "afterRunStart, unmatchedFeedback (feedback for a response not captured), malformed, oversized; "
+            "and usedBefore: train rows an earlier run of this FineTuneJob trained on."
+        ),
+    )
+
+
 class DataCounts(ApiModel):
-    rows_read: int | None = Field(None, description="Rows (lines) read from spec.dataset.uri.")
+    rows_read: int | None = Field(
+        None, description="Rows (lines) read from spec.dataset.uri; with captures, the rows built from them."
+    )
     oversized_dropped: int | None = Field(None, description="Rows longer than dataset.cleaning.maxRowBytes.")
     empty_dropped: int | None = Field(None, description="Rows with an empty text field.")
     too_short_dropped: int | None = Field(None, description="Rows shorter than cleaning.minChars.")
@@ -50,10 +71,16 @@ class DataCounts(ApiModel):
     duplicates_dropped: int | None = Field(None, description="Exact duplicates.")
     near_duplicates_dropped: int | None = Field(None, description="Duplicates up to case, whitespace and punctuation.")
     outliers_dropped: int | None = Field(None, description="Length outliers (cleaning.dropOutliers).")
+    used_before_dropped: int | None = Field(
+        None, description="spec.dataset.captures: train rows an earlier run of this FineTuneJob trained on."
+    )
     rows_kept: int | None = Field(None, description="Rows left after cleaning.")
     train: int | None = None
     validation: int | None = None
     test: int | None = None
+    sources: list[DataSourceCounts] | None = Field(
+        None, max_length=64, description="spec.dataset.captures: per serving version, rows given and dropped."
+    )
 
 
 class MergeSourceStatus(ApiModel):
@@ -82,10 +109,23 @@ class Lineage(ApiModel):
     )
     dataset_sha256: str | None = Field(None, description="The trainer's hash of spec.dataset.uri for this run.")
     mix_sha256: str | None = Field(None, description="The same for spec.dataset.mix.uri.")
+    captures_uri: str | None = Field(
+        None,
+        description=(
+            "spec.dataset.captures: the capture location the run read (a ModelDeployment's spec.capture.uri, "
+            "resolved by the operator before the run started)."
+        ),
+    )
 
 
 class FineTuneJobStatus(ApiModel):
-    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = None
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "Skipped"] | None = Field(
+        None,
+        description=(
+            "Skipped: the run had nothing new to train on (reason NoNewData, spec.dataset.captures); "
+            "status.artifact stays the last one trained and a schedule goes on."
+        ),
+    )
     observed_generation: int | None = None
     run: int | None = None
     run_generation: int | None = Field(None, description="The spec generation the current run was started for.")

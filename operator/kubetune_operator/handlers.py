@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import api, metrics, specs
+from kubetune_operator import api, captures, metrics, specs
 from kubetune_operator.kube import Kube, load_credentials
 from kubetune_operator.reconcile import finetunejob, modeldeployment
 from kubetune_operator.settings import Settings
@@ -69,7 +69,10 @@ def retry_when_output_is_free(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -
 
 
 def _waits_for_sources(status: kopf.Status, **_: Any) -> bool:
-    return any(c.get("type") == "SourcesReady" and c.get("status") == "False" for c in status.get("conditions") or [])
+    conditions = status.get("conditions") or []
+    return captures.waits(dict(status)) or any(
+        c.get("type") == "SourcesReady" and c.get("status") == "False" for c in conditions
+    )
 
 
 @kopf.index(api.GROUP, api.VERSION, api.FINETUNEJOBS)
@@ -99,7 +102,8 @@ def tell_children(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     when=_waits_for_sources,
 )
 def retry_when_sources_are_ready(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    # method merge: a source FineTuneJob had no artifact that passed evaluation yet; look again.
+    # method merge: a source FineTuneJob had no artifact that passed evaluation yet; or spec.dataset.captures:
+    # its ModelDeployment was missing or captured nothing. Look again.
     finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
 
 

@@ -10,9 +10,11 @@ from kubetune_operator import lineage
 from kubetune_operator.conditions import set_condition
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
-TERMINAL = (SUCCEEDED, FAILED)
+# A run that found nothing new to train on (spec.dataset.captures): it ends, trains nothing, keeps the artifact.
+SKIPPED = "Skipped"
+TERMINAL = (SUCCEEDED, FAILED, SKIPPED)
 # Within one run a phase only moves forward; Suspended sits beside the line (see `moves_forward`).
-RANK = {PENDING: 0, RUNNING: 1, SUCCEEDED: 2, FAILED: 2}
+RANK = {PENDING: 0, RUNNING: 1, SUCCEEDED: 2, FAILED: 2, SKIPPED: 2}
 # How a run's evaluation decides EvalPassed (FineTuneJobSpec.gate_mode): its gates, nothing, or an opt-out.
 GATED, NO_GATES, UNGATED = "gated", "noGates", "ungated"
 
@@ -149,13 +151,22 @@ def latest_result(pods: list[dict[str, Any]], job_uid: str) -> dict[str, Any] | 
 
 
 def with_trainer_result(state: RunState, result: dict[str, Any] | None) -> RunState:
-    """A failed run says what the trainer said (its reason and message), not only why the Job gave up.
+    """A failed run says what the trainer said (its reason and message), not only why the Job gave up; a
+    completed Job whose trainer skipped the run (nothing new to train on) is a Skipped run.
+
+    >>> done = RunState(SUCCEEDED, "TrainingSucceeded", "the trainer finished successfully")
+    >>> s = with_trainer_result(done, {"phase": "Skipped", "reason": "NoNewData", "message": "no new rows"})
+    >>> s.phase, s.reason, s.message
+    ('Skipped', 'NoNewData', 'no new rows')
 
     >>> failed = RunState(FAILED, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
     >>> s = with_trainer_result(failed, {"phase": "Failed", "reason": "InvalidData", "message": "d.jsonl: no rows"})
     >>> s.reason, s.message
     ('InvalidData', 'd.jsonl: no rows (trainer Job: BackoffLimitExceeded)')
     """
+    if state.phase == SUCCEEDED and result and result.get("phase") == SKIPPED:
+        message = str(result.get("message") or "the trainer found nothing new to train on")
+        return replace(state, phase=SKIPPED, reason=str(result.get("reason") or "NoNewData"), message=message)
     if state.phase != FAILED or not result or result.get("phase") == SUCCEEDED or not result.get("message"):
         return state
     return replace(
@@ -180,12 +191,10 @@ def status_for_run(
     if not moves_forward(current.get("phase"), state.phase):
         return {}
     conditions = current.get("conditions") or []
-    for type_, reason_when_false in (
-        (RUNNING, "NotRunning"),
-        (SUCCEEDED, "NotSucceeded"),
-        (FAILED, "NotFailed"),
-        (SUSPENDED, "NotSuspended"),
-    ):
+    types = [(RUNNING, "NotRunning"), (SUCCEEDED, "NotSucceeded"), (FAILED, "NotFailed"), (SUSPENDED, "NotSuspended")]
+    if state.phase == SKIPPED or any(c.get("type") == SKIPPED for c in conditions):
+        types.append((SKIPPED, "NotSkipped"))  # only FineTuneJobs that ever skipped a run carry it
+    for type_, reason_when_false in types:
         on = state.phase == type_
         conditions = set_condition(
             conditions,
@@ -208,7 +217,7 @@ def status_for_run(
     if result.get("artifact"):
         patch["artifact"] = result["artifact"]
     if isinstance(result.get("data"), dict):
-        patch["data"] = {k: int(v) for k, v in result["data"].items() if isinstance(v, int) and not isinstance(v, bool)}
+        patch["data"] = _data_counts(result["data"])
     if isinstance(result.get("lineage"), dict):
         patch["lineage"] = lineage.with_result(current.get("lineage"), result["lineage"])
     eval_passed = result.get("evalPassed", current.get("evalPassed"))
@@ -217,6 +226,32 @@ def status_for_run(
         patch["evalPassed"] = eval_passed
     patch["conditions"] = conditions
     return patch
+
+
+def _data_counts(data: dict[str, Any]) -> dict[str, Any]:
+    """status.data from the trainer's result: the integer counts, and spec.dataset.captures' per-source rows.
+
+    >>> _data_counts({"rowsRead": 3, "bogus": "x", "sources": [{"version": "v1", "rows": 3,
+    ...                                                         "dropped": {"noFeedback": 2}}]})
+    {'rowsRead': 3, 'sources': [{'version': 'v1', 'rows': 3, 'dropped': {'noFeedback': 2}}]}
+    """
+
+    def ints(d: dict[str, Any]) -> dict[str, int]:
+        return {k: int(v) for k, v in d.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    out: dict[str, Any] = ints(data)
+    sources = data.get("sources")
+    if isinstance(sources, list):
+        out["sources"] = [
+            {
+                **{k: str(s[k]) for k in ("uri", "version") if isinstance(s.get(k), str)},
+                **ints(s),
+                **({"dropped": ints(s["dropped"])} if isinstance(s.get("dropped"), dict) else {}),
+            }
+            for s in sources[:64]
+            if isinstance(s, dict)
+        ]
+    return out
 
 
 NO_GATES_MESSAGE = (

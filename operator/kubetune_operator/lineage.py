@@ -109,7 +109,7 @@ def rerun_due(follows: bool, status: dict[str, Any], latest: ParentArtifact | Wa
     """
     if not follows or not isinstance(latest, ParentArtifact) or not status.get("run"):
         return False
-    if status.get("phase") not in ("Succeeded", "Failed"):
+    if status.get("phase") not in ("Succeeded", "Failed", "Skipped"):
         return False
     current = ParentArtifact.from_status(status)
     return current is None or (current.digest, current.uri) != (latest.digest, latest.uri)
@@ -137,7 +137,7 @@ def with_result(current: dict[str, Any] | None, result: dict[str, Any]) -> dict[
             if init.get(key) and not parent.get(key):
                 parent[key] = init[key]
         out["parent"] = parent
-    for key in ("datasetSha256", "mixSha256"):
+    for key in ("datasetSha256", "mixSha256", "capturesUri"):
         if result.get(key):
             out[key] = result[key]
     return out

@@ -63,7 +63,7 @@ class PodResources:
 class FineTuneJobSpec:
     method: str
     base_model_uri: str | None
-    dataset_uri: str
+    dataset_uri: str | None
     output_uri: str
     golden_dataset_uri: str | None
     mix_uri: str | None
@@ -83,6 +83,11 @@ class FineTuneJobSpec:
     parent_name: str | None = None
     init_uri: str | None = None
     rerun_on_parent_success: bool = False
+
+    # spec.dataset.captures as written (camelCase), and the location it reads (its uri, or once resolved
+    # the ModelDeployment's spec.capture.uri: see captures.resolve).
+    captures: dict[str, Any] | None = None
+    captures_uri: str | None = None
 
     problems: tuple[str, ...] = ()  # the API's own rules a stored spec breaks (it predates them)
     merge: Merge | None = None  # method merge: the adapters to combine (merge_sources resolves the refs)
@@ -122,6 +127,8 @@ class FineTuneJobSpec:
             parent_name=m.init_from.fine_tune_job_ref.name if m.init_from and m.init_from.fine_tune_job_ref else None,
             init_uri=m.init_from.uri if m.init_from else None,
             rerun_on_parent_success=bool(m.init_from and m.init_from.rerun_on_parent_success),
+            captures=m.dataset.captures.model_dump(by_alias=True, exclude_none=True) if m.dataset.captures else None,
+            captures_uri=m.dataset.captures.uri if m.dataset.captures else None,
         )
 
     @classmethod
@@ -154,6 +161,7 @@ class FineTuneJobSpec:
             self.base_model_uri,
             self.init_uri,
             self.dataset_uri,
+            self.captures_uri,
             self.mix_uri,
             self.golden_dataset_uri,
             self.output_uri,
@@ -257,6 +265,7 @@ def validate(spec: FineTuneJobSpec) -> list[str]:
         problems.append(f"spec.schedule {spec.schedule!r} is not a valid cron expression (5 fields, e.g. '0 3 * * 1')")
     inputs = {
         "spec.dataset.uri": spec.dataset_uri,
+        "spec.dataset.captures.uri": spec.captures_uri,
         "spec.baseModel.uri": spec.base_model_uri,
         "spec.dataset.mix.uri": spec.mix_uri,
         "spec.evaluation.goldenDatasetUri": spec.golden_dataset_uri,

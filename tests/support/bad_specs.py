@@ -56,6 +56,13 @@ def spec_of(case: Case) -> dict[str, Any]:
 
 
 _DPO: dict[str, Any] = {"method": "dpo", "dataset": {"format": "preference"}}
+
+
+def _captures(captures: dict[str, Any]) -> dict[str, Any]:
+    """spec.dataset with captures instead of the good spec's uri."""
+    return {"uri": None, "captures": captures}
+
+
 _ORPO: dict[str, Any] = {"method": "orpo", "dataset": {"format": "preference"}}
 # method merge (issue 12): a patch onto GOOD_FTJ made a merge of two adapters.
 _TWO = [{"fineTuneJobRef": {"name": "a"}}, {"uri": "pvc://models/b/run-1/artifact", "weight": 0.5}]
@@ -108,6 +115,19 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("lora rank 0", {"lora": {"r": 0}}, "spec.lora.r"),
     ("lora block on ia3", {"method": "ia3", "lora": {"r": 8}}, "spec.lora is only valid with method lora or qlora"),
     ("dataset without uri", {"dataset": {"uri": None, "format": "chat"}}, "spec.dataset.uri"),
+    ("dataset with uri and captures", {"dataset": {"captures": {"uri": "/c"}}}, "spec.dataset.captures"),
+    (
+        "captures with ref and uri",
+        {"dataset": _captures({"uri": "/c", "modelDeploymentRef": {"name": "m"}})},
+        "exactly one of modelDeploymentRef or uri",
+    ),
+    ("captures with neither", {"dataset": _captures({})}, "spec.dataset.captures"),
+    ("captures minRating 0", {"dataset": _captures({"uri": "/c", "minRating": 0})}, "spec.dataset.captures.minRating"),
+    ("captures minRating 6", {"dataset": _captures({"uri": "/c", "minRating": 6})}, "spec.dataset.captures.minRating"),
+    ("captures since in days", {"dataset": _captures({"uri": "/c", "since": "7d"})}, "spec.dataset.captures.since"),
+    ("captures bad version", {"dataset": _captures({"uri": "/c", "versions": ["v 1"]})}, "captures.versions"),
+    ("captures bad uri", {"dataset": _captures({"uri": "hf://org/x"})}, "spec.dataset.captures.uri"),
+    ("captures as text", {"dataset": {**_captures({"uri": "/c"}), "format": "text"}}, "spec.dataset.captures"),
     ("maxChars 0", {"dataset": {"cleaning": {"maxChars": 0}}}, "spec.dataset.cleaning.maxChars"),
     ("unknown scheduler", {"training": {"scheduler": "step"}}, "spec.training.scheduler"),
     ("zero maxRowBytes", {"dataset": {"cleaning": {"maxRowBytes": 0}}}, "spec.dataset.cleaning.maxRowBytes"),
@@ -360,6 +380,9 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 _merge({"merge": {"combination": "svd"}, "output": {"mergeWeights": True}, "schedule": "@daily"}),
                 {"initFrom": {"fineTuneJobRef": {"name": "cpt"}, "rerunOnParentSuccess": True}},
                 {"initFrom": {"uri": "s3://bucket/cpt/run-1/adapter"}, "method": "ia3"},
+                {"dataset": _captures({"modelDeploymentRef": {"name": "support"}, "since": "168h"})},
+                {"dataset": _captures({"uri": "s3://caps/support", "minRating": 5, "versions": ["v1", "v2.1"]})},
+                {**_DPO, "dataset": {**_captures({"uri": "pvc://captures/support"}), "format": "preference"}},
             ]
         )
     ),

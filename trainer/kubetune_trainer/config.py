@@ -65,6 +65,7 @@ class JobConfig(FineTuneJobSpec):
     _uid: str | None = PrivateAttr(None)
     _merge_sources: list[dict[str, Any]] = PrivateAttr(default_factory=list)
     _init_artifact: dict[str, Any] | None = PrivateAttr(None)
+    _captures: dict[str, Any] | None = PrivateAttr(None)
 
     @property
     def name(self) -> str:
@@ -91,6 +92,12 @@ class JobConfig(FineTuneJobSpec):
         ``initArtifact``: uri, digest, kind, parent {name, run}); None otherwise."""
         return self._init_artifact
 
+    @property
+    def captures(self) -> dict[str, Any] | None:
+        """spec.dataset.captures as the operator resolved it (the frozen object's ``captures``: uri, runStart,
+        modelDeployment); None for a run without the operator."""
+        return self._captures
+
 
 def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobConfig:
     """Parse a whole FineTuneJob object (apiVersion, kind, metadata, spec) into a `JobConfig`.
@@ -115,6 +122,8 @@ def parse_job(obj: dict[str, Any], cuda_available: bool | None = None) -> JobCon
     cfg._merge_sources = resolved
     init = obj.get("initArtifact")
     cfg._init_artifact = dict(init) if isinstance(init, dict) else None
+    captures = obj.get("captures")
+    cfg._captures = dict(captures) if isinstance(captures, dict) else None
     check_runtime(cfg, cuda_available)
     return cfg
 

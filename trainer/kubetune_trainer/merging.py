@@ -306,7 +306,11 @@ def merge_card(
                 for s, digest in resolved
             ],
         },
-        "dataset": {"uri": cfg.dataset.uri, "sha256": data_info["sourceSha256"], "counts": data_info["counts"]},
+        "dataset": {
+            "uri": cfg.dataset.uri or data_info.get("sourceUri"),
+            "sha256": data_info["sourceSha256"],
+            "counts": data_info["counts"],
+        },
         "metrics": {"base": base_metrics, "tuned": metrics},
         "evalPassed": passed,
         "libraries": export.library_versions(),

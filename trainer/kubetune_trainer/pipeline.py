@@ -215,7 +215,7 @@ def model_card(
         "finetuneJob": {"name": cfg.name, "namespace": cfg.namespace, "run": run},
         "baseModel": spec["baseModel"],
         "dataset": {
-            "uri": cfg.dataset.uri,
+            "uri": cfg.dataset.uri or data_info.get("sourceUri"),
             "sha256": data_info["sourceSha256"],
             "format": cfg.dataset.format,
             "splitSeed": cfg.dataset.split.seed,

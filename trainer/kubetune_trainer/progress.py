@@ -96,7 +96,7 @@ class StatusReporter:
     def checkpoint(self, path: str) -> None:
         self.patch({"lastCheckpoint": path})
 
-    def data(self, counts: dict[str, int]) -> None:
+    def data(self, counts: dict[str, Any]) -> None:
         """The cleaning counts (status.data), as soon as the data is prepared."""
         self.patch({"data": counts})
 

@@ -112,7 +112,12 @@ def run(
     # 2. data: validated, cleaned and split before any model is loaded (rank 0 first; the rest reuse it).
     if not s.main_rank:
         distributed.barrier(world)
-    prepared = splits.prepare(cfg, out_dir)
+    from kubetune_trainer.captured import NoNewData
+
+    try:
+        prepared = splits.prepare(cfg, out_dir, int(s.env.run or 0), s.owner)
+    except NoNewData as skip:  # spec.dataset.captures: nothing new since the last run; not a failure
+        return _skipped(s, reporter, skip)
     if s.main_rank:
         reporter.data(prepared.counts())
         # Resume only from checkpoints this FineTuneJob's run wrote (a re-created one has a new uid).
@@ -226,4 +231,30 @@ def run(
     reporter.final(metrics, passed, artifact)
     log.info("artifact %s (%s); evalPassed=%s", artifact_dir, digest, passed)
     distributed.shutdown(world)
+    return outcome
+
+
+def _skipped(s: Setup, reporter: Any, skip: Any) -> dict[str, Any]:
+    """End the run Skipped (reason NoNewData): nothing trained; status.artifact stays the last run's."""
+    from kubetune_trainer import captured, distributed
+
+    outcome: dict[str, Any] = {
+        "phase": "Skipped",
+        "reason": "NoNewData",
+        "message": str(skip),
+        "data": skip.data,
+        "metrics": {},
+        "owner": s.owner,
+    }
+    previous = captured.previous_artifact(s.cfg.output.uri, int(s.env.run or 0), s.cfg.uid)
+    if previous:
+        outcome["artifact"] = previous
+    if s.main_rank:
+        reporter.data(skip.data)
+        export.write_result(s.out_dir, outcome)
+        export.write_termination_message(outcome, s.env.termination_log)
+        if s.remote:
+            export.upload(s.out_dir, s.remote, skip=("checkpoints",))
+        log.info("run skipped: %s", skip)
+    distributed.shutdown(s.world)
     return outcome

@@ -28,16 +28,23 @@ class PreparedData:
     golden: list[dict[str, Any]] | None
     info: dict[str, Any]
 
-    def counts(self) -> dict[str, int]:
-        """status.data: rows read, dropped by reason, kept, and per split."""
+    def counts(self) -> dict[str, Any]:
+        """status.data: rows read, dropped by reason, kept, and per split (captures: per source too)."""
+        if "status" in self.info:
+            return dict(self.info["status"])
         cleaning = self.info["cleaning"]
         read_ = int(cleaning["input"]) + int(cleaning.get("oversized", 0))
         return data.status_counts(read_, cleaning, self.info["counts"])
 
 
-def prepare(cfg: JobConfig, out_dir: Path) -> PreparedData:
-    """Every DataError raised here carries the counts so far (``.data``), for status.data."""
+def prepare(cfg: JobConfig, out_dir: Path, run: int = 0, owner: dict[str, str] | None = None) -> PreparedData:
+    """Every DataError raised here carries the counts so far (``.data``), for status.data.
+
+    ``run``: the operator's run number (0 locally), whose earlier runs' ledgers spec.dataset.captures reads;
+    captures raise `captured.NoNewData` when nothing new is left to train on."""
     d = cfg.dataset
+    if d.captures is not None:
+        return _prepare_captured(cfg, out_dir, run, owner or {})
     assert d.uri is not None
     loaded = read(d.uri, d.cleaning.max_row_bytes)
     counts = data.status_counts(len(loaded.rows) + loaded.oversized, {"oversized": loaded.oversized}, None)
@@ -103,6 +110,24 @@ def _prepare(cfg: JobConfig, out_dir: Path, raw: list[dict[str, Any]], oversized
         except DataError as e:
             e.data = prepared.counts()
             raise
+    return prepared
+
+
+def _prepare_captured(cfg: JobConfig, out_dir: Path, run: int, owner: dict[str, str]) -> PreparedData:
+    from kubetune_trainer import captured
+
+    splits, info, ledger = captured.build(cfg, run)
+    data_dir = out_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        _write_jsonl(data_dir / f"{name}.jsonl", splits[name])
+    captured.write_ledger(data_dir, ledger, owner)
+    (data_dir / "split.json").write_text(json.dumps(info, indent=1))
+    prepared = PreparedData(splits, None, info)
+    log.info("data from captures: %s", data.describe_counts(prepared.counts()))
+    if cfg.evaluation.golden_dataset_uri:
+        prepared.golden = load_rows(cfg.evaluation.golden_dataset_uri, cfg.dataset.cleaning.max_row_bytes)
+        data.validate_rows(prepared.golden, "instruction", cfg.dataset.fields, cfg.evaluation.golden_dataset_uri)
     return prepared
 
 

@@ -31,13 +31,16 @@ def build_spec_configmap(
     *,
     init_artifact: dict[str, Any] | None = None,
     merge_sources: list[dict[str, Any]] | None = None,
+    captures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The FineTuneJob as the trainer reads it: the spec of this run, frozen in a ConfigMap.
 
     ``init_artifact``: for spec.initFrom.fineTuneJobRef, the parent's artifact this run starts from
     (`lineage.ParentArtifact.for_trainer`), frozen beside the spec so a retried pod reads the same one.
     ``merge_sources`` (method merge): the artifacts the operator resolved the sources to, frozen with the
-    spec as ``status.mergeSources`` (kubetune_trainer.config.parse_job reads them from there)."""
+    spec as ``status.mergeSources`` (kubetune_trainer.config.parse_job reads them from there).
+    ``captures``: for spec.dataset.captures, the location the operator resolved and the run's start time
+    (`captures.CaptureSource.for_trainer`), frozen the same way."""
     meta = finetunejob["metadata"]
     frozen: dict[str, Any] = {
         "apiVersion": finetunejob["apiVersion"],
@@ -45,6 +48,7 @@ def build_spec_configmap(
         "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
         "spec": finetunejob["spec"],
         **({"initArtifact": init_artifact} if init_artifact else {}),
+        **({"captures": captures} if captures else {}),
     }
     if merge_sources is not None:
         frozen["status"] = {"mergeSources": merge_sources}

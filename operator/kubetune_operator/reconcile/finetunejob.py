@@ -16,11 +16,14 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_api.stages import Merge
-from kubetune_operator import api, job_state, lineage, merge_sources, metrics, specs
+from kubetune_operator import api, captures, job_state, lineage, merge_sources, metrics, specs
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, now_iso
+from kubetune_operator.reconcile import ftj_captures
+from kubetune_operator.reconcile.status_writes import patch_and_tell as _patch_and_tell
+from kubetune_operator.reconcile.status_writes import same as _same
 from kubetune_operator.schedule import due_time, parse_time
 from kubetune_operator.settings import Settings
 
@@ -232,13 +235,21 @@ def _start_run(
         sources = _merge_sources(kube, ftj, spec.merge, generation, keep_phase=reason == "Scheduled")
         if sources is None:
             return  # a source is not ready: the WaitingForSources timer checks again
+    capture = ftj_captures.resolve(kube, ftj, spec, generation, keep_phase=reason == "Scheduled")
+    if isinstance(capture, captures.Unavailable):
+        return  # recorded in status; the WaitingForSources timer checks again
     resolved = init if init is not None and init.name else None  # a parent's artifact, not a spec uri
     if resolved is not None:
         spec = replace(spec, init_uri=resolved.uri)  # the pod mounts the parent's claim
+    if capture is not None:
+        spec = replace(spec, captures_uri=capture.uri)  # and the ModelDeployment's capture claim
     job = build_trainer_job(spec, ftj, run, settings, sources)
     try:
         init_artifact = resolved.for_trainer() if resolved else None
-        kube.create(build_spec_configmap(ftj, run, init_artifact=init_artifact, merge_sources=sources))
+        frozen_captures = capture.for_trainer(now_iso()) if capture else None
+        kube.create(
+            build_spec_configmap(ftj, run, init_artifact=init_artifact, merge_sources=sources, captures=frozen_captures)
+        )
         created = kube.create(job)
     except ApiException as err:
         if err.status in (400, 403, 422):
@@ -269,9 +280,14 @@ def _start_run(
             "evalPassed": None,
             "lastCheckpoint": None,
             "data": None,
-            "lineage": {"parent": init.status()} if init is not None else None,
+            "lineage": ftj_captures.run_lineage(init, capture),
         }
     )
+    if capture is not None:
+        patch["conditions"] = set_condition(
+            patch["conditions"], captures.CAPTURES_READY, True, captures.RESOLVED, capture.message(run), generation,
+            now_iso(),
+        )  # fmt: skip
     if sources is not None:
         names = ", ".join(f"{r['name']} run {r['run']}" for r in sources if r.get("name")) or "uris only"
         message = f"run {run} merges {len(sources)} adapters ({names})"
@@ -387,28 +403,6 @@ def _mark_invalid(kube: Kube, ftj: dict[str, Any], message: str, generation: int
     conditions = set_condition(status.get("conditions"), "Failed", True, reason, message, generation, now_iso())
     patch = {"phase": job_state.FAILED, "message": message, "observedGeneration": generation, "conditions": conditions}
     _patch_and_tell(kube, ftj, patch, "Warning", reason, message)
-
-
-def _patch_and_tell(
-    kube: Kube, ftj: dict[str, Any], patch: dict[str, Any], event_type: str, reason: str, message: str
-) -> None:
-    """Patch the status and post one Event, both only when the patch changes something (write once)."""
-    if _same(ftj.get("status") or {}, patch):
-        return
-    meta = ftj["metadata"]
-    kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
-    kube.event(ftj, event_type, reason, message)
-
-
-def _same(status: dict[str, Any], patch: dict[str, Any]) -> bool:
-    """True when applying `patch` would change nothing but condition timestamps."""
-
-    def strip(value: Any) -> Any:
-        if isinstance(value, list):
-            return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in value]
-        return value
-
-    return all(strip(status.get(k)) == strip(v) for k, v in patch.items())
 
 
 def _api_message(err: ApiException) -> str:
