@@ -186,5 +186,9 @@ def full_state_dict(model: Any, trainable_only: bool = True) -> dict[str, Any]:
 
 
 def shutdown(world: World) -> None:
+    """Every rank calls this last. The others reach it while rank 0 still exports: they wait for it
+    there, because a rank tearing gloo down while a peer is still connected can abort at exit
+    ("terminate called without an active exception", seen in CI), which fails the whole torchrun."""
     if world.active and tdist.is_initialized():
+        barrier(world)
         tdist.destroy_process_group()
