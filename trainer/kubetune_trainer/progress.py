@@ -49,6 +49,21 @@ def progress_line(p: dict[str, Any]) -> str:
     )
 
 
+def plan_line(plan: dict[str, Any], total: int) -> str:
+    """The log line of the plan.
+
+    >>> plan_line({"examplesPerStep": 8.0, "tokensPerStep": 1200.5, "stepsPerEpoch": 184, "batchSize": 8,
+    ...            "gradientAccumulationSteps": 1, "processes": 1}, 368)
+    'plan: 8.0 examples/step (batchSize 8 x accumulation 1 x 1 processes), 1200 tokens/step, 184 steps/epoch, 368 total'
+    """
+    p = plan
+    return (
+        f"plan: {p['examplesPerStep']} examples/step (batchSize {p['batchSize']} x accumulation "
+        f"{p['gradientAccumulationSteps']} x {p['processes']} processes), {p['tokensPerStep']:.0f} tokens/step, "
+        f"{p['stepsPerEpoch']} steps/epoch, {total} total"
+    )
+
+
 class StatusReporter:
     """Patches ``status`` of this run's FineTuneJob when running in-cluster; otherwise only logs."""
 

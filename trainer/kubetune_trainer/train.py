@@ -38,6 +38,7 @@ from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.distributed import World
 from kubetune_trainer.loss import mean_loss, token_losses
 from kubetune_trainer.packing import IGNORE, batch_indices, collate, epoch_order, equal_token_batches, flatten
+from kubetune_trainer.progress import plan_line
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -192,21 +193,6 @@ def step_plan(
         "gradientAccumulationSteps": cfg.gradient_accumulation_steps,
         "processes": world_size,
     }
-
-
-def plan_line(plan: dict[str, Any], total: int) -> str:
-    """The log line of the plan.
-
-    >>> plan_line({"examplesPerStep": 8.0, "tokensPerStep": 1200.5, "stepsPerEpoch": 184, "batchSize": 8,
-    ...            "gradientAccumulationSteps": 1, "processes": 1}, 368)
-    'plan: 8.0 examples/step (batchSize 8 x accumulation 1 x 1 processes), 1200 tokens/step, 184 steps/epoch, 368 total'
-    """
-    p = plan
-    return (
-        f"plan: {p['examplesPerStep']} examples/step (batchSize {p['batchSize']} x accumulation "
-        f"{p['gradientAccumulationSteps']} x {p['processes']} processes), {p['tokensPerStep']:.0f} tokens/step, "
-        f"{p['stepsPerEpoch']} steps/epoch, {total} total"
-    )
 
 
 class _SigtermFlag:
