@@ -15,6 +15,19 @@ from kubetune_api.rules import ApiModel
 
 
 class Progress(ApiModel):
+    examples_per_step: float | None = Field(
+        None,
+        description=(
+            "Training examples per optimizer step, averaged over an epoch: batchSize x gradientAccumulationSteps x "
+            "training processes (set before the first step)."
+        ),
+    )
+    tokens_per_step: float | None = Field(
+        None, description="Tokens (padding not counted) per optimizer step, averaged over an epoch."
+    )
+    steps_per_epoch: int | None = Field(
+        None, description="Optimizer steps per pass over the training split, as HF Trainer counts them."
+    )
     step: int | None = None
     total_steps: int | None = None
     step_text: str | None = None

@@ -18,7 +18,7 @@ from kubetune_trainer.export import library_versions, write_json
 from kubetune_trainer.formatting import to_pair
 from kubetune_trainer.loss import mean_loss
 from kubetune_trainer.model import attn_implementation, uses_prompt_learning
-from kubetune_trainer.packing import rows_for, tokenize_pair
+from kubetune_trainer.packing import tokenize_pair
 from kubetune_trainer.splits import PreparedData
 from kubetune_trainer.train import TrainResult, autocast_factory
 
@@ -27,11 +27,12 @@ log = logging.getLogger("kubetune_trainer")
 
 @dataclass
 class TokenizedData:
-    train: list[dict[str, list[int]]]  # packed rows (or one example per row)
+    train: list[dict[str, list[int]]]  # one example per row; train.micro_batches groups them
     validation: list[dict[str, list[int]]]
     test: list[dict[str, list[int]]]
     golden: list[tuple[str, str]]  # (prompt, expected answer) for generation
     dropped: int  # examples where not even one response token fit in maxSeqLength
+    varlen: bool = False  # packing into one row per micro-batch for a varlen kernel (see packing.py)
 
 
 def tokenize_splits(
@@ -49,20 +50,17 @@ def tokenize_splits(
         from kubetune_trainer.sources import DataError
 
         raise DataError(f"no training example fits in maxSeqLength {t.max_seq_length} tokens")
-    if t.packing and not uses_prompt_learning(cfg.method) and d.format != "preference":
-        n = len(train)
-        varlen = attn_implementation(device) == "flash_attention_2"
-        train = rows_for(train, t.max_seq_length, varlen)
-        if varlen:
-            log.info("packed %d examples into %d rows of <= %d tokens", n, len(train), t.max_seq_length)
-        else:
-            log.info("%d examples in length-grouped batches of <= %d tokens", n, t.batch_size * t.max_seq_length)
+    packed = t.packing and not uses_prompt_learning(cfg.method) and d.format != "preference"
+    varlen = packed and attn_implementation(device) == "flash_attention_2"
+    if packed:
+        layout = "one row each, no padding (varlen)" if varlen else "right-padded rows"
+        log.info("%d examples in length-grouped micro-batches of about equal tokens, %s", len(train), layout)
     # Validation/test rows stay one example per row: their loss is the same either way.
     golden_rows, golden_fmt = (
         (prepared.golden, "instruction") if prepared.golden else (prepared.splits["test"], d.format)
     )
     golden = [] if golden_fmt == "text" else [to_pair(r, golden_fmt, d.fields, tokenizer) for r in golden_rows]
-    return TokenizedData(train, examples["validation"], examples["test"], golden, dropped)
+    return TokenizedData(train, examples["validation"], examples["test"], golden, dropped, varlen)
 
 
 def tokenization_key(prepared: PreparedData, cfg: JobConfig, tokenizer: Any) -> str:

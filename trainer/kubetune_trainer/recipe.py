@@ -171,6 +171,7 @@ def run(
         world=world,
         checkpoint_remote=f"{s.remote.rstrip('/')}/checkpoints" if s.remote else None,
         objective=objective,
+        varlen=data.varlen,
     )
 
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
