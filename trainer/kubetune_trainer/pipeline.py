@@ -215,7 +215,9 @@ def judge(
         return {"judged": 0, "error": "spec.evaluation.judge.modelDeploymentRef: no judge URL was resolved"}
     endpoint = judging.Endpoint(target, j.rubric, j.model, api_key, float(j.timeout_seconds), j.retries)
     n = min(j.max_prompts, len(golden), len(tuned), len(baseline))
-    items = [(p, ref, tuned[i], baseline[i]) for i, (p, ref) in enumerate(golden[:n])]
+    items: list[tuple[str, str | None, str, str]] = [
+        (p, ref, tuned[i], baseline[i]) for i, (p, ref) in enumerate(golden[:n])
+    ]
     return judging.run(endpoint, items)
 
 
