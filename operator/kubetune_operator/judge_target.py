@@ -23,7 +23,9 @@ DEFAULT_PORT = 8000  # ModelDeploymentSpec.port's default
 
 
 def service_url(model_deployment: str, namespace: str, port: int) -> str:
-    """>>> service_url("judge", "ml", 8000)
+    """The URL of a ModelDeployment's stable Service, from inside the cluster.
+
+    >>> service_url("judge", "ml", 8000)
     'http://judge-stable.ml.svc:8000'
     """
     return f"http://{bounded(model_deployment, 'stable')}.{namespace}.svc:{port}"
