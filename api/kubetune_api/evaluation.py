@@ -6,9 +6,10 @@ Room: the API package (see finetunejob.py, which composes the spec from this and
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kubetune_api.common import MaybeInClaim
 from kubetune_api.dataset import ModelDeploymentRef
@@ -126,6 +127,18 @@ class Check(ApiModel):
     )
     pattern: str | None = Field(None, max_length=1024)
     min: float | None = Field(None, ge=0, le=1, description="A gate: the least rate that passes EvalPassed.")
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> Check:
+        # CEL cannot compile a regular expression: the operator's parser reports it before any pod starts.
+        if self.type == "regex" and self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(
+                    f"evaluation.checks: {self.name}: pattern {self.pattern!r} is not a regular expression ({err})"
+                ) from err
+        return self
 
 
 def _default_metrics() -> list[Metric]:

@@ -92,3 +92,9 @@ def test_an_unreachable_judge_is_eval_passed_false_judge_unavailable_even_ungate
         assert patch["evalPassed"] is False and cond["reason"] == "JudgeUnavailable"
         assert "http://judge.ml.svc:8000" in cond["message"] and patch["judge"]["error"] == error
     assert "judge-key" not in yaml.safe_dump(patch)
+
+
+def test_a_check_regex_that_does_not_compile_is_a_problem_before_any_pod():
+    spec = {**FTJ["spec"], "evaluation": {"checks": [{"name": "ticket", "type": "regex", "pattern": "T-(["}]}}
+    (problem,) = FineTuneJobSpec.from_dict(spec).problems
+    assert "evaluation.checks: ticket: pattern 'T-([' is not a regular expression" in problem
