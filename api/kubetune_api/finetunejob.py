@@ -383,6 +383,6 @@ class FineTuneJobSpec(ApiModel):
     @property
     def gate_mode(self) -> str:
         """gated when any gate is set; without gates a run is never EvalPassed, unless the spec opts out."""
-        if self.evaluation.gates.any_set():
+        if self.evaluation.any_gate():
             return "gated"
         return "noGates" if self.evaluation.require_gates else "ungated"
