@@ -18,13 +18,13 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from tests.serving.server_process import ServerProcess
 
 from kubetune_dev.loadgen import TargetStats, completion_body, run_load
 from kubetune_trainer.captured import read_captures
 from kubetune_trainer.tiny_model import ensure_tiny_model
-from tests.serving.server_process import ServerProcess
 
 
 def main() -> int:
@@ -44,7 +44,7 @@ def main() -> int:
     try:
         for server in (off.start(), on.start()):
             server.wait_ready(timeout=600)  # both load at once; a busy machine loads slowly
-        for side, server in (("off", off), ("on", on)):  # warm-up, not measured
+        for server in (off, on):  # warm-up, not measured
             run_load({server.url: 1}, max_requests=5, max_duration=60, concurrency=1, body=body)
         for _ in range(args.rounds):
             for side, server in (("off", off), ("on", on)):
