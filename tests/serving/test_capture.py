@@ -176,3 +176,31 @@ def test_a_full_disk_fails_no_request_and_counts_drops(tiny_model_dir, tiny_tmpf
         result = run_load({server.url: 1}, max_requests=10, max_duration=60, concurrency=2)
         assert result.by_target()[server.url].statuses == {200: 10}
         wait_for(lambda: counted(server, "kubetune_capture_dropped_total", reason="full") == 10)
+
+
+def test_s3_captures_are_uploaded_whole_on_rotation_and_an_unreachable_bucket_only_counts(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import uuid
+
+    from tests.support.s3 import S3Server
+
+    with S3Server() as s3:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)  # the server process inherits them, as a pod gets them by envFrom
+        fs, bucket = s3.client(), f"kt-{uuid.uuid4().hex[:12]}"
+        fs.mkdir(bucket)
+        uri = f"s3://{bucket}/caps"
+        with capture_server(tiny_model_dir, uri, "--capture-sample-rate", "1", "--capture-max-file-seconds", "1") as s:
+            result = run_load({s.url: 1}, max_requests=6, max_duration=60, concurrency=1)
+            assert result.by_target()[s.url].statuses == {200: 6}
+            wait_for(lambda: counted(s, "kubetune_capture_records_total", kind="request") == 6)  # counted when uploaded
+        assert not fs.glob(f"{bucket}/caps/*/*.part") and fs.glob(f"{bucket}/caps/{VERSION}/requests-*.jsonl")
+        requests, _, _ = read_captures(uri, None)  # the trainer's reader, over s3
+        assert len(requests) == 6 and all(r["id"].startswith(f"kt-{VERSION}-") for r in requests)
+    # The S3 server is gone now: the same server settings against nothing.
+    with capture_server(tiny_model_dir, uri, "--capture-sample-rate", "1", "--capture-max-file-seconds", "1") as s:
+        result = run_load({s.url: 1}, max_requests=4, max_duration=60, concurrency=2)
+        assert result.by_target()[s.url].statuses == {200: 4}
+        wait_for(lambda: counted(s, "kubetune_capture_dropped_total", reason="upload") == 4, timeout=90)
+        assert counted(s, "kubetune_capture_records_total", kind="request") == 0

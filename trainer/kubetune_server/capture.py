@@ -164,7 +164,8 @@ class CaptureWriter:
             return
         f.size += len(line)
         f.records += 1
-        self.metrics.written(self.version, kind)
+        if not self.remote:  # an s3:// record counts once its file is uploaded
+            self.metrics.written(self.version, kind)
 
     def _open(self, kind: str) -> _File:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -201,6 +202,7 @@ class CaptureWriter:
             return
         try:
             self._upload(f.path, f"{self.remote_dir}/{f.name}")
+            self.metrics.written(self.version, kind, f.records)
         except Exception as e:  # botocore/aiohttp errors come untranslated
             self.metrics.dropped(self.version, "upload", f.records)
             log.warning("capture: upload of %s failed (%d records dropped): %s", f.name, f.records, e)

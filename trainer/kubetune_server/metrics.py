@@ -176,8 +176,8 @@ class CaptureMetrics:
         if corrected:
             self._feedback.labels(version, "correction").inc()
 
-    def written(self, version: str, kind: str) -> None:
-        self._records.labels(version, kind).inc()
+    def written(self, version: str, kind: str, n: int = 1) -> None:
+        self._records.labels(version, kind).inc(n)
 
     def dropped(self, version: str, reason: str, n: int = 1) -> None:
         self._dropped.labels(version, reason).inc(n)
