@@ -204,3 +204,29 @@ def test_s3_captures_are_uploaded_whole_on_rotation_and_an_unreachable_bucket_on
         assert result.by_target()[s.url].statuses == {200: 4}
         wait_for(lambda: counted(s, "kubetune_capture_dropped_total", reason="upload") == 4, timeout=90)
         assert counted(s, "kubetune_capture_records_total", kind="request") == 0
+
+
+def test_posted_feedback_becomes_the_trainers_instruction_rows(tiny_model_dir, tmp_path):
+    import datetime as dt
+
+    from kubetune_trainer.capture_rows import Window, build_rows
+    from kubetune_trainer.config import FieldsConfig
+
+    root = tmp_path / "captures"
+    with capture_server(tiny_model_dir, root, "--capture-sample-rate", "1") as server:
+        ids = []
+        for prompt in ("What is LoRA?", "What is a pod?", "What is DPO?"):
+            status, body = server.post("/v1/completions", {"prompt": prompt, "max_tokens": 3})
+            assert status == 200
+            ids.append(body["id"])
+        last_answer = body["choices"][0]["text"]
+        assert server.post("/v1/feedback", {"id": ids[0], "correction": "A low-rank adapter."})[0] == 202
+        assert server.post("/v1/feedback", {"id": ids[1], "rating": 1})[0] == 202
+        assert server.post("/v1/feedback", {"id": ids[2], "rating": 5})[0] == 202
+    requests, feedback, _ = read_captures(str(root), None)
+    # The window is the trainer's: records' times are parsed and must fall in the last hour.
+    window = Window(4, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5), 3600.0)
+    built = build_rows(requests, feedback, "instruction", FieldsConfig(), window)
+    rows = sorted((row["prompt"], row["response"]) for _, row in built.rows)
+    assert rows == [("What is DPO?", last_answer), ("What is LoRA?", "A low-rank adapter.")]
+    assert built.sources[VERSION].dropped["belowMinRating"] == 1
