@@ -141,6 +141,23 @@ class Analysis(ApiModel):
     latency_p99_ratio: float = Field(1.2, gt=0, description="Max canary/stable P99 latency ratio.")
     max_gpu_memory_utilization: float = Field(0.95, gt=0, le=1)
     max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_user_rating_drop: float | None = Field(
+        None,
+        gt=0,
+        le=4,
+        description=(
+            "User ratings (1..5, posted to the servers' /v1/feedback) as an A/B check: the canary's mean rating over "
+            "the interval may be at most this much below the stable version's. Unset: no rating check."
+        ),
+    )
+    min_feedback: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Ratings each of canary and stable needs in the interval before maxUserRatingDrop decides; with fewer "
+            "the check has no data (noDataPolicy)."
+        ),
+    )
     queries: list[Query] | None = Field(None, max_length=20)
 
 

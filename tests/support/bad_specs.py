@@ -288,6 +288,9 @@ _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("interval not a duration", {"canary": {"interval": "1 minute"}}, "spec.canary.interval"),
     ("ratio zero", {"canary": {"analysis": {"latencyP99Ratio": 0}}}, "spec.canary.analysis.latencyP99Ratio"),
     ("unknown no-data policy", {"canary": {"analysis": {"noDataPolicy": "retry"}}}, "analysis.noDataPolicy"),
+    ("rating drop zero", {"canary": {"analysis": {"maxUserRatingDrop": 0}}}, "analysis.maxUserRatingDrop"),
+    ("rating drop above 4", {"canary": {"analysis": {"maxUserRatingDrop": 4.5}}}, "analysis.maxUserRatingDrop"),
+    ("min feedback zero", {"canary": {"analysis": {"minFeedback": 0}}}, "spec.canary.analysis.minFeedback"),
     ("analysis without prometheus", {"canary": {"analysis": {"prometheus": None}}}, "prometheus.address is required"),
     (
         "prometheus not a url",
