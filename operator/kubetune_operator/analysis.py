@@ -80,6 +80,10 @@ class Selectors:
 
     canary: str
     stable: str
+    # Feedback is counted under the version of the response it rates (read from the response id), not
+    # of the pod it reached: the rating check picks by version on every runtime. "": canary/stable.
+    canary_feedback: str = ""
+    stable_feedback: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,13 @@ class Quantile:
 
 def selectors_for(runtime: str, namespace: str, md: str, canary_version: str, stable_version: str) -> Selectors:
     """The builtin server labels its metrics with `version`; vLLM does not know its track, so its
-    series are told apart by pod name (the `pod` label Prometheus' Kubernetes discovery adds)."""
+    series are told apart by pod name (the `pod` label Prometheus' Kubernetes discovery adds). Its
+    capture proxy labels feedback with the version, as the builtin server does."""
+    versions = f'version="{canary_version}"', f'version="{stable_version}"'
     if runtime == "vllm":
-        return Selectors(
-            f'namespace="{namespace}",pod=~"{md}-canary-.+"', f'namespace="{namespace}",pod=~"{md}-stable-.+"'
-        )
-    return Selectors(f'version="{canary_version}"', f'version="{stable_version}"')
+        pods = f'namespace="{namespace}",pod=~"{md}-canary-.+"', f'namespace="{namespace}",pod=~"{md}-stable-.+"'
+        return Selectors(*pods, *versions)
+    return Selectors(*versions, *versions)
 
 
 def build_checks(
@@ -186,14 +191,14 @@ def build_checks(
 
 def rating_check(analysis: Analysis, sel: Selectors, window: str) -> Check:
     """Canary vs stable mean rating over the window. The builtin server and the capture proxy in a vLLM
-    pod export the same two counters, so the queries are the same for both runtimes; the selectors
-    (version label, or pod name for vLLM) tell the tracks apart. Summed over pods: every rating weighs one."""
+    pod export the same two counters, labelled with the rated response's version on both runtimes.
+    Summed over pods (feedback for a canary response may reach a stable pod): every rating weighs one."""
 
     def total(what: str, s: str) -> str:
         return f"sum(increase(kubetune_feedback_rating_{what}{{{s}}}[{window}]))"
 
     queries = {}
-    for track, s in (("canary", sel.canary), ("stable", sel.stable)):
+    for track, s in (("canary", sel.canary_feedback or sel.canary), ("stable", sel.stable_feedback or sel.stable)):
         queries[track] = f"{total('sum', s)} / {total('count', s)}"
         queries[f"{track}Count"] = total("count", s)
     drop = analysis.max_user_rating_drop

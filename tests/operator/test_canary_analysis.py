@@ -283,7 +283,7 @@ def test_rating_verdicts_name_the_ratings_and_too_few_follows_the_no_data_policy
 
 
 @pytest.mark.parametrize("runtime", ["builtin", "vllm"])
-def test_rating_check_only_when_asked_with_the_tracks_selectors(runtime):
+def test_rating_check_only_when_asked_and_picks_feedback_by_version(runtime):
     sel = analysis.selectors_for(runtime, "ml", "chat", "c", "s")
     off = analysis.build_checks(Analysis(enabled=True, prometheus="http://p"), runtime, sel, "1m", 0, 0.9)
     assert "userRatingDrop" not in [c.name for c in off]
@@ -296,10 +296,11 @@ def test_rating_check_only_when_asked_with_the_tracks_selectors(runtime):
         25,
         "fail",
     )
-    assert check.queries["canaryCount"] == f"sum(increase(kubetune_feedback_rating_count{{{sel.canary}}}[1m]))"
+    # Feedback for a canary response may reach a stable pod: the rated version decides, on vLLM too.
+    assert check.queries["canaryCount"] == 'sum(increase(kubetune_feedback_rating_count{version="c"}[1m]))'
     assert check.queries["stable"] == (
-        f"sum(increase(kubetune_feedback_rating_sum{{{sel.stable}}}[1m]))"
-        f" / sum(increase(kubetune_feedback_rating_count{{{sel.stable}}}[1m]))"
+        'sum(increase(kubetune_feedback_rating_sum{version="s"}[1m]))'
+        ' / sum(increase(kubetune_feedback_rating_count{version="s"}[1m]))'
     )
 
 
