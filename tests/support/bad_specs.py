@@ -331,6 +331,20 @@ _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
         "spec.adapter.uri",
     ),
     ("server image with an empty tag", {"image": "ghcr.io/kubetune/server:"}, "spec.image"),
+    ("capture to a path in the image", {"capture": {"uri": "/captures"}}, "spec.capture.uri"),
+    ("capture without a uri", {"capture": {"sampleRate": 0.5}}, "spec.capture.uri"),
+    ("capture rate above 1", {"capture": {"uri": "s3://caps/md", "sampleRate": 1.5}}, "spec.capture.sampleRate"),
+    (
+        "capture files too small",
+        {"capture": {"uri": "pvc://caps/md", "maxFileBytes": 100}},
+        "spec.capture.maxFileBytes",
+    ),
+    ("capture climbs out of its claim", {"capture": {"uri": "pvc://caps/../x"}}, "spec.capture.uri"),
+    (
+        "capture redacts too many fields",
+        {"capture": {"uri": "pvc://caps/md", "redact": {"fields": [f"f{i}" for i in range(33)]}}},
+        "spec.capture.redact.fields",
+    ),
 ]
 
 BAD_SPECS: list[Case] = [Case(i, FTJ, p, n) for i, p, n in _FTJ_ROWS] + [Case(i, MDEP, p, n) for i, p, n in _MDEP_ROWS]
@@ -398,6 +412,16 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 {"traffic": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}},
                 {"runtime": "vllm", "vllm": {"maxModelLen": 4096}, "resources": {"cpu": 2}},
                 {"adapter": {"fineTuneJobRef": None, "uri": "s3://b/adapter"}, "baseModel": {"cacheUri": "pvc://hf/c"}},
+                {"capture": {"uri": "pvc://captures/support"}},
+                {
+                    "capture": {
+                        "uri": "s3://caps/support",
+                        "sampleRate": 1.0,
+                        "maxFileBytes": 1024,
+                        "maxFileSeconds": 60,
+                        "redact": {"fields": ["email"], "patterns": ["[0-9]{3}-[0-9]{4}"]},
+                    }
+                },
             ]
         )
     ),
