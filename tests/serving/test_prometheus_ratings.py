@@ -1,10 +1,12 @@
 """The canary's user-rating check (userRatingDrop) against a real Prometheus scraping real processes.
 
-Two processes per scenario play the stable and the canary pod. They take feedback over HTTP as the
-servers do and export the feedback counters under the rated response's version (the stand-in in
-tests/support/ratings_exporter.py: this test is about the operator's queries, verdicts and decisions,
-not the server). Half of each version's feedback (two ratings in four) is posted to the other version's
-process, as a Service spreads it: the check must count it under the version it rates.
+Two processes per scenario play the stable and the canary pod. In the "drop" scenario they are real
+builtin servers (the tiny model) and each rating is for a response id one of them really answered. The
+other scenarios' pods are stand-ins that take feedback and export the same counters
+(tests/support/ratings_exporter.py): there the test is about the operator's queries, verdicts and
+decisions, and six model servers would not fit two shared cores. Half of each version's feedback
+(two ratings in four) is posted to the other version's process, as a Service spreads it: the check
+must count it under the version it rates.
 
 Counts are what increase() makes of them, not what was posted: it extrapolates a series' growth to the
 end of the window (by up to a scrape interval), and a series that first appears with ratings in it (a
@@ -18,23 +20,23 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
-import json
 import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kubetune_dev.loadgen import completion_body
 from kubetune_dev.processes import stop_process
 from kubetune_dev.prometheus import PrometheusServer, prometheus_binary_or_skip
 from kubetune_operator import analysis, canary
 from kubetune_operator.reconcile.md_analysis import judge_check
 from kubetune_operator.serving_spec import Analysis, Canary
+from tests.serving.server_process import ServerProcess, post
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +44,8 @@ EXPORTER = Path(__file__).resolve().parents[1] / "support" / "ratings_exporter.p
 LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 SETTLE = 5  # seconds of scrapes after Prometheus saw every rating
 WINDOW = "3m"  # covers the whole test: every rating posted after the first scrape counts
+REAL = "drop"  # this scenario's pods are real builtin servers
+TRACKS = ("stable", "canary")
 # scenario -> (stable's ratings, canary's ratings)
 RATINGS = {
     "drop": ([4, 5] * 12, [2] * 24),  # 4.5 vs 2.0
@@ -68,34 +72,37 @@ class Exporter:
         self.url = m.group(1)
         return self.url
 
-    def post(self, version: str, rating: int, n: int) -> None:
-        body = json.dumps({"id": f"kt-{version}-{n:032x}", "rating": rating}).encode()
-        req = urllib.request.Request(f"{self.url}/v1/feedback", body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert r.status == 202
-
 
 def version(scenario: str, track: str) -> str:
     return f"{scenario}-{track}"
 
 
 @pytest.fixture(scope="module")
-def prom() -> Iterator[PrometheusServer]:
+def prom(tiny_model_dir: Path) -> Iterator[PrometheusServer]:
     binary = prometheus_binary_or_skip()
     with contextlib.ExitStack() as stack:
-        pods = {version(s, t): Exporter(version(s, t)) for s in RATINGS for t in ("stable", "canary")}
-        for pod in pods.values():
+        servers = {version(REAL, t): ServerProcess(tiny_model_dir, version=version(REAL, t)) for t in TRACKS}
+        for server in servers.values():
+            server.start()
+            stack.callback(server.stop)
+        stand_ins = {version(s, t): Exporter(version(s, t)) for s in RATINGS if s != REAL for t in TRACKS}
+        for pod in stand_ins.values():
             stack.callback(stop_process, pod.proc)
+            pod.wait_listening()
         p = stack.enter_context(PrometheusServer(binary))
-        p.set_targets([(pod.wait_listening().removeprefix("http://"), {}) for pod in pods.values()])
-        p.wait_for_targets(len(pods))  # each scraped once: its series at 0, so increase() sees every rating
+        for server in servers.values():
+            server.wait_ready(timeout=300)
+        urls = {v: pod.url for v, pod in {**servers, **stand_ins}.items()}
+        p.set_targets([(url.removeprefix("http://"), {}) for url in urls.values()])
+        p.wait_for_targets(len(urls))  # each scraped once: its series at 0, so increase() sees every rating
         ids = itertools.count()
         for scenario, (stable, canary_) in RATINGS.items():
-            for track, ratings in (("stable", stable), ("canary", canary_)):
+            for track, ratings in zip(TRACKS, (stable, canary_), strict=True):
                 other = "canary" if track == "stable" else "stable"
                 for i, rating in enumerate(ratings):
-                    pod = pods[version(scenario, other if i % 4 >= 2 else track)]
-                    pod.post(version(scenario, track), rating, next(ids))
+                    rid = response_id(servers.get(version(scenario, track)), version(scenario, track), next(ids))
+                    url = urls[version(scenario, other if i % 4 >= 2 else track)]
+                    assert post(f"{url}/v1/feedback", {"id": rid, "rating": rating}) == (202, {"accepted": True})
         posted = {
             version(s, t): float(len(r))
             for s, rs in RATINGS.items()
@@ -108,6 +115,15 @@ def prom() -> Iterator[PrometheusServer]:
             time.sleep(0.25)
         time.sleep(SETTLE)
         yield p
+
+
+def response_id(server: ServerProcess | None, version: str, n: int) -> str:
+    """The id of a response the version's real server just answered; a made-up one for a stand-in."""
+    if server is None:
+        return f"kt-{version}-{n:032x}"
+    status, body = server.post("/v1/completions", completion_body(max_tokens=1))
+    assert status == 200 and body["id"].startswith(f"kt-{version}-"), body
+    return str(body["id"])
 
 
 def rating_verdict(prom: PrometheusServer, scenario: str, runtime: str = "builtin", policy: str = "pause"):  # type: ignore[no-untyped-def]

@@ -7,7 +7,8 @@ servers do (issue 13's contract: ``POST /v1/feedback {"id": "kt-<version>-<32 he
 at 0 for its own version at start-up (so ``increase()`` counts the first rating after a scrape).
 
 It stands in for the builtin server only where the test is about the operator's queries and verdicts,
-not the server: what it counts is what the test posted, nothing else.
+not the server (tests/serving/test_prometheus_ratings.py rates real servers too): what it counts is
+what the test posted, nothing else.
 
     python tests/support/ratings_exporter.py --version canary    # logs "listening on http://127.0.0.1:PORT"
 """
