@@ -222,6 +222,19 @@ class ModelDeploymentSpec(ApiModel):
             "traffic gatewayAPI requires spec.gateway.parentRefs",
             lambda s: s.traffic != "gatewayAPI" or s.gateway is not None,
         ),
+        # vLLM has no /v1/feedback: its pods take ratings only through the capture proxy, which
+        # spec.capture adds. Without it the rating check could only ever say NoData.
+        Rule(
+            "self.runtime != 'vllm' || has(self.capture) || !has(self.canary.analysis)"
+            " || !has(self.canary.analysis.maxUserRatingDrop)",
+            "canary.analysis.maxUserRatingDrop with runtime vllm needs spec.capture (its proxy takes the feedback)",
+            lambda s: (
+                s.runtime != "vllm"
+                or s.capture is not None
+                or s.canary.analysis is None
+                or s.canary.analysis.max_user_rating_drop is None
+            ),
+        ),
     )
     base_model: ServedBaseModel
     adapter: Adapter | None = Field(
