@@ -118,6 +118,19 @@ class Lineage(ApiModel):
     )
 
 
+class TrackingStatus(ApiModel):
+    """Where the current run is in MLflow (spec.tracking, or the operator's default tracking URI)."""
+
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    run_id: str | None = None
+    registered_model: str | None = None
+    model_version: str | None = Field(None, description="The registered version of this run's artifact.")
+    warning: str | None = Field(
+        None, description="What tracking could not do (the tracker was unreachable, ...); training went on."
+    )
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "Skipped"] | None = Field(
         None,
@@ -166,6 +179,9 @@ class FineTuneJobStatus(ApiModel):
     )
     lineage: Lineage | None = Field(
         None, description="Where this run's weights and data came from (spec.initFrom, the dataset's hash)."
+    )
+    tracking: TrackingStatus | None = Field(
+        None, description="The run in MLflow; a TrackingDegraded condition is True while warning is set."
     )
     conditions: list[Condition] | None = conditions_field()
 

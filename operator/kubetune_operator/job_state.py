@@ -220,6 +220,8 @@ def status_for_run(
         patch["data"] = _data_counts(result["data"])
     if isinstance(result.get("lineage"), dict):
         patch["lineage"] = lineage.with_result(current.get("lineage"), result["lineage"])
+    if isinstance(result.get("tracking"), dict):
+        patch["tracking"], conditions = _tracking(conditions, result["tracking"], generation, now)
     eval_passed = result.get("evalPassed", current.get("evalPassed"))
     if state.phase == SUCCEEDED:
         eval_passed, conditions = _eval_condition(conditions, gate_mode, eval_passed, generation, now)
@@ -252,6 +254,24 @@ def _data_counts(data: dict[str, Any]) -> dict[str, Any]:
             if isinstance(s, dict)
         ]
     return out
+
+
+TRACKING_KEYS = ("trackingUri", "experimentId", "runId", "registeredModel", "modelVersion", "warning")
+
+
+def _tracking(
+    conditions: list[dict[str, Any]], tracking: dict[str, Any], generation: int, now: str
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """status.tracking from the trainer's result, and TrackingDegraded: True while MLflow missed something.
+
+    >>> t, c = _tracking([], {"runId": "r1", "warning": "MLflow at http://m: refused", "bogus": 1}, 1, "t0")
+    >>> t, (c[0]["type"], c[0]["status"], c[0]["reason"])
+    ({'runId': 'r1', 'warning': 'MLflow at http://m: refused'}, ('TrackingDegraded', 'True', 'TrackerUnavailable'))
+    """
+    out = {k: str(tracking[k])[:1000] for k in TRACKING_KEYS if tracking.get(k)}
+    warning = out.get("warning")
+    reason, message = ("TrackerUnavailable", warning) if warning else ("Tracked", "the run is tracked in MLflow")
+    return out, set_condition(conditions, "TrackingDegraded", bool(warning), reason, message, generation, now)
 
 
 NO_GATES_MESSAGE = (

@@ -26,6 +26,7 @@ FTJ: dict[str, Any] = {
         "baseModel": {"name": "org/tiny", "tokenSecretRef": {"name": "hf", "key": "tok"}},
         "dataset": {"uri": "pvc://data/support.jsonl"},
         "output": {"uri": "pvc://models/support-bot"},
+        "tracking": {"mlflow": {"trackingUri": "http://mlflow:5000", "credentialsSecretRef": {"name": "mlf"}}},
     },
 }
 SETTINGS = Settings(pvc_mount_root="/volumes", trainer_metrics_port=9411)

@@ -12,6 +12,13 @@ variable is optional.
     KUBETUNE_TERMINATION_LOG                        local only: where the termination message goes
                                                     (default /dev/termination-log, which the kubelet makes)
     HF_TOKEN                                        hub token for gated models / datasets (a Secret's key)
+    KUBETUNE_MLFLOW_TRACKING_URI                    MLflow server (spec.tracking.mlflow or the operator's
+                                                    default); beats the spec's, like the two names below
+    KUBETUNE_MLFLOW_EXPERIMENT                      the experiment, defaults filled in by the operator
+    KUBETUNE_MLFLOW_REGISTERED_MODEL                the registered model a successful run becomes a version of
+
+Read by MLflow's client itself (from spec.tracking.mlflow.credentialsSecretRef, by reference):
+MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN.
 
 Read by `uris` instead, the location resolver the serving fetcher (kubetune_server) shares:
 
@@ -39,6 +46,9 @@ READ_HERE = (
     "KUBETUNE_METRICS_PORT",
     "KUBETUNE_TERMINATION_LOG",
     "HF_TOKEN",
+    "KUBETUNE_MLFLOW_TRACKING_URI",
+    "KUBETUNE_MLFLOW_EXPERIMENT",
+    "KUBETUNE_MLFLOW_REGISTERED_MODEL",
 )
 #: The variables `kubetune_trainer.uris` reads (shared with the serving fetcher, so not passed down).
 READ_BY_URIS = ("KUBETUNE_PVC_ROOT", "KUBETUNE_CACHE", "KUBETUNE_HF_ROOT")
@@ -55,6 +65,9 @@ class TrainerEnv:
     metrics_port: int = 9400
     termination_log: Path = Path(TERMINATION_LOG)
     hf_token: str | None = field(default=None, repr=False)  # never in a log line
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str | None = None
+    mlflow_registered_model: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> TrainerEnv:
@@ -74,6 +87,9 @@ class TrainerEnv:
             metrics_port=int(port),
             termination_log=Path(environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG)),
             hf_token=environ.get("HF_TOKEN") or None,
+            mlflow_tracking_uri=environ.get("KUBETUNE_MLFLOW_TRACKING_URI") or None,
+            mlflow_experiment=environ.get("KUBETUNE_MLFLOW_EXPERIMENT") or None,
+            mlflow_registered_model=environ.get("KUBETUNE_MLFLOW_REGISTERED_MODEL") or None,
         )
 
     @property
