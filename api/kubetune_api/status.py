@@ -213,6 +213,28 @@ class AnalysisRecord(ApiModel):
     message: str | None = None
 
 
+class RegistryAction(ApiModel):
+    op: Literal["setAlias", "deleteAlias", "setTag"] | None = None
+    alias: str | None = None
+    version: str | None = None
+    key: str | None = None
+    value: str | None = None
+
+
+class RegistryStatus(ApiModel):
+    """The served FineTuneJob's MLflow registered model, as the rollout keeps it in step (status.tracking)."""
+
+    tracking_uri: str | None = None
+    registered_model: str | None = None
+    production_version: str | None = Field(None, description="The version the alias production points at.")
+    canary_version: str | None = Field(None, description="The version the alias canary points at, during a canary.")
+    pending: list[RegistryAction] | None = Field(
+        None, max_length=32, description="Registry calls not made yet (the next reconcile makes them; retried)."
+    )
+    message: str | None = Field(None, description="Why the last attempt failed; the rollout does not wait on it.")
+    last_attempt_time: str | None = timestamp()
+
+
 class ModelDeploymentStatus(ApiModel):
     phase: Literal["Pending", "Stable", "Progressing", "Paused", "Promoted", "RolledBack", "Failed"] | None = None
     observed_generation: int | None = None
@@ -262,5 +284,12 @@ class ModelDeploymentStatus(ApiModel):
         "When the canary's pods were first seen not Ready (cleared once Ready)."
     )
     message: str | None = None
+    registry: RegistryStatus | None = Field(
+        None,
+        description=(
+            "With a FineTuneJob whose run is registered in MLflow (its status.tracking): which versions the "
+            "aliases production and canary point at, so the registry shows what is live."
+        ),
+    )
     analysis: list[AnalysisRecord] | None = Field(None, max_length=200)
     conditions: list[Condition] | None = conditions_field()

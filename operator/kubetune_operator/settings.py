@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, fields
 
@@ -38,6 +39,10 @@ class Settings:
     mlflow_tracking_uri: str = ""
     #: Timeout (seconds) of one MLflow registry call the operator makes (the production alias on promotion).
     mlflow_timeout_seconds: float = 3.0
+    #: The operator's own MLflow credentials for those calls (basic auth, or a bearer token); from a Secret.
+    mlflow_username: str = dataclasses.field(default="", repr=False)
+    mlflow_password: str = dataclasses.field(default="", repr=False)
+    mlflow_token: str = dataclasses.field(default="", repr=False)
     #: Namespace to watch; empty means all namespaces.
     watch_namespace: str = ""
 

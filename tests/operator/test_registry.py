@@ -68,3 +68,49 @@ def test_an_unreachable_server_leaves_every_action_pending():
     uri = f"http://127.0.0.1:{free_port()}"
     pending, error = registry.apply(uri, "bot", actions, timeout=2)
     assert pending == actions and uri in error
+
+
+T = {"trackingUri": "http://m:5000", "registeredModel": "bot"}
+
+
+def test_status_registry_follows_the_rollout_and_keeps_what_is_not_sent_yet():
+    from kubetune_operator.reconcile.md_registry import queue
+
+    r = queue(None, "stable", {**T, "version": "1"}, "ns/md")
+    assert (r["productionVersion"], [a["op"] for a in r["pending"]]) == ("1", ["setAlias", "setTag"])
+    r = queue(r, "canary", {**T, "version": "2"}, "ns/md")
+    assert (r["productionVersion"], r["canaryVersion"], len(r["pending"])) == ("1", "2", 4)
+    r = queue(r, "rollback", {**T, "version": "2"}, "ns/md")
+    assert (r["productionVersion"], r["canaryVersion"], len(r["pending"])) == ("1", None, 7)
+    # Another registered model (the FineTuneJob's spec changed): the old record and its calls go.
+    other = queue(r, "stable", {**T, "registeredModel": "bot-v2", "version": "1"}, "ns/md")
+    assert other["registeredModel"] == "bot-v2" and len(other["pending"]) == 2
+    assert queue(None, "stable", None, "ns/md") == {}  # an untracked rollout has no registry record
+    assert "not registered" in queue(r, "canary", None, "ns/md")["message"]
+
+
+@pytest.mark.slow
+def test_sync_sends_the_pending_calls_and_retries_later_when_the_server_is_down(mlflow_server):
+    import datetime as dt
+
+    from mlflow.tracking import MlflowClient
+
+    from kubetune_operator.reconcile.md_registry import queue, sync
+    from kubetune_operator.settings import Settings
+
+    client = MlflowClient(mlflow_server.url, mlflow_server.url)
+    client.create_registered_model("sync-bot")
+    client.create_model_version("sync-bot", "s3://b/bot/run-1/artifact", await_creation_for=0)
+    now = dt.datetime(2026, 12, 3, 8, 0, tzinfo=dt.UTC)
+    settings = Settings(mlflow_timeout_seconds=2)
+
+    down = {"trackingUri": f"http://127.0.0.1:{free_port()}", "registeredModel": "sync-bot", "version": "1"}
+    r = sync(queue(None, "stable", down, "ns/md"), settings, now)
+    assert r["pending"] and r["lastAttemptTime"] == "2026-12-03T08:00:00Z" and down["trackingUri"] in r["message"]
+    assert sync(r, settings, now + dt.timedelta(seconds=10)) is None  # not before registry.RETRY_SECONDS
+
+    up = {**down, "trackingUri": mlflow_server.url}
+    r = sync(queue(None, "stable", up, "ns/md"), settings, now)
+    assert (r["pending"], r["message"], r["productionVersion"]) == (None, None, "1")
+    assert client.get_registered_model("sync-bot").aliases == {"production": "1"}
+    assert sync(r, settings, now) is None  # nothing pending: no call, no write
