@@ -52,6 +52,8 @@ def progress_line(p: dict[str, Any]) -> str:
 class StatusReporter:
     """Patches ``status`` of this run's FineTuneJob when running in-cluster; otherwise only logs."""
 
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+
     def __init__(
         self,
         name: str | None = None,
