@@ -20,11 +20,13 @@ POINTS = STEPS // LOGGING  # progress points the run records (train.train logs e
 TRAINING = {"maxSteps": STEPS, "loggingSteps": LOGGING, "evalSteps": EVAL}
 
 
-def run_trainer(write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking: dict) -> tuple[dict, Path]:
+def run_trainer(
+    write_spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking: dict, on_claim: bool = True
+) -> tuple[dict, Path]:
     """The CLI as the operator's Job runs it (run 3 on a claim), with spec.tracking; (termination message, run dir)."""
     log = tmp_path / "termination-log"
     log.write_text("")
-    out = tmp_path / "pvc" / "artifacts" / "job" / "run-3"
+    out = tmp_path / "pvc" / "artifacts" / "job" / "run-3" if on_claim else tmp_path / "plain" / "run-3"
     monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
     monkeypatch.setenv("KUBETUNE_PVC_ROOT", str(tmp_path / "pvc"))
     monkeypatch.setenv("KUBETUNE_OUTPUT_DIR", str(out))
@@ -109,3 +111,19 @@ def test_an_unreachable_tracker_leaves_the_run_succeeded_with_a_warning(write_sp
     assert_run_pictures(out)  # the pictures do not depend on the tracker
     result = json.loads((out / "result.json").read_text())
     assert result["tracking"] == t
+
+
+def test_a_refused_registration_is_a_warning_and_the_rest_of_the_run_is_still_in_mlflow(
+    write_spec, tmp_path, monkeypatch, mlflow_server
+):
+    from mlflow.tracking import MlflowClient
+
+    # An artifact at a plain path inside the pod: MLflow refuses a local path as a version's source.
+    message, out = run_trainer(write_spec, tmp_path, monkeypatch, {"trackingUri": mlflow_server.url}, on_claim=False)
+    assert message["phase"] == "Succeeded" and message["artifact"]["uri"] == str(out / "artifact")
+    t = message["tracking"]
+    assert "registering the artifact failed" in t["warning"] and "modelVersion" not in t
+    run = MlflowClient(mlflow_server.url).get_run(t["runId"])
+    assert run.info.status == "FINISHED"  # not left RUNNING after the failed call
+    assert run.data.params["method"] == "lora"
+    assert {a.path for a in MlflowClient(mlflow_server.url).list_artifacts(t["runId"])} >= {"eval.json", "loss.png"}

@@ -227,8 +227,17 @@ class Tracker:
 
     def end(self, status: str) -> None:
         """FINISHED, FAILED or KILLED (preempted: the retried pod starts a new MLflow run)."""
-        if self.run_id is not None:
+        if self.run_id is None:
+            return
+        if self.active:
             self._call(f"ending the run {status}", lambda: self.client.set_terminated(self.run_id, status))
+            return
+        # After a failed call (e.g. a source the registry refuses): still try not to leave it RUNNING,
+        # keeping the first warning, which says what went wrong.
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as e:
+            log.warning("MLflow: could not end run %s: %s", self.run_id, e)
 
     def status(self) -> dict[str, str] | None:
         """status.tracking: where the run is in MLflow, and what could not be done; None when untracked."""
