@@ -101,7 +101,10 @@ def get(kube: Kube, args: argparse.Namespace, out: Console) -> None:
 
     if not args.watch:
         obj = kube.get(args.kind, args.name)
-        out.print(dump(obj, args.output) if args.output else view(obj), markup=False, highlight=False)
+        if args.output:  # print(), not the console: scripts get the document unwrapped
+            print(dump(obj, args.output))
+        else:
+            out.print(view(obj), markup=False, highlight=False)
         return
     if args.output or not out.is_terminal:  # a pipe: one line (or document) per change, like `kubectl get -w`
         last = None
@@ -123,7 +126,10 @@ def get(kube: Kube, args: argparse.Namespace, out: Console) -> None:
 def runs(kube: Kube, args: argparse.Namespace, out: Console) -> None:
     obj = kube.get("ftj", args.name)
     history = run_history(obj, kube.run_jobs(args.name), kube.run_pods(args.name))
-    out.print(dump(history, args.output) if args.output else runs_table(args.name, history), markup=False)
+    if args.output:
+        print(dump(history, args.output))
+    else:
+        out.print(runs_table(args.name, history), markup=False, highlight=False)
 
 
 def logs(kube: Kube, args: argparse.Namespace, out: Console) -> None:
