@@ -218,6 +218,10 @@ def test_watch_sees_a_real_training_runs_progress_move(k8s, operator, executor, 
     assert status["artifact"]["uri"] in lines[-1]
     shown = ok(plugin(control_plane.kubeconfig, "get", "ftj", "watched", "-n", k8s.ns))
     assert "12/12 (100%)" in shown and status["artifact"]["digest"] in shown
+    (ppl,) = [line for line in shown.splitlines() if "│ perplexity" in line]
+    base, tuned = (float(c) for c in ppl.split("│")[2:4])  # the base model's beside the tuned one's
+    assert (base, tuned) == (pytest.approx(status["baseMetrics"]["perplexity"], rel=1e-3),
+                             pytest.approx(status["metrics"]["perplexity"], rel=1e-3))  # fmt: skip
     # `logs` finds the current run's pod and asks the apiserver for its log; the local executor serves no
     # kubelet endpoint (its Node has no address), so here the apiserver's refusal must come back as one line.
     logs = plugin(control_plane.kubeconfig, "logs", "ftj", "watched", "-n", k8s.ns)
