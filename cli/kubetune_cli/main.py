@@ -162,8 +162,8 @@ def manual(kube: Kube, args: argparse.Namespace, out: Console) -> None:
 
 def abort(kube: Kube, args: argparse.Namespace, out: Console) -> None:
     obj = kube.get("mdep", args.name)
-    canary = obj["status"]["canaryVersion"] if actions.abort_plan(obj) else None
-    if actions.abort_plan(obj) == "rearm":
+    plan, canary = actions.abort_plan(obj), obj["status"]["canaryVersion"]  # abort_plan: a canary is in flight
+    if plan == "rearm":
         # spec.canary.abort is edge-triggered: the true left from an earlier abort stops nothing new.
         kube.patch("mdep", args.name, actions.abort_patch(False))
         deadline = time.monotonic() + args.timeout
