@@ -23,7 +23,7 @@ if [[ ! -f "$venv/.complete" ]]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q ".[operator,trainer,dev]"
+  "$venv/bin/pip" install -q ".[operator,trainer,dev,cli]"
   touch "$venv/.complete"
 fi
 # Point the shared venv at this checkout (cheap: no dependency resolution).
