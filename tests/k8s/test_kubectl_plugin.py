@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from PIL import Image
 
 from tests.k8s.conftest import wait_for
 from tests.k8s.test_finetunejob_controller import spec as ftj_spec
@@ -237,4 +238,13 @@ def test_watch_sees_a_real_training_runs_progress_move(k8s, operator, executor, 
     # Following a finished container's log gives all of it and ends, as a kubelet's does.
     assert ok(plugin(control_plane.kubeconfig, "logs", "ftj", "watched", "-n", k8s.ns, "-f", timeout=30)) == logged
     print(logged)
+    # --plot draws the loss curve the trainer kept in status.progress.history: every logged step, one eval.
+    assert [(p["step"], "evalLoss" in p) for p in status["progress"]["history"]] == [
+        (3, False), (6, False), (9, False), (12, True)]  # fmt: skip
+    said = ok(
+        plugin(control_plane.kubeconfig, "get", "ftj", "watched", "-n", k8s.ns, "--plot", str(tmp_path / "l.png"))
+    )
+    assert said.strip().endswith("loss curve of run 1 (4 points)"), said
+    with Image.open(tmp_path / "l.png") as im:
+        assert (im.text["kubetune.points"], im.text["kubetune.evalPoints"]) == ("4", "1")
     print("\n".join(lines), shown, sep="\n")  # what the README's "Day to day" shows

@@ -105,8 +105,29 @@ def test_metrics_endpoint_serves_prometheus_text():
 
 def test_reported_fields_are_status_progress_fields():
     """Anything else would be pruned by the API server (the CRD's status schema comes from this model)."""
-    from kubetune_api.status import Progress
+    from kubetune_api.status import HISTORY_POINTS, Progress, ProgressPoint
+    from kubetune_trainer.progress import HISTORY_POINTS as KEPT
     from kubetune_trainer.progress import PLAN_FIELDS, PROGRESS_FIELDS
 
     names = {f.alias or n for n, f in Progress.model_fields.items()}
-    assert set(PROGRESS_FIELDS) | set(PLAN_FIELDS) | {"stepText", "updateTime"} == names
+    assert set(PROGRESS_FIELDS) | set(PLAN_FIELDS) | {"stepText", "updateTime", "history"} == names
+    # The history's points, and its bound: one point more and the apiserver would refuse the whole patch.
+    assert {f.alias or n for n, f in ProgressPoint.model_fields.items()} == {"step", "loss", "evalLoss"}
+    assert KEPT == HISTORY_POINTS
+
+
+def test_progress_patches_carry_the_loss_history_thinned_to_its_bound():
+    import doctest
+
+    from kubetune_trainer import progress
+
+    assert doctest.testmod(progress).failed == 0
+    api = FakeApi()
+    r = reporter(api)
+    for s in range(1, 1001):
+        r.progress({**P, "step": s, "totalSteps": 1000, "loss": 1.0 / s, "evalLoss": 0.5 if s % 100 == 0 else None})
+        points = api.calls[-1][0][5]["status"]["progress"]["history"]
+        assert len(points) <= progress.HISTORY_POINTS and points[0]["step"] == 1 and points[-1]["step"] == s
+    steps = [p["step"] for p in points]
+    assert steps == sorted(steps) and len(points) > progress.HISTORY_POINTS // 2
+    assert points[-1] == {"step": 1000, "loss": 0.001, "evalLoss": 0.5}

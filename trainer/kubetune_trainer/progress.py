@@ -19,6 +19,24 @@ GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 # The fields of status.progress in crds/finetunejob.yaml; anything else would be pruned by the API server.
 PROGRESS_FIELDS = ("step", "totalSteps", "epoch", "loss", "evalLoss", "tokensPerSecond", "etaSeconds")
 PLAN_FIELDS = ("examplesPerStep", "tokensPerStep", "stepsPerEpoch")  # status.progress too, from train.step_plan
+HISTORY_POINTS = 200  # kubetune_api.status.HISTORY_POINTS, the CRD's bound on status.progress.history
+
+
+def add_point(history: list[dict[str, Any]], p: dict[str, Any], limit: int = HISTORY_POINTS) -> list[dict[str, Any]]:
+    """The loss curve kept in status.progress.history, with progress point `p` added: past `limit` points
+    every other one is dropped (the newest kept), so a long run's curve still spans it, at half the density.
+
+    >>> h = []
+    >>> for s in range(1, 6):
+    ...     h = add_point(h, {"step": s, "loss": 1.0 / s, "evalLoss": None}, limit=4)
+    >>> [q["step"] for q in h], h[-1]
+    ([1, 3, 5], {'step': 5, 'loss': 0.2})
+    """
+    point = {k: p[k] for k in ("step", "loss", "evalLoss") if p.get(k) is not None}
+    out = [*history, point]
+    if len(out) > limit:
+        out = out[::2] if len(out) % 2 else [*out[:-1:2], out[-1]]
+    return out
 
 
 def now() -> str:
@@ -81,6 +99,7 @@ class StatusReporter:
         self.name, self.namespace, self.on_progress = name, namespace, on_progress
         self.api: Any = None
         self._plan: dict[str, Any] = {}
+        self._history: list[dict[str, Any]] = []
         if self.name and self.namespace:
             try:
                 from kubernetes import client, config
@@ -125,6 +144,9 @@ class StatusReporter:
         if self.on_progress is not None:
             self.on_progress(p)
         body = {**getattr(self, "_plan", {}), **{k: p[k] for k in PROGRESS_FIELDS if p.get(k) is not None}}
+        # The whole bounded list each time: a merge patch replaces a list, and one failed patch loses nothing.
+        self._history = add_point(getattr(self, "_history", []), p)
+        body["history"] = self._history
         self.patch({"progress": {**body, "stepText": f"{p['step']}/{p['totalSteps']}", "updateTime": now()}})
 
     def checkpoint(self, path: str) -> None:
