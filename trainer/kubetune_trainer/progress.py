@@ -1,6 +1,6 @@
 # torch, transformers, kubernetes and prometheus-client are partly untyped:
 # mypy: disable-error-code="no-untyped-call"
-"""Progress reporting: a log line, the FineTuneJob's ``status.progress``, and Prometheus gauges.
+"""Progress reporting: a log line (a progress bar on a terminal), ``status.progress``, and Prometheus gauges.
 
 Reporting must never take training down: every Kubernetes or metrics failure is logged and swallowed.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -83,6 +84,37 @@ def plan_line(plan: dict[str, Any], total: int) -> str:
     )
 
 
+def progress_style(stderr_is_terminal: bool, environ: Mapping[str, str]) -> Literal["bar", "lines"]:
+    """A progress bar for a person at a terminal; the periodic log line everywhere else (a pod's log, a
+    pipe, a file), where a bar's carriage returns would garble what is kept. A dumb terminal gets lines.
+
+    >>> progress_style(True, {"TERM": "xterm-256color"}), progress_style(False, {"TERM": "xterm"})
+    ('bar', 'lines')
+    >>> progress_style(True, {"TERM": "dumb"})
+    'lines'
+    """
+    return "bar" if stderr_is_terminal and environ.get("TERM", "") != "dumb" else "lines"
+
+
+class TerminalBar:
+    """tqdm on stderr: optimizer steps against the total, with the loss, evalLoss and ETA beside it."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def update(self, p: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=p["totalSteps"], unit="step", file=sys.stderr, dynamic_ncols=True)
+        ev = p.get("evalLoss")
+        self._bar.set_postfix_str(f"loss {p['loss']:.4f} evalLoss {'-' if ev is None else f'{ev:.4f}'}", refresh=False)
+        self._bar.update(p["step"] - self._bar.n)
+        if p["step"] >= p["totalSteps"]:
+            self._bar.close()
+            self._bar = None
+
+
 class StatusReporter:
     """Patches ``status`` of this run's FineTuneJob when running in-cluster; otherwise only logs."""
 
@@ -100,6 +132,8 @@ class StatusReporter:
         self.api: Any = None
         self._plan: dict[str, Any] = {}
         self._history: list[dict[str, Any]] = []
+        # Decided once, for this process's stderr: a person running `kubetune train` at a terminal.
+        self.bar = TerminalBar() if progress_style(sys.stderr.isatty(), os.environ) == "bar" else None
         if self.name and self.namespace:
             try:
                 from kubernetes import client, config
@@ -140,7 +174,11 @@ class StatusReporter:
         self.patch({"progress": {**self._plan, "updateTime": now()}})
 
     def progress(self, p: dict[str, Any]) -> None:
-        log.info(progress_line(p))
+        bar = getattr(self, "bar", None)
+        if bar is not None:
+            bar.update(p)
+        else:
+            log.info(progress_line(p))
         if self.on_progress is not None:
             self.on_progress(p)
         body = {**getattr(self, "_plan", {}), **{k: p[k] for k in PROGRESS_FIELDS if p.get(k) is not None}}
