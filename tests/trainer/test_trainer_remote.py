@@ -208,3 +208,17 @@ def test_a_download_reports_its_progress_in_the_log(s3, tmp_path, caplog, monkey
     assert said[-2] == f"fetching s3://{bucket}/one.bin: 68.4 KiB of 68.4 KiB (100%)", said
     assert said[-1].startswith(f"fetching s3://{bucket}/one.bin: 68.4 KiB in "), said
     assert doctest.testmod(transfers).failed == 0
+
+
+def test_an_upload_reports_the_bytes_it_copied(s3, tmp_path, caplog):
+    from kubetune_trainer import export
+
+    fs, bucket = s3
+    (tmp_path / "out" / "artifact").mkdir(parents=True)
+    (tmp_path / "out" / "artifact" / "adapter.bin").write_bytes(b"a" * 200_000)
+    (tmp_path / "out" / "result.json").write_text("{}")
+    caplog.set_level(logging.INFO, logger="kubetune_trainer")
+    export.upload(tmp_path / "out", f"s3://{bucket}/runs/up")
+    assert fs.cat(f"{bucket}/runs/up/artifact/adapter.bin") == b"a" * 200_000
+    (done,) = [m for m in caplog.messages if m.startswith(f"uploading s3://{bucket}/runs/up: ")]
+    assert re.fullmatch(rf"uploading s3://{bucket}/runs/up: 195\.3 KiB in \d+\.\ds", done)
