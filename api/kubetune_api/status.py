@@ -13,6 +13,15 @@ from pydantic import Field
 from kubetune_api.common import Condition, conditions_field, timestamp
 from kubetune_api.rules import ApiModel
 
+#: The most loss points status.progress.history keeps; past it the trainer drops every other one.
+HISTORY_POINTS = 200
+
+
+class ProgressPoint(ApiModel):
+    step: int | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+
 
 class Progress(ApiModel):
     examples_per_step: float | None = Field(
@@ -37,6 +46,15 @@ class Progress(ApiModel):
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     update_time: str | None = timestamp()
+    history: list[ProgressPoint] | None = Field(
+        None,
+        max_length=HISTORY_POINTS,
+        description=(
+            "The current run's loss curve so far: one point per progress report, thinned to every other point "
+            f"whenever it would pass {HISTORY_POINTS}, so it always spans the whole run "
+            "(kubectl kubetune get ftj NAME --plot FILE.png draws it)."
+        ),
+    )
 
 
 class Artifact(ApiModel):

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,6 +22,7 @@ from rich.live import Live
 
 from kubetune_cli import actions
 from kubetune_cli.client import CliError, Kube, Target
+from kubetune_cli.plot import write_plot
 from kubetune_cli.render_ftj import TERMINAL, ftj_line, ftj_view, run_history, runs_table
 from kubetune_cli.render_mdep import mdep_line, mdep_view
 
@@ -59,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("kind", type=_kind)
     get.add_argument("name")
     get.add_argument("-w", "--watch", action="store_true", help="re-render on every change (ftj: until the run ends)")
+    get.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="ftj: the current run's loss curve; mdep: the canary analysis"
+    )
     output(get)
     runs = verb("runs", "a FineTuneJob's runs and their metrics")
     runs.add_argument("kind", type=_kind, choices=["ftj"])
@@ -99,9 +104,13 @@ def get(kube: Kube, args: argparse.Namespace, out: Console) -> None:
     def done(obj: dict[str, Any]) -> bool:
         return args.kind == "ftj" and (obj.get("status") or {}).get("phase") in TERMINAL
 
+    if args.plot and (args.watch or args.output):
+        raise CliError("--plot draws one picture of the object as it is now; it goes with neither --watch nor -o")
     if not args.watch:
         obj = kube.get(args.kind, args.name)
-        if args.output:  # print(), not the console: scripts get the document unwrapped
+        if args.plot:
+            out.print(write_plot(args.kind, obj, args.plot), markup=False, highlight=False)
+        elif args.output:  # print(), not the console: scripts get the document unwrapped
             print(dump(obj, args.output))
         else:
             out.print(view(obj), markup=False, highlight=False)

@@ -248,7 +248,9 @@ def test_healthy_canary_is_promoted_step_by_step(k8s, operator, executor, promet
     assert any(a["check"] == "requests" and a["verdict"] == "Pass" and a["value"] >= 5 for a in status["analysis"])
 
 
-def test_slow_canary_is_rolled_back_at_the_first_step(k8s, operator, executor, prometheus, models):
+def test_slow_canary_is_rolled_back_at_the_first_step(
+    k8s, operator, executor, prometheus, models, control_plane, tmp_path
+):
     ex = executor
     start_stable(k8s, ex, models, prometheus, "slow")
     with Load(ex, k8s.ns):
@@ -264,6 +266,17 @@ def test_slow_canary_is_rolled_back_at_the_first_step(k8s, operator, executor, p
         and failed[0]["threshold"] == "<= 2"
     )
     assert k8s.deployment("slow-canary").spec.replicas == 0
+    # `kubectl kubetune get mdep --plot` draws that analysis: every record with a value, each check a panel.
+    from PIL import Image
+
+    from tests.k8s.test_kubectl_plugin import ok, plugin
+
+    said = ok(plugin(control_plane.kubeconfig, "get", "mdep", "slow", "-n", k8s.ns, "--plot", str(tmp_path / "a.png")))
+    checks = list(dict.fromkeys(a["check"] for a in status["analysis"]))
+    assert f"canary analysis ({len(status['analysis'])} records, {len(checks)} checks)" in said, said
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.text["kubetune.checks"] == ",".join(checks) and "latencyP99Ratio" in checks
+        assert im.text["kubetune.points"] == str(sum(1 for a in status["analysis"] if a.get("value") is not None))
     # Posted right after the status patch, so it may trail the status this test just read.
     wait_for(lambda: any(e.reason == "RolledBack" for e in k8s.events_for("slow")), 15, "a RolledBack event")
 

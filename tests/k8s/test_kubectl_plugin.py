@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from PIL import Image
 
 from tests.k8s.conftest import wait_for
 from tests.k8s.test_finetunejob_controller import spec as ftj_spec
@@ -222,9 +223,28 @@ def test_watch_sees_a_real_training_runs_progress_move(k8s, operator, executor, 
     base, tuned = (float(c) for c in ppl.split("│")[2:4])  # the base model's beside the tuned one's
     assert (base, tuned) == (pytest.approx(status["baseMetrics"]["perplexity"], rel=1e-3),
                              pytest.approx(status["metrics"]["perplexity"], rel=1e-3))  # fmt: skip
-    # `logs` finds the current run's pod and asks the apiserver for its log; the local executor serves no
-    # kubelet endpoint (its Node has no address), so here the apiserver's refusal must come back as one line.
-    logs = plugin(control_plane.kubeconfig, "logs", "ftj", "watched", "-n", k8s.ns)
-    assert logs.returncode == 1 and logs.stderr.count("\n") == 1, logs
-    assert logs.stderr.startswith("error: get pod log of watched-run-1-") and "no preferred addresses" in logs.stderr
+    # `logs` finds the current run's pod and asks the apiserver for its log, which dials the Node's kubelet
+    # endpoint: the local executor's, serving the file its process wrote.
+    logged = ok(plugin(control_plane.kubeconfig, "logs", "ftj", "watched", "-n", k8s.ns))
+    assert re.search(r"^.*step 12/12 epoch [\d.]+ loss [\d.]+ ", logged, re.M) and "evaluation passed" in logged, logged
+    pod = next(
+        p.metadata.name
+        for p in k8s.core.list_namespaced_pod(k8s.ns).items
+        if p.metadata.name.startswith("watched-run-1-")
+    )
+    assert control_plane.kubectl("logs", pod, "-n", k8s.ns).stdout == logged  # kubectl's own, same bytes
+    last = ok(plugin(control_plane.kubeconfig, "logs", "ftj", "watched", "-n", k8s.ns, "--tail", "2"))
+    assert last.splitlines() == logged.splitlines()[-2:]
+    # Following a finished container's log gives all of it and ends, as a kubelet's does.
+    assert ok(plugin(control_plane.kubeconfig, "logs", "ftj", "watched", "-n", k8s.ns, "-f", timeout=30)) == logged
+    print(logged)
+    # --plot draws the loss curve the trainer kept in status.progress.history: every logged step, one eval.
+    assert [(p["step"], "evalLoss" in p) for p in status["progress"]["history"]] == [
+        (3, False), (6, False), (9, False), (12, True)]  # fmt: skip
+    said = ok(
+        plugin(control_plane.kubeconfig, "get", "ftj", "watched", "-n", k8s.ns, "--plot", str(tmp_path / "l.png"))
+    )
+    assert said.strip().endswith("loss curve of run 1 (4 points)"), said
+    with Image.open(tmp_path / "l.png") as im:
+        assert (im.text["kubetune.points"], im.text["kubetune.evalPoints"]) == ("4", "1")
     print("\n".join(lines), shown, sep="\n")  # what the README's "Day to day" shows

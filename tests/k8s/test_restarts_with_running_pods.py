@@ -83,7 +83,7 @@ def md_status(k8s: Any) -> dict[str, Any]:
     return dict(k8s.get_md("chat").get("status") or {})
 
 
-def test_pods_outlive_the_operator_and_come_back_with_the_executor(k8s, operator, executor, models):
+def test_pods_outlive_the_operator_and_come_back_with_the_executor(k8s, operator, executor, models, control_plane):
     k8s.create_md(
         "chat",
         {
@@ -140,6 +140,9 @@ def test_pods_outlive_the_operator_and_come_back_with_the_executor(k8s, operator
         pods.stop()
     restarted = serving_pod(k8s)
     assert restarted.metadata.name == pod  # the same pod, its container started again
+    # The new executor's log endpoint has a new port; it re-published it on the Node it took over.
+    logged = control_plane.kubectl("logs", pod, "-n", k8s.ns).stdout
+    assert logged and (executor.workdir / k8s.ns / pod / "container.log").read_text().startswith(logged)
     assert restarted.status.container_statuses[0].restart_count == 1
     assert condition(restarted, "Ready").status == "True"
     # Between the restart and the probe answering, the pod was reported not Ready.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
+
 import pytest
 
 from kubetune_trainer.environment import TrainerEnv
-from kubetune_trainer.progress import Metrics, StatusReporter
+from kubetune_trainer.progress import Metrics, StatusReporter, progress_line
 
 P = {"step": 10, "totalSteps": 100, "epoch": 0.5, "loss": 1.5, "evalLoss": None, "tokensPerSecond": 900.0}
 
@@ -105,8 +109,55 @@ def test_metrics_endpoint_serves_prometheus_text():
 
 def test_reported_fields_are_status_progress_fields():
     """Anything else would be pruned by the API server (the CRD's status schema comes from this model)."""
-    from kubetune_api.status import Progress
+    from kubetune_api.status import HISTORY_POINTS, Progress, ProgressPoint
+    from kubetune_trainer.progress import HISTORY_POINTS as KEPT
     from kubetune_trainer.progress import PLAN_FIELDS, PROGRESS_FIELDS
 
     names = {f.alias or n for n, f in Progress.model_fields.items()}
-    assert set(PROGRESS_FIELDS) | set(PLAN_FIELDS) | {"stepText", "updateTime"} == names
+    assert set(PROGRESS_FIELDS) | set(PLAN_FIELDS) | {"stepText", "updateTime", "history"} == names
+    # The history's points, and its bound: one point more and the apiserver would refuse the whole patch.
+    assert {f.alias or n for n, f in ProgressPoint.model_fields.items()} == {"step", "loss", "evalLoss"}
+    assert KEPT == HISTORY_POINTS
+
+
+def test_progress_patches_carry_the_loss_history_thinned_to_its_bound():
+    import doctest
+
+    from kubetune_trainer import progress
+
+    assert doctest.testmod(progress).failed == 0
+    api = FakeApi()
+    r = reporter(api)
+    for s in range(1, 1001):
+        r.progress({**P, "step": s, "totalSteps": 1000, "loss": 1.0 / s, "evalLoss": 0.5 if s % 100 == 0 else None})
+        points = api.calls[-1][0][5]["status"]["progress"]["history"]
+        assert len(points) <= progress.HISTORY_POINTS and points[0]["step"] == 1 and points[-1]["step"] == s
+    steps = [p["step"] for p in points]
+    assert steps == sorted(steps) and len(points) > progress.HISTORY_POINTS // 2
+    assert points[-1] == {"step": 1000, "loss": 0.001, "evalLoss": 0.5}
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, as `kubetune train` run by hand at one sees."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_terminal_gets_a_progress_bar_and_anything_else_log_lines(monkeypatch, caplog, terminal):
+    err = Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("TERM", "xterm")
+    caplog.set_level(logging.INFO, logger="kubetune_trainer")
+    r = StatusReporter()
+    for step in (5, 10):
+        r.progress({**P, "step": step, "totalSteps": 10, "loss": 2.0 / step, "evalLoss": 0.3 if step == 10 else None})
+    lines = [m for m in caplog.messages if m.startswith("step ")]
+    if terminal:
+        assert lines == [] and "10/10" in err.getvalue() and "loss 0.2000 evalLoss 0.3000" in err.getvalue()
+        assert "\r" in err.getvalue()  # redrawn in place
+    else:
+        assert lines == [progress_line({**P, "step": 5, "totalSteps": 10, "loss": 0.4}),
+                         progress_line({**P, "step": 10, "totalSteps": 10, "loss": 0.2, "evalLoss": 0.3})]  # fmt: skip
+        assert err.getvalue() == ""

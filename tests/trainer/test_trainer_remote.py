@@ -3,7 +3,10 @@ over HTTP through s3fs exactly as a pod reaches MinIO or S3: AWS_ENDPOINT_URL an
 
 from __future__ import annotations
 
+import doctest
 import json
+import logging
+import re
 import uuid
 from pathlib import Path
 
@@ -183,3 +186,39 @@ def test_job_reads_model_and_data_from_s3_and_uploads_its_output(s3, write_spec,
     assert card["dataset"]["uri"] == f"s3://{bucket}/data/glossary.jsonl"
     assert card["dataset"]["sha256"].startswith("sha256:")
     assert card["baseModel"]["uri"] == f"s3://{bucket}/models/tiny"
+
+
+def test_a_download_reports_its_progress_in_the_log(s3, tmp_path, caplog, monkeypatch):
+    """Bytes done of the total, every few seconds, then the whole count: counted from what s3fs really
+    copied (its per-chunk callbacks), not from the listing."""
+    from kubetune_trainer import transfers, uris
+
+    fs, bucket = s3
+    fs.pipe(f"{bucket}/model/weights.bin", b"w" * 300_000)
+    fs.pipe(f"{bucket}/model/config.json", b"{}")
+    fs.pipe(f"{bucket}/one.bin", b"x" * 70_000)
+    monkeypatch.setattr(transfers, "EVERY_SECONDS", 0.0)  # a line on every chunk, so a small copy shows them
+    caplog.set_level(logging.INFO, logger="kubetune_trainer")
+    uris.fetch_remote(f"s3://{bucket}/model", tmp_path / "cache")
+    uris.fetch_remote(f"s3://{bucket}/one.bin", tmp_path / "cache")
+    said = [m for m in caplog.messages if m.startswith("fetching s3://")]
+    assert f"fetching s3://{bucket}/model: 293.0 KiB of 293.0 KiB (100%)" in said, said
+    assert any(re.fullmatch(rf"fetching s3://{bucket}/model: 293\.0 KiB in \d+\.\ds", m) for m in said), said
+    assert len([m for m in said if "/model: " in m and "%)" in m]) > 2  # lines while it was under way
+    assert said[-2] == f"fetching s3://{bucket}/one.bin: 68.4 KiB of 68.4 KiB (100%)", said
+    assert said[-1].startswith(f"fetching s3://{bucket}/one.bin: 68.4 KiB in "), said
+    assert doctest.testmod(transfers).failed == 0
+
+
+def test_an_upload_reports_the_bytes_it_copied(s3, tmp_path, caplog):
+    from kubetune_trainer import export
+
+    fs, bucket = s3
+    (tmp_path / "out" / "artifact").mkdir(parents=True)
+    (tmp_path / "out" / "artifact" / "adapter.bin").write_bytes(b"a" * 200_000)
+    (tmp_path / "out" / "result.json").write_text("{}")
+    caplog.set_level(logging.INFO, logger="kubetune_trainer")
+    export.upload(tmp_path / "out", f"s3://{bucket}/runs/up")
+    assert fs.cat(f"{bucket}/runs/up/artifact/adapter.bin") == b"a" * 200_000
+    (done,) = [m for m in caplog.messages if m.startswith(f"uploading s3://{bucket}/runs/up: ")]
+    assert re.fullmatch(rf"uploading s3://{bucket}/runs/up: 195\.3 KiB in \d+\.\ds", done)

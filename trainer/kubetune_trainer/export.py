@@ -124,9 +124,14 @@ def upload(local: Path, uri: str, skip: tuple[str, ...] = ()) -> None:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(uri)
+    from kubetune_trainer.transfers import TransferLog
+
     files = [f for f in local.rglob("*") if f.is_file() and f.relative_to(local).parts[0] not in skip]
+    progress = TransferLog("uploading", uri, sum(f.stat().st_size for f in files))
     for file in sorted(files, key=lambda f: (f == local / "result.json", str(f))):
-        fs.put_file(str(file), f"{path.rstrip('/')}/{file.relative_to(local).as_posix()}")
+        dest = f"{path.rstrip('/')}/{file.relative_to(local).as_posix()}"
+        fs.put_file(str(file), dest, callback=progress.callback())
+    progress.finish()
 
 
 def artifact_uri(remote: str | None, local_out: Path, name: str = "artifact") -> str:

@@ -1,14 +1,17 @@
-"""Pictures of a run: the loss curve and the base-vs-tuned metrics chart, as PNG files.
+"""Pictures of a run: the loss curve and the base-vs-tuned metrics chart, and of a canary's analysis, as PNGs.
 
-Room: the trainer (also imported by the kubectl plugin, so no torch here). Pure functions of plain
-data: ``points`` are the progress points `train.train` records (``{"step", "loss", "evalLoss", ...}``),
-``base`` / ``tuned`` the evaluation metrics. matplotlib draws off-screen (the Agg backend, no display).
+Room: the trainer (also imported by the kubectl plugin, so no torch here: matplotlib only). Pure
+functions of plain data: ``points`` are the progress points `train.train` records (``{"step",
+"loss", "evalLoss", ...}``, as status.progress.history keeps them too), ``base`` / ``tuned`` the
+evaluation metrics, ``records`` a ModelDeployment's status.analysis. matplotlib draws off-screen
+(the Agg backend, no display).
 Each PNG carries what it shows in its text metadata (tEXt chunks): the kind, the run's number of
 points or metrics, so a reader (a test, a script) can check a picture without looking at it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -92,6 +95,55 @@ def write_run_plots(
         write_loss_curve(history, out_dir / LOSS_PNG),
         write_metrics_chart(base, tuned, out_dir / METRICS_PNG),
     ]
+
+
+VERDICT_COLOURS = {"Pass": "tab:green", "Fail": "tab:red", "NoData": "tab:gray", "Error": "tab:orange"}
+
+
+def threshold_bounds(text: str | None) -> tuple[float | None, float | None]:
+    """(min, max) of an analysis record's threshold text, as the operator writes it.
+
+    >>> threshold_bounds(">= 0.9 and <= 1.2"), threshold_bounds("<= 0.05"), threshold_bounds(None)
+    ((0.9, 1.2), (None, 0.05), (None, None))
+    """
+    low = high = None
+    for part in (text or "").split(" and "):
+        op, _, number = part.strip().partition(" ")
+        with contextlib.suppress(ValueError):
+            if op == ">=":
+                low = float(number)
+            elif op == "<=":
+                high = float(number)
+    return low, high
+
+
+def write_analysis_chart(records: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """One panel per check: each analysis' value (coloured by its verdict) and the check's bounds, in order."""
+    checks = list(dict.fromkeys(str(r.get("check")) for r in records if r.get("check")))
+    fig = _figure()
+    drawn = 0
+    for i, name in enumerate(checks or ["(no analysis yet)"]):
+        ax = fig.add_subplot(max(len(checks), 1), 1, i + 1)
+        mine = [r for r in records if str(r.get("check")) == name]
+        points = [(n, float(r["value"]), str(r.get("verdict"))) for n, r in enumerate(mine) if _finite(r.get("value"))]
+        drawn += len(points)
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], color="0.6", linewidth=1)
+            ax.scatter([p[0] for p in points], [p[1] for p in points],
+                       c=[VERDICT_COLOURS.get(p[2], "black") for p in points], zorder=3)  # fmt: skip
+        for bound, label in zip(threshold_bounds(mine[-1].get("threshold") if mine else None), ("min", "max"),
+                                strict=True):  # fmt: skip
+            if bound is not None:
+                ax.axhline(bound, linestyle="--", color="tab:red", label=f"{label} {bound:g}")
+                ax.legend(fontsize=7, loc="best")
+        if mine:
+            ax.set_xticks(range(len(mine)), [f"s{r.get('step')}" for r in mine], fontsize=7)
+        ax.set_ylabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "canary analysis")
+    fig.tight_layout()
+    text = {"kubetune.plot": "analysis", "kubetune.points": drawn, "kubetune.checks": ",".join(checks)}
+    return _save(fig, path, text)
 
 
 def _save(fig: Any, path: Path, text: Mapping[str, Any]) -> Path:

@@ -1,6 +1,6 @@
 # torch, transformers, kubernetes and prometheus-client are partly untyped:
 # mypy: disable-error-code="no-untyped-call"
-"""Progress reporting: a log line, the FineTuneJob's ``status.progress``, and Prometheus gauges.
+"""Progress reporting: a log line (a progress bar on a terminal), ``status.progress``, and Prometheus gauges.
 
 Reporting must never take training down: every Kubernetes or metrics failure is logged and swallowed.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -19,6 +20,24 @@ GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 # The fields of status.progress in crds/finetunejob.yaml; anything else would be pruned by the API server.
 PROGRESS_FIELDS = ("step", "totalSteps", "epoch", "loss", "evalLoss", "tokensPerSecond", "etaSeconds")
 PLAN_FIELDS = ("examplesPerStep", "tokensPerStep", "stepsPerEpoch")  # status.progress too, from train.step_plan
+HISTORY_POINTS = 200  # kubetune_api.status.HISTORY_POINTS, the CRD's bound on status.progress.history
+
+
+def add_point(history: list[dict[str, Any]], p: dict[str, Any], limit: int = HISTORY_POINTS) -> list[dict[str, Any]]:
+    """The loss curve kept in status.progress.history, with progress point `p` added: past `limit` points
+    every other one is dropped (the newest kept), so a long run's curve still spans it, at half the density.
+
+    >>> h = []
+    >>> for s in range(1, 6):
+    ...     h = add_point(h, {"step": s, "loss": 1.0 / s, "evalLoss": None}, limit=4)
+    >>> [q["step"] for q in h], h[-1]
+    ([1, 3, 5], {'step': 5, 'loss': 0.2})
+    """
+    point = {k: p[k] for k in ("step", "loss", "evalLoss") if p.get(k) is not None}
+    out = [*history, point]
+    if len(out) > limit:
+        out = out[::2] if len(out) % 2 else [*out[:-1:2], out[-1]]
+    return out
 
 
 def now() -> str:
@@ -65,6 +84,37 @@ def plan_line(plan: dict[str, Any], total: int) -> str:
     )
 
 
+def progress_style(stderr_is_terminal: bool, environ: Mapping[str, str]) -> Literal["bar", "lines"]:
+    """A progress bar for a person at a terminal; the periodic log line everywhere else (a pod's log, a
+    pipe, a file), where a bar's carriage returns would garble what is kept. A dumb terminal gets lines.
+
+    >>> progress_style(True, {"TERM": "xterm-256color"}), progress_style(False, {"TERM": "xterm"})
+    ('bar', 'lines')
+    >>> progress_style(True, {"TERM": "dumb"})
+    'lines'
+    """
+    return "bar" if stderr_is_terminal and environ.get("TERM", "") != "dumb" else "lines"
+
+
+class TerminalBar:
+    """tqdm on stderr: optimizer steps against the total, with the loss, evalLoss and ETA beside it."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def update(self, p: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=p["totalSteps"], unit="step", file=sys.stderr, dynamic_ncols=True)
+        ev = p.get("evalLoss")
+        self._bar.set_postfix_str(f"loss {p['loss']:.4f} evalLoss {'-' if ev is None else f'{ev:.4f}'}", refresh=False)
+        self._bar.update(p["step"] - self._bar.n)
+        if p["step"] >= p["totalSteps"]:
+            self._bar.close()
+            self._bar = None
+
+
 class StatusReporter:
     """Patches ``status`` of this run's FineTuneJob when running in-cluster; otherwise only logs."""
 
@@ -81,6 +131,9 @@ class StatusReporter:
         self.name, self.namespace, self.on_progress = name, namespace, on_progress
         self.api: Any = None
         self._plan: dict[str, Any] = {}
+        self._history: list[dict[str, Any]] = []
+        # Decided once, for this process's stderr: a person running `kubetune train` at a terminal.
+        self.bar = TerminalBar() if progress_style(sys.stderr.isatty(), os.environ) == "bar" else None
         if self.name and self.namespace:
             try:
                 from kubernetes import client, config
@@ -121,10 +174,17 @@ class StatusReporter:
         self.patch({"progress": {**self._plan, "updateTime": now()}})
 
     def progress(self, p: dict[str, Any]) -> None:
-        log.info(progress_line(p))
+        bar = getattr(self, "bar", None)
+        if bar is not None:
+            bar.update(p)
+        else:
+            log.info(progress_line(p))
         if self.on_progress is not None:
             self.on_progress(p)
         body = {**getattr(self, "_plan", {}), **{k: p[k] for k in PROGRESS_FIELDS if p.get(k) is not None}}
+        # The whole bounded list each time: a merge patch replaces a list, and one failed patch loses nothing.
+        self._history = add_point(getattr(self, "_history", []), p)
+        body["history"] = self._history
         self.patch({"progress": {**body, "stepText": f"{p['step']}/{p['totalSteps']}", "updateTime": now()}})
 
     def checkpoint(self, path: str) -> None:

@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from kubetune_trainer.transfers import TransferLog
+
 
 def pvc_root() -> Path:
     return Path(os.environ.get("KUBETUNE_PVC_ROOT", "/mnt/pvc"))
@@ -137,12 +139,16 @@ def fetch_remote(uri: str, dest: Path) -> Path:
             raise FileNotFoundError(f"{uri}: no such object or prefix")
         if fs.isdir(path):
             partial.mkdir()
-            for remote in fs.find(path):  # every object under the prefix, keeping relative paths
+            found = fs.find(path, detail=True)  # every object under the prefix, keeping relative paths
+            progress = TransferLog("fetching", uri, sum(int(o.get("size") or 0) for o in found.values()))
+            for remote in found:
                 local = partial / Path(remote).relative_to(path.rstrip("/"))
                 local.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(remote, str(local))
+                fs.get_file(remote, str(local), callback=progress.callback())
         else:
-            fs.get_file(path, str(partial))
+            progress = TransferLog("fetching", uri, int(fs.size(path) or 0))
+            fs.get_file(path, str(partial), callback=progress.callback())
+        progress.finish()
         os.rename(partial, target)
     except OSError as e:
         raise OSError(f"{uri}: cannot fetch ({e})") from e

@@ -4,9 +4,10 @@ The demo and the tests have a real control plane but no container runtime. This 
 a Node, and for every pod the scheduler binds to it: materialises the pod's volumes, runs the init
 containers in order and then the container's command with the pod's env (see containers.py), and
 reports the pod status (Running, Ready once the readiness probe answers, then Succeeded/Failed with
-the trainer's result as the termination message) the way a kubelet would. The Job controller and
-the operator see ordinary pods. It is its own program (``python -m kubetune_dev.local_executor``),
-so the operator can be killed and restarted while the pods it created keep running.
+the trainer's result as the termination message) the way a kubelet would, and serves their logs to
+`kubectl logs` (kubelet_api.py). The Job controller and the operator see ordinary pods. It is its
+own program (``python -m kubetune_dev.local_executor``), so the operator can be killed and restarted
+while the pods it created keep running.
 
 A deleted or evicted pod ends as on a kubelet: SIGTERM to its process, SIGKILL when the pod's grace
 period (``deletionGracePeriodSeconds``, from ``terminationGracePeriodSeconds``) runs out, the exit
@@ -44,6 +45,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubetune_dev.local_executor import containers
+from kubetune_dev.local_executor.kubelet_api import KubeletLogServer
 
 
 def _now() -> str:
@@ -116,6 +118,11 @@ class LocalExecutor:
         # stand-in for Prometheus' Kubernetes service discovery and for a Service's endpoints.
         self.targets_file = targets_file
         self._published: Targets | None = None
+        self.kubelet = KubeletLogServer(workdir, self._is_running, node)
+
+    def _is_running(self, key: str) -> bool:
+        run = self.running.get(key)
+        return run is not None and run.proc.poll() is None
 
     def targets(self) -> Targets:
         # Like a Service's endpoints: only pods that passed their readiness probe, and are not being
@@ -127,22 +134,27 @@ class LocalExecutor:
         ]
 
     def register_node(self) -> None:
-        body = {
-            "metadata": {"name": self.node, "labels": {"kubernetes.io/hostname": self.node}},
-            "status": {
-                "capacity": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "110"},
-                "allocatable": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "110"},
-                "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "LocalExecutor", "message": "runs pods as processes"}
-                ],
-            },
+        """Create (or take over) the Node, with the address of this executor's kubelet log endpoint."""
+        self.kubelet.start()
+        status = {
+            "capacity": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "110"},
+            "allocatable": {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "110"},
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "LocalExecutor", "message": "runs pods as processes"}
+            ],
+            # Only InternalIP: a Hostname address comes first in the apiserver's preferred types, and
+            # the Node's name does not resolve.
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet.port}},
         }
         try:
-            self.core.create_node(body)
+            self.core.create_node({"metadata": {"name": self.node, "labels": {"kubernetes.io/hostname": self.node}},
+                                   "status": status})  # fmt: skip
         except ApiException as err:
             if err.status != 409:
                 raise
             self._cordon(False)  # an executor that ran here before cordoned it when it stopped
+            self.core.patch_node_status(self.node, {"status": status})  # its log endpoint has a new port
 
     def _cordon(self, unschedulable: bool) -> None:
         """A stopped executor runs nothing: cordon its Node, as a drained kubelet's is, so the scheduler
@@ -162,6 +174,7 @@ class LocalExecutor:
             self.stop.wait(0.5)
         self._cordon(True)
         self._end_all()
+        self.kubelet.stop()
 
     def _end_all(self, timeout: float = 10) -> None:
         runs = list(self.running.items())
