@@ -45,6 +45,13 @@ class Progress(ApiModel):
     eval_loss: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
+    transfer: str | None = Field(
+        None,
+        description=(
+            "The download (base model, dataset, adapter) or upload (artifact) under way, with its bytes so far; "
+            "unset once it is over."
+        ),
+    )
     update_time: str | None = timestamp()
     history: list[ProgressPoint] | None = Field(
         None,

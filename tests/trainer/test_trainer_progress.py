@@ -114,7 +114,7 @@ def test_reported_fields_are_status_progress_fields():
     from kubetune_trainer.progress import PLAN_FIELDS, PROGRESS_FIELDS
 
     names = {f.alias or n for n, f in Progress.model_fields.items()}
-    assert set(PROGRESS_FIELDS) | set(PLAN_FIELDS) | {"stepText", "updateTime", "history"} == names
+    assert set(PROGRESS_FIELDS) | set(PLAN_FIELDS) | {"stepText", "updateTime", "history", "transfer"} == names
     # The history's points, and its bound: one point more and the apiserver would refuse the whole patch.
     assert {f.alias or n for n, f in ProgressPoint.model_fields.items()} == {"step", "loss", "evalLoss"}
     assert KEPT == HISTORY_POINTS

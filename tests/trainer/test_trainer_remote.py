@@ -199,8 +199,17 @@ def test_a_download_reports_its_progress_in_the_log(s3, tmp_path, caplog, monkey
     fs.pipe(f"{bucket}/one.bin", b"x" * 70_000)
     monkeypatch.setattr(transfers, "EVERY_SECONDS", 0.0)  # a line on every chunk, so a small copy shows them
     caplog.set_level(logging.INFO, logger="kubetune_trainer")
-    uris.fetch_remote(f"s3://{bucket}/model", tmp_path / "cache")
-    uris.fetch_remote(f"s3://{bucket}/one.bin", tmp_path / "cache")
+    status: list[str | None] = []  # what status.progress.transfer was set to (StatusReporter.transfer)
+    transfers.report_to(status.append)
+    try:
+        uris.fetch_remote(f"s3://{bucket}/model", tmp_path / "cache")
+        uris.fetch_remote(f"s3://{bucket}/one.bin", tmp_path / "cache")
+    finally:
+        transfers.report_to(None)
+    # Status shows each copy while it runs and is cleared (None) when it is over.
+    assert f"fetching s3://{bucket}/model: 293.0 KiB of 293.0 KiB (100%)" in status, status
+    assert status.count(None) == 2 and status[-1] is None, status
+    assert [line for line in status if line] == [m for m in caplog.messages if m.startswith("fetching") and "%)" in m]
     said = [m for m in caplog.messages if m.startswith("fetching s3://")]
     assert f"fetching s3://{bucket}/model: 293.0 KiB of 293.0 KiB (100%)" in said, said
     assert any(re.fullmatch(rf"fetching s3://{bucket}/model: 293\.0 KiB in \d+\.\ds", m) for m in said), said

@@ -187,6 +187,10 @@ class StatusReporter:
         body["history"] = self._history
         self.patch({"progress": {**body, "stepText": f"{p['step']}/{p['totalSteps']}", "updateTime": now()}})
 
+    def transfer(self, line: str | None) -> None:
+        """status.progress.transfer: the download or upload under way with its bytes (None: it is over)."""
+        self.patch({"progress": {"transfer": line, "updateTime": now()}})
+
     def checkpoint(self, path: str) -> None:
         self.patch({"lastCheckpoint": path})
 

@@ -114,6 +114,10 @@ def run(
         if s.main_rank
         else StatusReporter()
     )
+    if s.main_rank:  # model, data and adapter downloads and the artifact upload show in status.progress
+        from kubetune_trainer import transfers
+
+        transfers.report_to(reporter.transfer)
 
     # 2. data: validated, cleaned and split before any model is loaded (rank 0 first; the rest reuse it).
     if not s.main_rank:

@@ -1,8 +1,13 @@
-"""How far a copy to or from remote storage (s3://, any fsspec URI) has got, as log lines.
+"""How far a copy to or from remote storage (s3://, any fsspec URI) has got, as log lines and in status.
 
 Room: the trainer. Bookkeeping only: fsspec hands each file's bytes to `TransferLog.callback()`, and
 the log gets a line every `every` seconds (a big model's download is minutes of silence otherwise)
 and one when the copy is whole, with the bytes really counted.
+
+The same lines go to one process-wide sink when one is set (`report_to`: the trainer's
+StatusReporter.transfer, i.e. status.progress.transfer): a trainer is one run per process, and the
+copies happen deep in data and model loading, which should not carry a status reporter through
+every call.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ from typing import Any
 log = logging.getLogger("kubetune_trainer")
 
 EVERY_SECONDS = 10.0
+Sink = Callable[[str | None], None]  # a line while a copy runs, None once it is over
+_sinks: list[Sink] = []
+
+
+def report_to(sink: Sink | None) -> None:
+    """Also hand each line to ``sink`` (None: the log only)."""
+    _sinks[:] = [sink] if sink is not None else []
 
 
 def size_text(n: float) -> str:
@@ -56,11 +68,16 @@ class TransferLog:
         self.done += n
         now = self.clock()
         if n and now >= self._next:
-            log.info(self.line())
+            line = self.line()
+            log.info(line)
+            for sink in _sinks:
+                sink(line)
             self._next = now + self.every
 
     def finish(self) -> None:
         log.info("%s %s: %s in %.1fs", self.verb, self.uri, size_text(self.done), self.clock() - self.started)
+        for sink in _sinks:
+            sink(None)
 
     def callback(self) -> Any:
         """An fsspec callback for one file's copy (``fs.get_file(..., callback=...)``), feeding this log."""
