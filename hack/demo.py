@@ -12,7 +12,9 @@
 6. retrain (a spec change starts run 2): its adapter passes evaluation and rolls out as a canary,
    analysed by Prometheus at each step and promoted; then a deliberately slow version (injected
    latency) is rolled back, with the reason;
-7. print a summary and stop everything it started.
+7. the production loop (hack/demo_feedback.py): users' questions and ratings are captured, a FineTuneJob
+   retrains on them, an LLM judge gates it, and its adapter rolls out as a canary gated by user ratings;
+8. print a summary and stop everything it started.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from kubetune_dev.controlplane import running_control_plane
 from kubetune_dev.loadgen import completion_body, run_load
 from kubetune_dev.local_executor import ExecutorProcess
 from kubetune_dev.prometheus import PrometheusServer, find_prometheus
+
+sys.path.insert(0, str(Path(__file__).parent))
+from demo_feedback import production_loop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +93,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-demo-"))
     pvc_root = CACHE / "demo" / "pvc"
     shutil.rmtree(pvc_root / "demo" / "runs", ignore_errors=True)
+    shutil.rmtree(pvc_root / "demo" / "captures", ignore_errors=True)
     prepare_volume(pvc_root)
     say("starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler)")
     with running_control_plane(workdir / "cp", fake_gpu_node=False) as cp:
@@ -118,6 +124,9 @@ def main() -> int:
             if status.get("phase") == "Succeeded":
                 decisions, problems = rollouts(cp, prometheus)
                 status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
+                if not problems:
+                    more = production_loop(cp, prometheus.targets_file, pvc_root, workdir, wait_md, watch, say)
+                    decisions, problems = decisions + more[0], problems + more[1]
             else:
                 problems.append(f"run 1 did not succeed: {status.get('phase')}: {status.get('message')}")
         finally:
