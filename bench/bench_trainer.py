@@ -3,10 +3,10 @@
 Both train the same tiny model with the same LoRA config on the same long-tailed instruction data
 (lengths roughly log-normal, as real instruction sets are) for one epoch, each in its own process so
 peak RSS is its own. Reported per side: non-padding tokens per second, peak RSS, and validation loss
-after the same tokens (one epoch). Optimizer steps (and so tokens per step, on average) are matched: HF
-uses 8 examples per step; ours lays rows out as the trainer does on this device (CPU: one example per
-row, length-grouped micro-batches of up to batchSize x maxSeqLength tokens) with the smallest budget
-that needs no more steps than HF.
+after the same tokens (one epoch). Optimizer steps (and so tokens per step, on average) are matched by
+the trainer itself: both sides run batchSize 8, so both take ceil(examples / 8) steps; ours lays them
+out as it does on this device (CPU: length-grouped micro-batches of about equal tokens, one example per
+row; see packing.py).
 ``--threads N`` sets torch's intra-op threads on both sides alike (default: torch's own choice);
 ``--repeat N`` runs each side N times, alternating, and shows each side's best (shared machines are noisy).
 ``--seed`` changes adapter init and batch order on both sides; ``--scheduler`` the LR schedule of both.
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+HF_BATCH = 8  # examples per step, both sides
 sys.path.insert(0, str(REPO / "trainer"))
 
 
@@ -96,7 +97,7 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
 
     targs = TrainingArguments(
         output_dir=str(Path(args.workdir) / "hf"),
-        per_device_train_batch_size=8,
+        per_device_train_batch_size=HF_BATCH,
         num_train_epochs=1,
         learning_rate=args.lr,
         lr_scheduler_type=args.scheduler,
@@ -120,22 +121,17 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
 def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     from kubetune_trainer.config import TrainingConfig
     from kubetune_trainer.model import attn_implementation
-    from kubetune_trainer.packing import rows_for
     from kubetune_trainer.train import resolve_precision, train
 
     tok, model = load(args)
     train_ex, val = tokenized(args, tok)
-    rows = rows_for(train_ex, args.max_len, varlen=attn_implementation("cpu") == "flash_attention_2")
-    budget = step_budget(rows, math.ceil(len(train_ex) / 8))
     cfg = TrainingConfig(
         epochs=1,
         learning_rate=args.lr,
         scheduler=args.scheduler,
         warmup_ratio=0.0,
-        # Examples were truncated to --max-len when tokenised; here batchSize x maxSeqLength is only the
-        # token budget of a micro-batch (= one step), chosen so that ours takes as many steps as HF.
-        batch_size=1,
-        max_seq_length=budget,
+        batch_size=HF_BATCH,  # examples per step on average, as HF's per_device_train_batch_size
+        max_seq_length=args.max_len,
         precision=args.precision,
         eval_steps=10_000,
         logging_steps=10_000,
@@ -144,20 +140,12 @@ def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     )
     dtype, out = resolve_precision(cfg.precision, "cpu"), Path(args.workdir) / "ours"
     start = time.perf_counter()
-    result = train(model, rows, [], cfg, pad_id=tok.pad_token_id, device="cpu", dtype=dtype, output_dir=out)
+    varlen = attn_implementation("cpu") == "flash_attention_2"
+    result = train(
+        model, train_ex, [], cfg, pad_id=tok.pad_token_id, device="cpu", dtype=dtype, output_dir=out, varlen=varlen
+    )
     seconds = time.perf_counter() - start
     return finish(args, model, tok, val, sum(len(e["input_ids"]) for e in train_ex), seconds, result.steps)
-
-
-def step_budget(rows: list[dict], hf_steps: int) -> int:
-    """The smallest micro-batch token budget giving no more steps than HF's, so steps and tokens match."""
-    from kubetune_trainer.packing import token_batches
-
-    lo, hi = 1, sum(len(r["input_ids"]) for r in rows)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if len(token_batches(rows, mid)) <= hf_steps else (mid + 1, hi)
-    return lo
 
 
 def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> dict[str, Any]:

@@ -105,6 +105,8 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node.get(bound), (int, float)) and not isinstance(node[bound], bool):
             node[inclusive], node[bound] = node[bound], True
     node.pop("title", None)
+    if "const" in node:  # a one-value Literal: pydantic writes const, which a structural schema lacks
+        node["enum"] = [node.pop("const")]
     if isinstance(node.get("additionalProperties"), dict):  # a map: the schema of its values
         node["additionalProperties"] = structural(node["additionalProperties"], defs)
     else:  # `extra="forbid"` says false; a structural schema prunes unknown fields (or strict rejects them)

@@ -155,10 +155,33 @@ class Training(ApiModel):
     learning_rate: float = Field(2e-4, gt=0, le=1)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    batch_size: int = Field(8, ge=1, le=4096)
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description=(
+            "Examples per micro-batch of each training process, as HF Trainer's per_device_train_batch_size: an "
+            "optimizer step takes batchSize x gradientAccumulationSteps x processes examples, and an epoch "
+            "ceil(ceil(train examples / batchSize) / (gradientAccumulationSteps x processes)) steps. With packing, "
+            "micro-batches hold batchSize examples on average (more short ones, fewer long ones: about equal "
+            "tokens). status.progress shows examplesPerStep, tokensPerStep and stepsPerEpoch before the first step."
+        ),
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
-    max_seq_length: int = Field(1024, ge=16, le=1 << 20)
-    packing: bool = Field(True, description="Pack examples without cross-example attention.")
+    max_seq_length: int = Field(
+        1024,
+        ge=16,
+        le=1 << 20,
+        description="Tokens per example: longer ones are cut to it (dropped when the prompt alone fills it).",
+    )
+    packing: bool = Field(
+        True,
+        description=(
+            "Micro-batches of examples of similar length and about equal tokens (see batchSize), without "
+            "cross-example attention: with flash attention on GPU each is one row with no padding; elsewhere "
+            "right-padded rows. Off: exactly batchSize examples per micro-batch."
+        ),
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
     early_stopping: EarlyStopping = Field(
@@ -360,6 +383,6 @@ class FineTuneJobSpec(ApiModel):
     @property
     def gate_mode(self) -> str:
         """gated when any gate is set; without gates a run is never EvalPassed, unless the spec opts out."""
-        if self.evaluation.gates.any_set():
+        if self.evaluation.any_gate():
             return "gated"
         return "noGates" if self.evaluation.require_gates else "ungated"

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from kubetune_api.capture import Capture
 from kubetune_api.common import (
     CLAIM,
     DURATION,
@@ -228,3 +229,6 @@ class ModelDeploymentSpec(ApiModel):
     traffic: Literal["replicas", "gatewayAPI"] = Field("replicas", description="How canary weight is applied.")
     gateway: Gateway | None = None
     canary: Canary = Field(default_factory=Canary, json_schema_extra={"default": {}})
+    capture: Capture | None = Field(
+        None, description="Record a sample of requests and responses, and accept feedback (POST /v1/feedback)."
+    )

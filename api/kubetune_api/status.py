@@ -15,6 +15,19 @@ from kubetune_api.rules import ApiModel
 
 
 class Progress(ApiModel):
+    examples_per_step: float | None = Field(
+        None,
+        description=(
+            "Training examples per optimizer step, averaged over an epoch: batchSize x gradientAccumulationSteps x "
+            "training processes (set before the first step)."
+        ),
+    )
+    tokens_per_step: float | None = Field(
+        None, description="Tokens (padding not counted) per optimizer step, averaged over an epoch."
+    )
+    steps_per_epoch: int | None = Field(
+        None, description="Optimizer steps per pass over the training split, as HF Trainer counts them."
+    )
     step: int | None = None
     total_steps: int | None = None
     step_text: str | None = None
@@ -118,6 +131,22 @@ class Lineage(ApiModel):
     )
 
 
+class JudgeResult(ApiModel):
+    """spec.evaluation.judge: the tuned model against the baseline, each prompt judged in both orders."""
+
+    judged: int | None = Field(None, description="Prompts judged (both orders answered).")
+    wins: int | None = None
+    ties: int | None = Field(None, description="Including prompts whose two verdicts disagreed.")
+    losses: int | None = None
+    win_rate: float | None = Field(None, description="(wins + ties/2) / judged.")
+    position_consistency: float | None = Field(
+        None, description="Share of judged prompts whose verdicts agreed when the answers swapped places."
+    )
+    mean_answer_chars_tuned: float | None = Field(None, description="Watch for length bias: the tuned answers' mean.")
+    mean_answer_chars_baseline: float | None = None
+    error: str | None = Field(None, description="Why the judge could not be used (reason JudgeUnavailable).")
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "Skipped"] | None = Field(
         None,
@@ -138,7 +167,12 @@ class FineTuneJobStatus(ApiModel):
     last_schedule_time: str | None = timestamp()
     message: str | None = None
     progress: Progress | None = None
-    metrics: dict[str, float] | None = Field(None, description="The tuned model's evaluation on the test split.")
+    metrics: dict[str, float] | None = Field(
+        None,
+        description=(
+            "The tuned model's evaluation on the test split; spec.evaluation.checks' pass rates as check.<name>."
+        ),
+    )
     base_metrics: dict[str, float] | None = Field(
         None,
         description=(
@@ -146,6 +180,7 @@ class FineTuneJobStatus(ApiModel):
             "beside metrics: what the run bought."
         ),
     )
+    judge: JudgeResult | None = Field(None, description="spec.evaluation.judge: the last run's verdicts.")
     artifact: Artifact | None = None
     last_checkpoint: str | None = None
     eval_passed: bool | None = Field(

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from kubetune_api.capture import Capture
 from kubetune_operator.conditions import set_condition
 
 CAPTURES_READY = "CapturesReady"
@@ -62,14 +65,19 @@ def resolve(captures: dict[str, Any] | None, md: dict[str, Any] | None) -> Captu
         return CaptureSource(str(captures["uri"]))
     if md is None:
         return Unavailable(MD_NOT_FOUND, f"{FIELD}: ModelDeployment {ref} not found (create it, or name another)")
-    uri = (((md.get("spec") or {}).get("capture")) or {}).get("uri")
-    if not uri:
+    raw = (md.get("spec") or {}).get("capture")
+    try:
+        # Read through the API model (its spec.capture), so a field renamed there is renamed here.
+        capture = Capture.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        capture = None  # the apiserver admitted none such; a stored spec older than a rule reads as off
+    if capture is None:
         return Unavailable(
             CAPTURE_OFF,
             f"{FIELD}: ModelDeployment {ref} does not capture traffic (set its spec.capture.uri, or name the "
             "location in spec.dataset.captures.uri)",
         )
-    return CaptureSource(str(uri), ref)
+    return CaptureSource(capture.uri, ref)
 
 
 def unavailable_patch(

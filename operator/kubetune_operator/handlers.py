@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator import api, captures, metrics, specs
+from kubetune_operator import api, captures, judge_target, metrics, specs
 from kubetune_operator.kube import Kube, load_credentials
 from kubetune_operator.reconcile import finetunejob, modeldeployment
 from kubetune_operator.settings import Settings
@@ -70,8 +70,10 @@ def retry_when_output_is_free(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -
 
 def _waits_for_sources(status: kopf.Status, **_: Any) -> bool:
     conditions = status.get("conditions") or []
-    return captures.waits(dict(status)) or any(
-        c.get("type") == "SourcesReady" and c.get("status") == "False" for c in conditions
+    return (
+        captures.waits(dict(status))
+        or judge_target.waits(dict(status))
+        or any(c.get("type") == "SourcesReady" and c.get("status") == "False" for c in conditions)
     )
 
 

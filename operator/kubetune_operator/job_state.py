@@ -220,9 +220,13 @@ def status_for_run(
         patch["data"] = _data_counts(result["data"])
     if isinstance(result.get("lineage"), dict):
         patch["lineage"] = lineage.with_result(current.get("lineage"), result["lineage"])
+    judge = _judge_status(result["judge"]) if isinstance(result.get("judge"), dict) else None
+    if judge is not None:
+        patch["judge"] = judge
     eval_passed = result.get("evalPassed", current.get("evalPassed"))
     if state.phase == SUCCEEDED:
-        eval_passed, conditions = _eval_condition(conditions, gate_mode, eval_passed, generation, now)
+        judge_error = judge.get("error") if judge else None
+        eval_passed, conditions = _eval_condition(conditions, gate_mode, eval_passed, generation, now, judge_error)
         patch["evalPassed"] = eval_passed
     patch["conditions"] = conditions
     return patch
@@ -254,6 +258,23 @@ def _data_counts(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+JUDGE_COUNTS = ("judged", "wins", "ties", "losses")
+JUDGE_RATES = ("winRate", "positionConsistency", "meanAnswerCharsTuned", "meanAnswerCharsBaseline")
+
+
+def _judge_status(judge: dict[str, Any]) -> dict[str, Any]:
+    """status.judge from the trainer's result: the counts, the rates, and the error (cut to fit a condition).
+
+    >>> _judge_status({"judged": 4, "wins": 3, "winRate": 0.75, "bogus": 1, "error": None})
+    {'judged': 4, 'wins': 3, 'winRate': 0.75}
+    """
+    out: dict[str, Any] = {k: int(judge[k]) for k in JUDGE_COUNTS if isinstance(judge.get(k), int)}
+    out |= {k: float(judge[k]) for k in JUDGE_RATES if isinstance(judge.get(k), int | float)}
+    if judge.get("error"):
+        out["error"] = str(judge["error"])[:1000]
+    return out
+
+
 NO_GATES_MESSAGE = (
     "the run has no evaluation gates (spec.evaluation.gates), so nothing checked the model: it is not rolled "
     "out; add gates, or set spec.evaluation.requireGates: false to allow an unevaluated model"
@@ -262,9 +283,17 @@ UNGATED_MESSAGE = "spec.evaluation.requireGates is false: the model was not eval
 
 
 def _eval_condition(
-    conditions: list[dict[str, Any]], gate_mode: str, eval_passed: Any, generation: int, now: str
+    conditions: list[dict[str, Any]],
+    gate_mode: str,
+    eval_passed: Any,
+    generation: int,
+    now: str,
+    judge_error: str | None = None,
 ) -> tuple[bool | None, list[dict[str, Any]]]:
-    """EvalPassed is True only when gates were checked and passed, or the spec opted out explicitly."""
+    """EvalPassed is True only when gates were checked and passed, or the spec opted out explicitly. A judge
+    the spec names but the trainer could not ask fails it in every mode: the run must not pass unjudged."""
+    if judge_error:
+        return False, set_condition(conditions, "EvalPassed", False, "JudgeUnavailable", judge_error, generation, now)
     if gate_mode == NO_GATES:
         return None, set_condition(conditions, "EvalPassed", None, "NoGates", NO_GATES_MESSAGE, generation, now)
     if gate_mode == UNGATED:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from kubetune_api import modeldeployment as api
 from kubetune_api import parse_modeldeployment
+from kubetune_api.capture import Capture
 from kubetune_operator.specs import PodResources
 
 
@@ -143,6 +144,7 @@ class ModelDeploymentSpec:
     traffic: str
     gateway: dict[str, Any] | None
     canary: Canary
+    capture: Capture | None = None  # the API model itself: its defaults are read from one place
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> ModelDeploymentSpec:
@@ -170,6 +172,7 @@ class ModelDeploymentSpec:
             traffic=m.traffic,
             gateway=m.gateway.model_dump(by_alias=True, exclude_none=True) if m.gateway else None,
             canary=Canary.from_model(m.canary),
+            capture=m.capture,
         )
 
 

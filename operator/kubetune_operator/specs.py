@@ -89,6 +89,12 @@ class FineTuneJobSpec:
     captures: dict[str, Any] | None = None
     captures_uri: str | None = None
 
+    # spec.evaluation.judge: the Secret with its API key; the ModelDeployment it names instead of a url, and
+    # (once the reconcile layer resolved it: judge_target.resolve) that ModelDeployment's Service URL.
+    judge_secret: SecretKeyRef | None = None
+    judge_ref: str | None = None
+    judge_url: str | None = None
+
     problems: tuple[str, ...] = ()  # the API's own rules a stored spec breaks (it predates them)
     merge: Merge | None = None  # method merge: the adapters to combine (merge_sources resolves the refs)
 
@@ -104,7 +110,11 @@ class FineTuneJobSpec:
     @classmethod
     def from_model(cls, m: ApiFineTuneJobSpec, raw: dict[str, Any]) -> FineTuneJobSpec:
         secret = m.base_model.token_secret_ref
+        judge = m.evaluation.judge
+        judge_key = judge.api_key_secret_ref if judge else None
         return cls(
+            judge_secret=SecretKeyRef(judge_key.name, judge_key.key) if judge_key else None,
+            judge_ref=judge.model_deployment_ref.name if judge and judge.model_deployment_ref else None,
             method=m.method,
             base_model_uri=m.base_model.uri,
             dataset_uri=m.dataset.uri,

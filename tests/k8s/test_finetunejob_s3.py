@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -55,6 +56,12 @@ def test_trainer_reads_and_writes_s3_with_keys_from_env_from(k8s, operator, exec
             what="the S3 FineTuneJob to finish",
         )
         assert done["phase"] == "Succeeded", done
+        # The trainer's plan reached status.progress through the real apiserver (not pruned): batchSize 8
+        # (the default) means 8 examples per step, so an epoch is ceil(train rows / 8) steps.
+        progress, train_rows = done["progress"], done["data"]["train"]
+        assert progress["stepsPerEpoch"] == math.ceil(train_rows / 8), done
+        assert progress["examplesPerStep"] == round(train_rows / progress["stepsPerEpoch"], 2)
+        assert progress["tokensPerStep"] > 0
         artifact = f"s3://{bucket}/runs/from-s3/run-1/artifact"
         assert done["artifact"]["uri"] == artifact
         assert fs.exists(f"{bucket}/runs/from-s3/run-1/artifact/adapter_model.safetensors")

@@ -84,10 +84,12 @@ def test_parse_json_rejects_non_objects(raw: bytes) -> None:
 
 
 def test_responses_have_openai_shape() -> None:
-    c = protocol.completion_response("m", "text", "length", 3, 4)
-    assert c["object"] == "text_completion" and c["choices"][0]["text"] == "text"
+    rid = protocol.new_id("canary")
+    assert protocol.version_of(rid) == "canary" and len(rid) == len("kt-canary-") + 32
+    c = protocol.completion_response("m", "text", "length", 3, 4, rid)
+    assert c["id"] == rid and c["object"] == "text_completion" and c["choices"][0]["text"] == "text"
     assert c["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-    chat = protocol.chat_response("m", "hey", "stop", 1, 1)
+    chat = protocol.chat_response("m", "hey", "stop", 1, 1, rid)
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": "hey"}
 
 

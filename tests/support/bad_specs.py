@@ -182,6 +182,77 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
         {"evaluation": {"metrics": ["perplexity"], "gates": {"minExactMatch": 0.5}}},
         "evaluation.gates.minExactMatch needs exactMatch",
     ),
+    (
+        "judge with url and ref",
+        {"evaluation": {"judge": {"url": "http://j", "modelDeploymentRef": {"name": "j"}}}},
+        "judge needs exactly one of url or modelDeploymentRef",
+    ),
+    (
+        "judge with neither",
+        {"evaluation": {"judge": {"rubric": "be fair"}}},
+        "exactly one of url or modelDeploymentRef",
+    ),
+    ("judge url not http", {"evaluation": {"judge": {"url": "ftp://judge"}}}, "spec.evaluation.judge.url"),
+    (
+        "judge baseline unknown",
+        {"evaluation": {"judge": {"url": "http://j", "baseline": "stable"}}},
+        "spec.evaluation.judge.baseline",
+    ),
+    (
+        "judge maxPrompts 0",
+        {"evaluation": {"judge": {"url": "http://j", "maxPrompts": 0}}},
+        "spec.evaluation.judge.maxPrompts",
+    ),
+    (
+        "judge maxPrompts too many",
+        {"evaluation": {"judge": {"url": "http://j", "maxPrompts": 1001}}},
+        "spec.evaluation.judge.maxPrompts",
+    ),
+    (
+        "judge key without secret name",
+        {"evaluation": {"judge": {"url": "http://j", "apiKeySecretRef": {"key": "k"}}}},
+        "spec.evaluation.judge.apiKeySecretRef.name",
+    ),
+    (
+        "win-rate gate without judge",
+        {"evaluation": {"gates": {"minJudgeWinRate": 0.5}}},
+        "minJudgeWinRate needs evaluation.judge",
+    ),
+    (
+        "win-rate gate above 1",
+        {"evaluation": {"judge": {"url": "http://j"}, "gates": {"minJudgeWinRate": 1.5}}},
+        "spec.evaluation.gates.minJudgeWinRate",
+    ),
+    (
+        "regex check without pattern",
+        {"evaluation": {"checks": [{"name": "r", "type": "regex"}]}},
+        "type regex needs a pattern",
+    ),
+    (
+        "jsonValid check with pattern",
+        {"evaluation": {"checks": [{"name": "j", "type": "jsonValid", "pattern": "x"}]}},
+        "pattern is only for types regex and contains",
+    ),
+    (
+        "unknown check type",
+        {"evaluation": {"checks": [{"name": "b", "type": "bleu"}]}},
+        "spec.evaluation.checks[0].type",
+    ),
+    (
+        "check min above 1",
+        {"evaluation": {"checks": [{"name": "j", "type": "jsonValid", "min": 2}]}},
+        "spec.evaluation.checks[0].min",
+    ),
+    (
+        "check name with dot",
+        {"evaluation": {"checks": [{"name": "a.b", "type": "jsonValid"}]}},
+        "spec.evaluation.checks[0].name",
+    ),
+    (
+        "duplicate check names",
+        {"evaluation": {"checks": [{"name": "a", "type": "jsonValid"}, {"name": "a", "type": "exactMatch"}]}},
+        "each name may appear once",
+    ),
     ("unknown field", {"epochs": 3}, "spec.epochs"),
     ("unknown nested field", {"lora": {"rank": 8}}, "spec.lora.rank"),
     ("prompt tuning on lora", {"promptTuning": {"numVirtualTokens": 8}}, "spec.promptTuning is only valid"),
@@ -328,6 +399,20 @@ _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
         "spec.adapter.uri",
     ),
     ("server image with an empty tag", {"image": "ghcr.io/kubetune/server:"}, "spec.image"),
+    ("capture to a path in the image", {"capture": {"uri": "/captures"}}, "spec.capture.uri"),
+    ("capture without a uri", {"capture": {"sampleRate": 0.5}}, "spec.capture.uri"),
+    ("capture rate above 1", {"capture": {"uri": "s3://caps/md", "sampleRate": 1.5}}, "spec.capture.sampleRate"),
+    (
+        "capture files too small",
+        {"capture": {"uri": "pvc://caps/md", "maxFileBytes": 100}},
+        "spec.capture.maxFileBytes",
+    ),
+    ("capture climbs out of its claim", {"capture": {"uri": "pvc://caps/../x"}}, "spec.capture.uri"),
+    (
+        "capture redacts too many fields",
+        {"capture": {"uri": "pvc://caps/md", "redact": {"fields": [f"f{i}" for i in range(33)]}}},
+        "spec.capture.redact.fields",
+    ),
 ]
 
 BAD_SPECS: list[Case] = [Case(i, FTJ, p, n) for i, p, n in _FTJ_ROWS] + [Case(i, MDEP, p, n) for i, p, n in _MDEP_ROWS]
@@ -366,6 +451,20 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 {"envFrom": [{"secretRef": {"name": "s3-keys"}}, {"configMapRef": {"name": "s3"}, "prefix": "S3_"}]},
                 {"evaluation": {"metrics": ["perplexity"], "gates": {"maxPerplexity": 20, "maxEvalLoss": 3}}},
                 {"resources": {"cpu": "500m", "memory": "2Gi", "tolerations": [{"operator": "Exists"}]}},
+                {
+                    "evaluation": {
+                        "judge": {"url": "https://judge.example:8443", "apiKeySecretRef": {"name": "judge-key"}},
+                        "gates": {"minJudgeWinRate": 0.55},
+                        "checks": [
+                            {"name": "json", "type": "jsonValid", "min": 0.9},
+                            {"name": "ticket", "type": "regex", "pattern": "^T-[0-9]+"},
+                            {"name": "exact", "type": "exactMatch"},
+                            {"name": "polite", "type": "contains", "pattern": "please"},
+                            {"name": "ref", "type": "contains"},
+                        ],
+                    }
+                },
+                {"evaluation": {"judge": {"modelDeploymentRef": {"name": "judge"}, "model": "m", "maxPrompts": 5}}},
                 {**_DPO, "lora": {"r": 8}, "preference": {"beta": 0.2, "labelSmoothing": 0.1}},
                 {**_DPO, "preference": {"policy": "full", "lossType": "ipo"}},
                 {
@@ -395,6 +494,16 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 {"traffic": "gatewayAPI", "gateway": {"parentRefs": [{"name": "gw"}]}},
                 {"runtime": "vllm", "vllm": {"maxModelLen": 4096}, "resources": {"cpu": 2}},
                 {"adapter": {"fineTuneJobRef": None, "uri": "s3://b/adapter"}, "baseModel": {"cacheUri": "pvc://hf/c"}},
+                {"capture": {"uri": "pvc://captures/support"}},
+                {
+                    "capture": {
+                        "uri": "s3://caps/support",
+                        "sampleRate": 1.0,
+                        "maxFileBytes": 1024,
+                        "maxFileSeconds": 60,
+                        "redact": {"fields": ["email"], "patterns": ["[0-9]{3}-[0-9]{4}"]},
+                    }
+                },
             ]
         )
     ),

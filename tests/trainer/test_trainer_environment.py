@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ FTJ: dict[str, Any] = {
         "baseModel": {"name": "org/tiny", "tokenSecretRef": {"name": "hf", "key": "tok"}},
         "dataset": {"uri": "pvc://data/support.jsonl"},
         "output": {"uri": "pvc://models/support-bot"},
+        # A judge by reference with a key Secret: the judge's URL and key variables too.
+        "evaluation": {"judge": {"modelDeploymentRef": {"name": "judge"}, "apiKeySecretRef": {"name": "jk"}}},
     },
 }
 SETTINGS = Settings(pvc_mount_root="/volumes", trainer_metrics_port=9411)
@@ -34,7 +37,9 @@ PACKAGE = Path(environment.__file__).parent
 
 def job_env() -> dict[str, Any]:
     ftj = copy.deepcopy(FTJ)
-    job = build_trainer_job(FineTuneJobSpec.from_dict(ftj["spec"]), ftj, 2, SETTINGS)
+    # The reconcile layer resolves the judge's ModelDeployment to its Service (judge_target.resolve).
+    spec = dataclasses.replace(FineTuneJobSpec.from_dict(ftj["spec"]), judge_url="http://judge-stable.ml.svc:8000")
+    job = build_trainer_job(spec, ftj, 2, SETTINGS)
     (container,) = job["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 

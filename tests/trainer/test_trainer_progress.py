@@ -38,6 +38,22 @@ def test_progress_is_a_merge_patch_of_status_progress():
     assert kwargs["_content_type"] == "application/merge-patch+json"
 
 
+def test_plan_is_patched_before_training_and_kept_in_every_progress_patch():
+    api = FakeApi()
+    r = reporter(api)
+    r.plan({"examplesPerStep": 8.0, "tokensPerStep": 1234.5, "stepsPerEpoch": 184, "batchSize": 8})
+    first = api.calls[0][0][5]["status"]["progress"]
+    assert {k: first[k] for k in ("examplesPerStep", "tokensPerStep", "stepsPerEpoch")} == {
+        "examplesPerStep": 8.0,
+        "tokensPerStep": 1234.5,
+        "stepsPerEpoch": 184,
+    }
+    assert "batchSize" not in first  # not a status.progress field: the API server would prune it
+    r.progress(P)
+    later = api.calls[1][0][5]["status"]["progress"]
+    assert later["stepsPerEpoch"] == 184 and later["step"] == 10
+
+
 def test_final_patch_carries_metrics_and_eval_passed():
     api = FakeApi()
     r = reporter(api)
@@ -85,3 +101,12 @@ def test_metrics_endpoint_serves_prometheus_text():
     m.update(P)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert "kubetune_trainer_tokens_per_second 900.0" in body
+
+
+def test_reported_fields_are_status_progress_fields():
+    """Anything else would be pruned by the API server (the CRD's status schema comes from this model)."""
+    from kubetune_api.status import Progress
+    from kubetune_trainer.progress import PLAN_FIELDS, PROGRESS_FIELDS
+
+    names = {f.alias or n for n, f in Progress.model_fields.items()}
+    assert set(PROGRESS_FIELDS) | set(PLAN_FIELDS) | {"stepText", "updateTime"} == names

@@ -52,7 +52,15 @@ def test_lora_learns_the_glossary_and_leaves_the_base_untouched(write_spec, tmp_
     spec = write_spec(
         {
             "lora": {"r": 16, "dropout": 0.0},
-            "training": {"maxSteps": 200, "evalSteps": 50, "scheduler": "cosine", "warmupRatio": 0.05},
+            # batchSize 32: 7 steps per epoch of the 204 training rows, so 200 steps are ~30 epochs, as before
+            # batchSize meant examples (it was a token budget of 8 x 128, ~34 of these ~25-token rows).
+            "training": {
+                "maxSteps": 200,
+                "batchSize": 32,
+                "evalSteps": 50,
+                "scheduler": "cosine",
+                "warmupRatio": 0.05,
+            },
             "evaluation": {"maxNewTokens": 8},
         }
     )
@@ -170,27 +178,32 @@ def test_layerwise_lr_decay_groups():
     assert len(groups[-1]["params"]) == 4  # the LM head shares the top layer's rate
 
 
-def test_micro_batches_by_tokens_unless_rows_are_packed_or_packing_is_off():
+def test_micro_batches_are_ceil_examples_over_batch_size_by_tokens_with_packing():
     rows = [{"input_ids": [0] * n} for n in (30, 10, 10, 60, 20)]
-    cfg = TrainingConfig(batch_size=2, max_seq_length=30, packing=True)  # a budget of 60 tokens
+    cfg = TrainingConfig(batch_size=2, max_seq_length=60, packing=True)  # ceil(5 / 2) = 3 micro-batches
+    # Packing: about equal padded tokens (<= 60 each), so the three short rows share one.
     assert micro_batches(rows, cfg, prompt_learning=False) == [[1, 2, 4], [0], [3]]
     assert micro_batches(rows, cfg, prompt_learning=True) == [[1, 2], [4, 0], [3]]  # virtual tokens: by rows
-    unpacked = TrainingConfig(batch_size=2, max_seq_length=30, packing=False)
+    unpacked = TrainingConfig(batch_size=2, max_seq_length=60, packing=False)
     assert micro_batches(rows, unpacked, prompt_learning=False) == [[1, 2], [4, 0], [3]]
-    packed = [{**r, "position_ids": list(range(len(r["input_ids"])))} for r in rows]
-    assert micro_batches(packed, cfg, prompt_learning=False) == [[1, 2], [4, 0], [3]]
 
 
-def test_packing_packs_rows_only_for_flash_attention(write_spec, tmp_path, monkeypatch):
-    cfg = load_config(str(write_spec()))
-    prepared = splits.prepare(cfg, tmp_path)
-    tok = model_lib.load_tokenizer(model_lib.resolve_model_source(cfg), cfg)
-    on_cpu = pipeline.tokenize_splits(prepared, cfg, tok, device="cpu")
-    assert not any("position_ids" in r for r in on_cpu.train)  # sdpa: length-grouped, unpacked
+def test_flash_attention_makes_each_micro_batch_one_row_with_the_same_loss(write_spec, tmp_path, monkeypatch):
+    spec = write_spec({"lora": {"dropout": 0.0}})
+    cfg, tok, on_cpu, lm = prepare(spec, tmp_path)
+    assert not on_cpu.varlen  # sdpa: right-padded rows of similar length
     monkeypatch.setattr(pipeline, "attn_implementation", lambda device: "flash_attention_2")
-    on_gpu = pipeline.tokenize_splits(prepared, cfg, tok, device="cuda")
-    assert all("position_ids" in r for r in on_gpu.train) and len(on_gpu.train) < len(on_cpu.train)
-    assert sum(len(r["input_ids"]) for r in on_gpu.train) == sum(len(r["input_ids"]) for r in on_cpu.train)
+    on_gpu = pipeline.tokenize_splits(splits.prepare(cfg, tmp_path), cfg, tok, device="cuda")
+    assert on_gpu.varlen and on_gpu.train == on_cpu.train  # the layout is decided per micro-batch
+    # One row with restarting positions is the same loss as padded rows (transformers masks packed
+    # positions for sdpa too, only slower than a varlen kernel: what the GPU path relies on).
+    batch = micro_batches(on_cpu.train, cfg.training, prompt_learning=False)[0]
+    rows = [on_cpu.train[i] for i in batch]
+    assert len(rows) > 1
+    with torch.no_grad():
+        padded = train_lib.TokenObjective(tok.pad_token_id).loss(lm, rows, rows, "cpu")
+        one_row = train_lib.TokenObjective(tok.pad_token_id, varlen=True).loss(lm, rows, rows, "cpu")
+    torch.testing.assert_close(one_row, padded, atol=1e-5, rtol=1e-5)
 
 
 def test_token_ids_are_cached_next_to_the_splits(write_spec, tmp_path, monkeypatch):

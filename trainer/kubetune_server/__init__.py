@@ -12,5 +12,7 @@ logs it ("listening on http://HOST:PORT"), which is how the tests start servers 
 
 Modules: ``settings`` (flags and ``KUBETUNE_SERVER_*`` variables), ``protocol`` (pure request
 validation and response shapes), ``model`` (loading and generation), ``metrics``, ``app`` (HTTP),
-``cli`` (wiring).
+``cli`` (wiring), ``capture`` (sampled request and feedback records to rotating JSONL files on a writer
+thread; spec.capture), ``redact`` (what is masked before a record is written) and ``capture_proxy``
+(``python -m kubetune_server.capture_proxy``: the same capture and /v1/feedback in front of vLLM).
 """

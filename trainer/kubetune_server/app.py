@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from kubetune_server import protocol
+from kubetune_server.capture import Recorder
 from kubetune_server.metrics import CONTENT_TYPE, ServerMetrics
 from kubetune_server.model import LoadedModel
 from kubetune_server.protocol import RequestError
@@ -61,6 +62,7 @@ class ServerState:
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     errors: ErrorInjector = field(default_factory=lambda: ErrorInjector(0.0))
+    recorder: Recorder | None = None  # capture and feedback; None: /v1/feedback answers 503
 
 
 class KubetuneHTTPServer(ThreadingHTTPServer):
@@ -102,6 +104,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in ("/v1/completions", "/v1/chat/completions"):
             self._generation(chat=path == "/v1/chat/completions")
+        elif path == "/v1/feedback":
+            self._feedback()
         else:
             self._discard_body()
             self._send_json(404, protocol.error_body(f"no route POST {path}", "invalid_request_error"))
@@ -148,8 +152,25 @@ class Handler(BaseHTTPRequestHandler):
         gen = model.generate(prompt, req, name)
         ttft = gen.first_token_at - start if gen.first_token_at is not None else None
         state.metrics.observe_generation(gen.prompt_tokens, gen.completion_tokens, ttft)
+        rid = protocol.new_id(s.version)
+        if state.recorder is not None:  # only a dict onto a queue here: the writer thread does the rest
+            usage = (gen.prompt_tokens, gen.completion_tokens)
+            latency = time.monotonic() - start
+            state.recorder.response(rid, name, req.prompt, req.messages, gen.text, gen.finish_reason, usage, latency)
         make = protocol.chat_response if chat else protocol.completion_response
-        return 200, make(name, gen.text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens)
+        return 200, make(name, gen.text, gen.finish_reason, gen.prompt_tokens, gen.completion_tokens, rid)
+
+    def _feedback(self) -> None:
+        recorder = self.server.state.recorder
+        try:
+            fb = protocol.feedback_request(protocol.parse_json(self._read_body()))
+            if recorder is None:
+                raise RequestError("feedback is not recorded by this server", 503, kind="server_error")
+        except RequestError as e:
+            self._send_json(e.status, e.body())
+            return
+        recorder.feedback(fb.response_id, fb.version, fb.rating, fb.correction)
+        self._send_json(202, {"accepted": True})
 
     # -- bodies ------------------------------------------------------------------------------------
     def _read_body(self) -> bytes:

@@ -17,6 +17,7 @@ from types import FrameType
 
 from kubetune_server import model
 from kubetune_server.app import ErrorInjector, KubetuneHTTPServer, ServerState
+from kubetune_server.capture import Recorder
 from kubetune_server.metrics import ServerMetrics
 from kubetune_server.settings import SettingsError, check_paths, parse
 
@@ -50,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    state = ServerState(settings, ServerMetrics(settings.version), errors=ErrorInjector(settings.inject_error_rate))
+    metrics = ServerMetrics(settings.version)
+    state = ServerState(settings, metrics, errors=ErrorInjector(settings.inject_error_rate))
+    state.recorder = Recorder(settings.version, metrics.capture, settings.capture())
     try:
         server = KubetuneHTTPServer(state)
     except OSError as e:
@@ -71,4 +74,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.serve_forever()
     finally:
         server.server_close()
+        state.recorder.close()  # publishes the open capture files (renames .part, uploads to s3://)
     return 1 if state.load_error else 0

@@ -15,6 +15,11 @@ while a version that is not running at all returns an empty result.
 - ``kubetune_requests_in_flight``: /v1 generation requests being handled now.
 - ``process_resident_memory_bytes`` & co.: prometheus-client's process collector (Linux only; no
   version label, the scrape target's labels tell processes apart).
+- ``kubetune_feedback_rating_sum`` / ``_count`` (a summary: counters of the ratings' sum and number),
+  ``kubetune_feedback_total{kind}`` (up >= 4, down <= 2, neutral, correction): feedback received,
+  labelled with the version of the response it rates (read from its id), not of the pod it reached.
+- ``kubetune_capture_records_total{kind}`` (request, feedback): records written to capture files;
+  ``kubetune_capture_dropped_total{reason}`` (full, unwritable, upload, queue, too_large): not written.
 - ``kubetune_gpu_memory_used_bytes`` / ``kubetune_gpu_memory_total_bytes``: the CUDA device's memory
   as the driver reports it (all processes on it), read at scrape time. Absent on CPU: no GPU is not
   0 bytes of GPU.
@@ -22,9 +27,18 @@ while a version that is not running at all returns an empty result.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    Summary,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 
@@ -87,6 +101,7 @@ class ServerMetrics:
             "kubetune_requests_in_flight", "Generation requests being handled.", v, registry=r
         ).labels(version)
         ProcessCollector(registry=r)
+        self.capture = CaptureMetrics(version, r)
 
     def observe_request(self, status: int, seconds: float) -> None:
         self._requests.labels(self.version, str(status)).inc()
@@ -110,3 +125,59 @@ class ServerMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+FEEDBACK_KINDS = ("up", "down", "neutral", "correction")
+DROP_REASONS = ("full", "unwritable", "upload", "queue", "too_large")
+# Feedback is labelled with the version its id names, which a client chooses: past this many versions a
+# new one is written to the files but not given series of its own (the metrics stay bounded).
+MAX_FEEDBACK_VERSIONS = 16
+
+
+class CaptureMetrics:
+    """Feedback and capture series; also the capture proxy's (which has no request histograms of its own)."""
+
+    def __init__(self, version: str, registry: CollectorRegistry) -> None:
+        r, v = registry, ["version"]
+        self._rating = Summary("kubetune_feedback_rating", "Ratings (1..5) received, by rated version.", v, registry=r)
+        self._feedback = Counter("kubetune_feedback", "Feedback received, by kind.", ["version", "kind"], registry=r)
+        self._records = Counter(
+            "kubetune_capture_records", "Records written to capture files.", ["version", "kind"], registry=r
+        )
+        self._dropped = Counter(
+            "kubetune_capture_dropped", "Records not captured, by reason.", ["version", "reason"], registry=r
+        )
+        self._versions: set[str] = set()
+        self._lock = threading.Lock()
+        self._seed(version)
+        for kind in ("request", "feedback"):
+            self._records.labels(version, kind)
+        for reason in DROP_REASONS:
+            self._dropped.labels(version, reason)
+
+    def _seed(self, version: str) -> bool:
+        with self._lock:
+            if version not in self._versions:
+                if len(self._versions) >= MAX_FEEDBACK_VERSIONS:
+                    return False
+                self._versions.add(version)
+                self._rating.labels(version)
+                for kind in FEEDBACK_KINDS:
+                    self._feedback.labels(version, kind)
+        return True
+
+    def feedback(self, version: str, rating: int | None, corrected: bool) -> None:
+        if not self._seed(version):
+            return
+        if rating is not None:
+            self._rating.labels(version).observe(rating)
+            kind = "up" if rating >= 4 else "down" if rating <= 2 else "neutral"
+            self._feedback.labels(version, kind).inc()
+        if corrected:
+            self._feedback.labels(version, "correction").inc()
+
+    def written(self, version: str, kind: str, n: int = 1) -> None:
+        self._records.labels(version, kind).inc(n)
+
+    def dropped(self, version: str, reason: str, n: int = 1) -> None:
+        self._dropped.labels(version, reason).inc(n)

@@ -8,11 +8,13 @@ as OpenAI clients send many optional ones (``user``, ``logprobs``...).
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+RESPONSE_ID = re.compile(r"kt-([A-Za-z0-9._-]{1,128})-([0-9a-f]{32})")
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
@@ -176,10 +178,10 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def completion_response(
-    model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+    model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, response_id: str
 ) -> dict[str, Any]:
     return {
-        "id": f"cmpl-{uuid.uuid4().hex}",
+        "id": response_id,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
@@ -189,10 +191,10 @@ def completion_response(
 
 
 def chat_response(
-    model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+    model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, response_id: str
 ) -> dict[str, Any]:
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": response_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -206,3 +208,56 @@ def models_response(names: list[str], created: int) -> dict[str, Any]:
         "object": "list",
         "data": [{"id": n, "object": "model", "created": created, "owned_by": "kubetune"} for n in names],
     }
+
+
+def new_id(version: str) -> str:
+    """A response id, ``kt-<version>-<32 hex>``: feedback names it, and the version is read back from it."""
+    return f"kt-{version}-{uuid.uuid4().hex}"
+
+
+def version_of(response_id: str) -> str | None:
+    """The version a response id names (it may hold dashes), or None when it is not one of ours.
+
+    >>> version_of("kt-v2-1-" + "a" * 32), version_of("cmpl-1")
+    ('v2-1', None)
+    """
+    m = RESPONSE_ID.fullmatch(response_id)
+    return m.group(1) if m else None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    response_id: str
+    version: str
+    rating: int | None
+    correction: str | None
+
+
+MAX_CORRECTION_CHARS = 65536
+
+
+def feedback_request(body: dict[str, Any]) -> Feedback:
+    """Validate a POST /v1/feedback body: an id, and a rating (1..5) and/or a correction.
+
+    >>> feedback_request({"id": "kt-v1-" + "0" * 32, "rating": 5}).version
+    'v1'
+    >>> feedback_request({"id": "kt-v1-" + "0" * 32, "rating": 7})
+    Traceback (most recent call last):
+    ...
+    kubetune_server.protocol.RequestError: 'rating' must be an integer from 1 to 5, got 7
+    """
+    rid = body.get("id")
+    version = version_of(rid) if isinstance(rid, str) else None
+    if version is None:
+        raise RequestError(f"'id' must be a response id (kt-<version>-<32 hex>), got {rid!r}", param="id")
+    rating = body.get("rating")
+    if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5):
+        raise RequestError(f"'rating' must be an integer from 1 to 5, got {rating!r}", param="rating")
+    correction = body.get("correction")
+    if correction is not None and (not isinstance(correction, str) or not correction.strip()):
+        raise RequestError("'correction' must be a non-empty string", param="correction")
+    if isinstance(correction, str) and len(correction) > MAX_CORRECTION_CHARS:
+        raise RequestError(f"'correction' is over {MAX_CORRECTION_CHARS} characters", param="correction")
+    if rating is None and correction is None:
+        raise RequestError("feedback needs a 'rating' (1..5) or a 'correction', or both", param="rating")
+    return Feedback(str(rid), version, rating, correction)

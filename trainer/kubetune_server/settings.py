@@ -7,12 +7,15 @@ override one value on the command line, e.g. ``KUBETUNE_SERVER_INJECT_LATENCY_MS
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from kubetune_server.capture import CaptureConfig
 from kubetune_trainer import uris
 
 ENV_PREFIX = "KUBETUNE_SERVER_"
@@ -38,6 +41,16 @@ class ServerSettings:
     device: str = "auto"
     seed: int = 0
     torch_threads: int = 0  # 0: torch's default
+    capture_uri: str | None = None  # None: capture off (feedback is still accepted and counted)
+    capture_sample_rate: float = 0.1
+    capture_max_file_bytes: int = 8 << 20
+    capture_max_file_seconds: float = 300.0
+    capture_redact_fields: str = ""  # a JSON list of keys
+    capture_redact_patterns: str = ""  # a JSON list of regexes (JSON, since a regex may hold any separator)
+    capture_queue: int = 1000
+
+    def capture(self) -> CaptureConfig | None:
+        return capture_config(self)
 
     @property
     def served_model_name(self) -> str:
@@ -62,6 +75,16 @@ FLAGS: list[tuple[str, type, str]] = [
     # torch sizes its pool by the host's cores, not the pod's CPU limit; oversubscribed threads are slower.
     ("torch-threads", int, "CPU threads for torch (0: torch's default, one per host core)"),
 ]
+CAPTURE_FLAGS: list[tuple[str, type, str]] = [
+    ("capture-uri", str, "record sampled requests and feedback under this folder or s3://bucket/prefix"),
+    ("capture-sample-rate", float, "share (0..1) of responses recorded, by a hash of the response id"),
+    ("capture-max-file-bytes", int, "a capture file rotates past this size"),
+    ("capture-max-file-seconds", float, "a capture file rotates this long after its first record"),
+    ("capture-redact-fields", str, 'JSON list of keys masked anywhere in a record, e.g. ["email"]'),
+    ("capture-redact-patterns", str, "JSON list of regexes masked in prompts, messages, responses, corrections"),
+    ("capture-queue", int, "records waiting for the writer thread; more are dropped (reason queue)"),
+]
+FLAGS += CAPTURE_FLAGS
 
 
 def env_name(flag: str) -> str:
@@ -97,6 +120,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
     values["adapter"] = values["adapter"] or None
     values["model_name"] = values["model_name"] or None
     values["revision"] = values["revision"] or None
+    values["capture_uri"] = values["capture_uri"] or None
     settings = ServerSettings(**values)
     check(settings)
     return settings
@@ -121,6 +145,54 @@ def check(s: ServerSettings) -> None:
         raise SettingsError(f"--adapter-name {s.adapter_name!r} must differ from the base model's name")
     if not s.version:
         raise SettingsError("--version must not be empty (it labels the metrics)")
+    check_capture(s)
+
+
+def _json_list(flag: str, raw: str) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise SettingsError(f"--{flag} must be a JSON list of strings: {e}") from e
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"--{flag} must be a JSON list of strings, got {raw!r}")
+    return tuple(value)
+
+
+def check_capture(s: Any) -> None:
+    """The capture flags of the server and of the capture proxy (any object with the capture_* fields)."""
+    if not 0.0 <= s.capture_sample_rate <= 1.0:
+        raise SettingsError(f"--capture-sample-rate must be between 0 and 1, got {s.capture_sample_rate}")
+    if s.capture_max_file_bytes < 1024:
+        raise SettingsError(f"--capture-max-file-bytes must be >= 1024, got {s.capture_max_file_bytes}")
+    if s.capture_max_file_seconds <= 0:
+        raise SettingsError(f"--capture-max-file-seconds must be > 0, got {s.capture_max_file_seconds}")
+    if s.capture_queue < 1:
+        raise SettingsError(f"--capture-queue must be >= 1, got {s.capture_queue}")
+    for p in _json_list("capture-redact-patterns", s.capture_redact_patterns):
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise SettingsError(f"--capture-redact-patterns: {p!r} is not a regular expression ({e})") from e
+    _json_list("capture-redact-fields", s.capture_redact_fields)
+
+
+def capture_config(s: Any) -> CaptureConfig | None:
+    if not s.capture_uri:
+        return None
+    uri = s.capture_uri
+    if uri.startswith("pvc://"):
+        uri = str(uris.local_path(uri))
+    return CaptureConfig(
+        uri=uri,
+        sample_rate=s.capture_sample_rate,
+        max_bytes=s.capture_max_file_bytes,
+        max_seconds=s.capture_max_file_seconds,
+        redact_fields=_json_list("capture-redact-fields", s.capture_redact_fields),
+        redact_patterns=_json_list("capture-redact-patterns", s.capture_redact_patterns),
+        queue_size=s.capture_queue,
+    )
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")

@@ -12,6 +12,8 @@ variable is optional.
     KUBETUNE_TERMINATION_LOG                        local only: where the termination message goes
                                                     (default /dev/termination-log, which the kubelet makes)
     HF_TOKEN                                        hub token for gated models / datasets (a Secret's key)
+    KUBETUNE_JUDGE_URL                              spec.evaluation.judge.modelDeploymentRef, resolved
+    KUBETUNE_JUDGE_API_KEY                          spec.evaluation.judge.apiKeySecretRef (a Secret's key)
 
 Read by `uris` instead, the location resolver the serving fetcher (kubetune_server) shares:
 
@@ -39,6 +41,8 @@ READ_HERE = (
     "KUBETUNE_METRICS_PORT",
     "KUBETUNE_TERMINATION_LOG",
     "HF_TOKEN",
+    "KUBETUNE_JUDGE_URL",
+    "KUBETUNE_JUDGE_API_KEY",
 )
 #: The variables `kubetune_trainer.uris` reads (shared with the serving fetcher, so not passed down).
 READ_BY_URIS = ("KUBETUNE_PVC_ROOT", "KUBETUNE_CACHE", "KUBETUNE_HF_ROOT")
@@ -55,6 +59,8 @@ class TrainerEnv:
     metrics_port: int = 9400
     termination_log: Path = Path(TERMINATION_LOG)
     hf_token: str | None = field(default=None, repr=False)  # never in a log line
+    judge_url: str | None = None
+    judge_api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> TrainerEnv:
@@ -74,6 +80,8 @@ class TrainerEnv:
             metrics_port=int(port),
             termination_log=Path(environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG)),
             hf_token=environ.get("HF_TOKEN") or None,
+            judge_url=environ.get("KUBETUNE_JUDGE_URL") or None,
+            judge_api_key=environ.get("KUBETUNE_JUDGE_API_KEY") or None,
         )
 
     @property

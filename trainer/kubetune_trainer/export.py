@@ -159,6 +159,7 @@ def write_termination_message(result: dict[str, Any], path: Path) -> bool:
         "data",
         "steps",
         "lineage",
+        "judge",
     )
     summary = {k: result[k] for k in keys if k in result}
     if "message" in summary:

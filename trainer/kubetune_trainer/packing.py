@@ -1,17 +1,24 @@
-"""Tokenise once, then pack examples into rows whose attention never crosses an example boundary.
+"""Tokenise once, then lay examples out in batches whose attention never crosses an example boundary.
 
 Each example becomes ``input_ids`` plus ``labels`` that are *already shifted*: ``labels[i]`` is the token
 to predict from position ``i``, or -100. Pre-shifting means the last token of one packed example never
 learns to predict the first token of the next.
 
-Two layouts keep attention inside each example (``rows_for`` picks one):
+A batch is ``batchSize`` examples, as in every other trainer (HF's ``per_device_train_batch_size``).
+With packing on, ``equal_token_batches`` cuts the length-sorted examples into exactly as many batches as
+``batchSize`` examples each would make (so the optimizer takes HF's number of steps), of about equal
+padded tokens: a batch holds ``batchSize`` examples on average, more short ones, fewer long ones. Sorted
+neighbours pad each other little, and equal tokens keep memory and step time steady (never above
+``batchSize x maxSeqLength`` tokens). A batch is then laid out so attention stays inside each example:
 
-- packed rows (``pack``) for variable-length flash attention on GPU: a row carries ``position_ids`` that
-  restart at 0 for every example, and transformers (>= 5) turns them into one varlen kernel call, so a
-  row costs what its examples cost alone;
-- one example per row, batched by length (``token_batches``) everywhere else: sdpa/eager would turn a
-  packed row into a full row x row masked square (on CPU the attention of a 512-token row then costs more
-  than the rest of the model), while right-padded rows of similar length need no mask at all.
+- one row of all its examples (``flatten``) for variable-length flash attention on GPU: the row carries
+  ``position_ids`` that restart at 0 for every example, and transformers (>= 5) turns them into one
+  varlen kernel call, so there is no padding at all (TRL's padding-free batches);
+- one example per row, right-padded, everywhere else: sdpa/eager would turn a packed row into a full
+  row x row masked square (on CPU the attention of a 512-token row then costs more than the rest of the
+  model), while right-padded rows of similar length need no mask at all.
+
+``pack`` (best-fit rows of at most ``maxSeqLength``) remains for callers that want fixed-width rows.
 """
 
 from __future__ import annotations
@@ -62,21 +69,21 @@ def pack(examples: list[dict[str, list[int]]], max_len: int) -> list[dict[str, l
         bins[b].append(i)
         if remaining - n > 0:
             bisect.insort(free, (remaining - n, b))
-    rows = []
-    for members in bins:
-        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
-        for i in members:
-            row["input_ids"] += examples[i]["input_ids"]
-            row["labels"] += examples[i]["labels"]
-            row["position_ids"] += list(range(len(examples[i]["input_ids"])))
-        rows.append(row)
-    return rows
+    return [flatten([examples[i] for i in members]) for members in bins]
 
 
-def rows_for(examples: list[dict[str, list[int]]], max_len: int, varlen: bool) -> list[dict[str, list[int]]]:
-    """Training rows with packing on: packed rows for a varlen attention kernel, else the examples as they
-    are (``token_batches`` then groups them by length)."""
-    return pack(examples, max_len) if varlen else examples
+def flatten(examples: list[dict[str, list[int]]]) -> dict[str, list[int]]:
+    """The examples as one row whose ``position_ids`` restart at every example (for a varlen kernel).
+
+    >>> flatten([{"input_ids": [7, 8], "labels": [8, -100]}, {"input_ids": [9], "labels": [-100]}])
+    {'input_ids': [7, 8, 9], 'labels': [8, -100, -100], 'position_ids': [0, 1, 0]}
+    """
+    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for ex in examples:
+        row["input_ids"] += ex["input_ids"]
+        row["labels"] += ex["labels"]
+        row["position_ids"] += list(range(len(ex["input_ids"])))
+    return row
 
 
 def batch_indices(rows: list[dict[str, list[int]]], batch_size: int) -> list[list[int]]:
@@ -99,13 +106,46 @@ def token_batches(rows: list[dict[str, list[int]]], max_tokens: int) -> list[lis
     [[1, 3, 4], [2], [0]]
     """
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    return _cut(order, [len(rows[i]["input_ids"]) for i in order], max_tokens)
+
+
+def _cut(order: list[int], widths: list[int], max_tokens: int) -> list[list[int]]:
+    """``order`` (rows in length order, ``widths`` their lengths) cut greedily into batches within budget."""
     batches: list[list[int]] = []
-    for i in order:
-        width = len(rows[i]["input_ids"])  # the longest so far, since rows come in length order
+    for i, width in zip(order, widths, strict=True):  # width: the batch's longest so far
         if batches and (len(batches[-1]) + 1) * width <= max_tokens:
             batches[-1].append(i)
         else:
             batches.append([i])
+    return batches
+
+
+def equal_token_batches(rows: list[dict[str, list[int]]], n_batches: int) -> list[list[int]]:
+    """Exactly ``n_batches`` batches of rows neighbouring in length, of about equal tokens *including padding*.
+
+    The smallest budget for which ``token_batches`` needs no more than ``n_batches`` (found by bisection:
+    a larger budget never needs more batches), then the costliest batches are halved until there are
+    exactly ``n_batches``. So no batch is over the budget that ``n_batches`` batches need.
+
+    >>> equal_token_batches([{"input_ids": [0] * n} for n in (1, 1, 1, 1, 1, 1, 4, 4)], 4)
+    [[0, 1, 2, 3], [4, 5], [6], [7]]
+    """
+    n_batches = max(1, min(n_batches, len(rows)))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    widths = [len(rows[i]["input_ids"]) for i in order]
+    lo, hi = widths[-1], len(rows) * widths[-1]  # hi: everything in one batch
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if len(_cut(order, widths, mid)) <= n_batches else (mid + 1, hi)
+    batches = _cut(order, widths, lo)
+
+    def cost(b: list[int]) -> int:
+        return len(b) * len(rows[b[-1]]["input_ids"])  # the last row is the longest
+
+    while len(batches) < n_batches:  # the count can jump past n_batches as the budget grows: split to reach it
+        k = max((k for k, b in enumerate(batches) if len(b) > 1), key=lambda k: cost(batches[k]))
+        b = batches[k]
+        batches[k : k + 1] = [b[: len(b) // 2], b[len(b) // 2 :]]
     return batches
 
 

@@ -18,7 +18,7 @@ from kubetune_trainer.export import library_versions, write_json
 from kubetune_trainer.formatting import to_pair
 from kubetune_trainer.loss import mean_loss
 from kubetune_trainer.model import attn_implementation, uses_prompt_learning
-from kubetune_trainer.packing import rows_for, tokenize_pair
+from kubetune_trainer.packing import tokenize_pair
 from kubetune_trainer.splits import PreparedData
 from kubetune_trainer.train import TrainResult, autocast_factory
 
@@ -27,11 +27,12 @@ log = logging.getLogger("kubetune_trainer")
 
 @dataclass
 class TokenizedData:
-    train: list[dict[str, list[int]]]  # packed rows (or one example per row)
+    train: list[dict[str, list[int]]]  # one example per row; train.micro_batches groups them
     validation: list[dict[str, list[int]]]
     test: list[dict[str, list[int]]]
     golden: list[tuple[str, str]]  # (prompt, expected answer) for generation
     dropped: int  # examples where not even one response token fit in maxSeqLength
+    varlen: bool = False  # packing into one row per micro-batch for a varlen kernel (see packing.py)
 
 
 def tokenize_splits(
@@ -49,20 +50,17 @@ def tokenize_splits(
         from kubetune_trainer.sources import DataError
 
         raise DataError(f"no training example fits in maxSeqLength {t.max_seq_length} tokens")
-    if t.packing and not uses_prompt_learning(cfg.method) and d.format != "preference":
-        n = len(train)
-        varlen = attn_implementation(device) == "flash_attention_2"
-        train = rows_for(train, t.max_seq_length, varlen)
-        if varlen:
-            log.info("packed %d examples into %d rows of <= %d tokens", n, len(train), t.max_seq_length)
-        else:
-            log.info("%d examples in length-grouped batches of <= %d tokens", n, t.batch_size * t.max_seq_length)
+    packed = t.packing and not uses_prompt_learning(cfg.method) and d.format != "preference"
+    varlen = packed and attn_implementation(device) == "flash_attention_2"
+    if packed:
+        layout = "one row each, no padding (varlen)" if varlen else "right-padded rows"
+        log.info("%d examples in length-grouped micro-batches of about equal tokens, %s", len(train), layout)
     # Validation/test rows stay one example per row: their loss is the same either way.
     golden_rows, golden_fmt = (
         (prepared.golden, "instruction") if prepared.golden else (prepared.splits["test"], d.format)
     )
     golden = [] if golden_fmt == "text" else [to_pair(r, golden_fmt, d.fields, tokenizer) for r in golden_rows]
-    return TokenizedData(train, examples["validation"], examples["test"], golden, dropped)
+    return TokenizedData(train, examples["validation"], examples["test"], golden, dropped, varlen)
 
 
 def tokenization_key(prepared: PreparedData, cfg: JobConfig, tokenizer: Any) -> str:
@@ -131,12 +129,15 @@ def evaluate(
     prompt_learning: bool,
     samples: list[dict[str, str]] | None = None,
     objective: preference.PreferenceObjective | None = None,
+    answers_out: list[str] | None = None,
 ) -> dict[str, float]:
     """Test-split loss/perplexity and golden-set accuracy, as the spec's metrics list asks, computed in
     ``dtype`` (the compute dtype) on ``device``. Preference pairs: loss and perplexity of the chosen
     responses, and preferenceAccuracy (+ rewardMargin, given the run's ``objective``: its reference).
 
-    ``samples``, when given, receives the first few (prompt, expected, predicted) for eval.json.
+    ``samples``, when given, receives the first few (prompt, expected, predicted) for eval.json;
+    ``answers_out`` every generated answer, in golden-set order (what spec.evaluation.judge compares).
+    spec.evaluation.checks' rates are metrics['check.<name>'].
     """
     t, ev = cfg.training, cfg.evaluation
     autocast = autocast_factory(device, dtype)
@@ -150,15 +151,22 @@ def evaluate(
         if cfg.dataset.format == "preference":
             pad, beta = tokenizer.pad_token_id, cfg.preference.beta
             metrics.update(preference.evaluate(model, rows, t.batch_size, pad, device, autocast, objective, beta))
-    if data.golden and {"exactMatch", "contains"} & set(ev.metrics):
-        prompts = [p for p, _ in data.golden]
-        answers = [a for _, a in data.golden]
+    # The judge alone needs only its first maxPrompts answers; the metrics and checks need all of them.
+    everything = bool({"exactMatch", "contains"} & set(ev.metrics) or ev.checks)
+    wanted = None if everything else (ev.judge.max_prompts if ev.judge and answers_out is not None else 0)
+    if data.golden and wanted != 0:
+        prompts = [p for p, _ in data.golden][:wanted]
+        answers = [a for _, a in data.golden][:wanted]
         with autocast():
             predictions = scoring.generate(model, tokenizer, prompts, ev.max_new_tokens, device)
         if "exactMatch" in ev.metrics:
             metrics["exactMatch"] = round(scoring.exact_match(predictions, answers), 6)
         if "contains" in ev.metrics:
             metrics["contains"] = round(scoring.contains(predictions, answers), 6)
+        if ev.checks:
+            metrics.update(scoring.check_rates(ev.checks, predictions, answers))
+        if answers_out is not None:
+            answers_out.extend(predictions)
         log.info("sample answer: %r -> %r (expected %r)", prompts[0][-60:], predictions[0], answers[0])
         if samples is not None:
             samples.extend(
@@ -168,13 +176,47 @@ def evaluate(
     return metrics
 
 
-def gates(metrics: dict[str, float], cfg: JobConfig) -> tuple[bool | None, list[str]]:
+def gates(
+    metrics: dict[str, float], cfg: JobConfig, judged: dict[str, Any] | None = None
+) -> tuple[bool | None, list[str]]:
     """(evalPassed, why not). None when the spec has no gates: nothing checked the model, so it is not
-    a pass (the operator shows EvalPassed Unknown, NoGates), unless ``evaluation.requireGates`` is false."""
-    g = cfg.evaluation.gates
-    if not g.any_set():
-        return (None if cfg.evaluation.require_gates else True), []
-    return scoring.apply_gates(metrics, g)
+    a pass (the operator shows EvalPassed Unknown, NoGates), unless ``evaluation.requireGates`` is false.
+    A configured judge that could not judge (``judged`` has an error) fails the run whatever the gates say."""
+    ev = cfg.evaluation
+    if not ev.any_gate():
+        passed: bool | None = None if ev.require_gates else True
+        reasons: list[str] = []
+    else:
+        passed, reasons = scoring.apply_gates(metrics, ev.gates, ev.checks)
+    if judged and judged.get("error"):
+        return False, [*reasons, f"JudgeUnavailable: {judged['error']}"]
+    return passed, reasons
+
+
+def judge(
+    cfg: JobConfig,
+    golden: list[tuple[str, str]],
+    tuned: list[str],
+    baseline: list[str],
+    url: str | None,
+    api_key: str | None,
+) -> dict[str, Any]:
+    """spec.evaluation.judge on the first maxPrompts golden prompts: status.judge's block (`kubetune_trainer.judge`).
+
+    ``url``: the spec's, else the one the operator resolved spec.evaluation.judge.modelDeploymentRef to."""
+    from kubetune_trainer import judge as judging
+
+    j = cfg.evaluation.judge
+    assert j is not None
+    target = j.url or url
+    if not target:
+        return {"judged": 0, "error": "spec.evaluation.judge.modelDeploymentRef: no judge URL was resolved"}
+    endpoint = judging.Endpoint(target, j.rubric, j.model, api_key, float(j.timeout_seconds), j.retries)
+    n = min(j.max_prompts, len(golden), len(tuned), len(baseline))
+    items: list[tuple[str, str | None, str, str]] = [
+        (p, ref, tuned[i], baseline[i]) for i, (p, ref) in enumerate(golden[:n])
+    ]
+    return judging.run(endpoint, items)
 
 
 def lineage(data_info: dict[str, Any], init: dict[str, Any] | None) -> dict[str, Any]:

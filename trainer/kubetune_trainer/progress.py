@@ -17,6 +17,7 @@ log = logging.getLogger("kubetune_trainer")
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 # The fields of status.progress in crds/finetunejob.yaml; anything else would be pruned by the API server.
 PROGRESS_FIELDS = ("step", "totalSteps", "epoch", "loss", "evalLoss", "tokensPerSecond", "etaSeconds")
+PLAN_FIELDS = ("examplesPerStep", "tokensPerStep", "stepsPerEpoch")  # status.progress too, from train.step_plan
 
 
 def now() -> str:
@@ -48,6 +49,21 @@ def progress_line(p: dict[str, Any]) -> str:
     )
 
 
+def plan_line(plan: dict[str, Any], total: int) -> str:
+    """The log line of the plan.
+
+    >>> plan_line({"examplesPerStep": 8.0, "tokensPerStep": 1200.5, "stepsPerEpoch": 184, "batchSize": 8,
+    ...            "gradientAccumulationSteps": 1, "processes": 1}, 368)
+    'plan: 8.0 examples/step (batchSize 8 x accumulation 1 x 1 processes), 1200 tokens/step, 184 steps/epoch, 368 total'
+    """
+    p = plan
+    return (
+        f"plan: {p['examplesPerStep']} examples/step (batchSize {p['batchSize']} x accumulation "
+        f"{p['gradientAccumulationSteps']} x {p['processes']} processes), {p['tokensPerStep']:.0f} tokens/step, "
+        f"{p['stepsPerEpoch']} steps/epoch, {total} total"
+    )
+
+
 class StatusReporter:
     """Patches ``status`` of this run's FineTuneJob when running in-cluster; otherwise only logs."""
 
@@ -55,6 +71,7 @@ class StatusReporter:
         """``name`` None means log only (a local run, or a torchrun rank other than 0)."""
         self.name, self.namespace = name, namespace
         self.api: Any = None
+        self._plan: dict[str, Any] = {}
         if self.name and self.namespace:
             try:
                 from kubernetes import client, config
@@ -88,9 +105,15 @@ class StatusReporter:
             log.warning("could not patch FineTuneJob %s/%s status: %s", self.namespace, self.name, e)
             return False
 
+    def plan(self, plan: dict[str, Any]) -> None:
+        """Examples and tokens per step and steps per epoch, before the first step (the trainer logs them);
+        every later progress patch carries them again, so one failed patch does not lose them."""
+        self._plan = {k: plan[k] for k in PLAN_FIELDS if plan.get(k) is not None}
+        self.patch({"progress": {**self._plan, "updateTime": now()}})
+
     def progress(self, p: dict[str, Any]) -> None:
         log.info(progress_line(p))
-        body = {k: p[k] for k in PROGRESS_FIELDS if p.get(k) is not None}
+        body = {**getattr(self, "_plan", {}), **{k: p[k] for k in PROGRESS_FIELDS if p.get(k) is not None}}
         self.patch({"progress": {**body, "stepText": f"{p['step']}/{p['totalSteps']}", "updateTime": now()}})
 
     def checkpoint(self, path: str) -> None:

@@ -139,13 +139,19 @@ def run(
         distributed.barrier(world)
     lm = model.load_model(source, cfg, device, s.storage_dtype, s.env.hf_token)
     prompt_learning = model.uses_prompt_learning(cfg.method)
+    # spec.evaluation.judge's baseline: the starting point's answers, generated before training changes it.
+    base_answers: list[str] = []
     if init is not None and init.kind == "adapter":
         # "base" metrics are the starting point's: base model + the parent's adapter, so the card shows
         # what this stage added.
         lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing, init_adapter=init.path)
-        base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning)
+        base_metrics = pipeline.evaluate(
+            lm, tokenizer, data, cfg, device, s.dtype, prompt_learning, answers_out=base_answers
+        )
     else:
-        base_metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning=False)
+        base_metrics = pipeline.evaluate(
+            lm, tokenizer, data, cfg, device, s.dtype, prompt_learning=False, answers_out=base_answers
+        )
         torch.manual_seed(cfg.training.seed)  # adapter init is random: same seed, same starting adapter
         lm = model.apply_method(lm, cfg, cfg.training.gradient_checkpointing)
     objective = None  # dpo/orpo: the preference loss (and its reference) instead of next-token cross-entropy
@@ -171,22 +177,32 @@ def run(
         world=world,
         checkpoint_remote=f"{s.remote.rstrip('/')}/checkpoints" if s.remote else None,
         objective=objective,
+        varlen=data.varlen,
     )
 
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
     samples: list[dict[str, str]] = []
-    metrics = pipeline.evaluate(lm, tokenizer, data, cfg, device, s.dtype, prompt_learning, samples, objective)
+    tuned_answers: list[str] = []
+    metrics = pipeline.evaluate(
+        lm, tokenizer, data, cfg, device, s.dtype, prompt_learning, samples, objective, tuned_answers
+    )
     if objective is not None:
         from kubetune_trainer import preference
 
         preference.release(objective)
-    passed, reasons = pipeline.gates(metrics, cfg)
+    judged = None  # spec.evaluation.judge: rank 0 asks it (the other ranks' outcome is not reported)
+    if cfg.evaluation.judge is not None and s.main_rank:
+        judged = pipeline.judge(cfg, data.golden, tuned_answers, base_answers, s.env.judge_url, s.env.judge_api_key)
+        if "winRate" in judged and not judged.get("error"):
+            metrics["judgeWinRate"] = judged["winRate"]
+    passed, reasons = pipeline.gates(metrics, cfg, judged)
     outcome: dict[str, Any] = {
         "phase": "Succeeded",
         "metrics": metrics,
         "evalPassed": passed,
         "data": prepared.counts(),
         "owner": s.owner,  # refuse_foreign_result: a later FineTuneJob with this output does not overwrite it
+        **({"judge": judged} if judged is not None else {}),
     }
     # Under fsdp the trained weights are sharded: gather them (every rank takes part) for rank 0 to save.
     gathered = distributed.full_state_dict(lm) if distributed.is_sharded(lm) else None
@@ -202,6 +218,7 @@ def run(
         "base": base_metrics,
         "tuned": metrics,
         "samples": samples,
+        **({"judge": judged} if judged is not None else {}),
     }
     export.write_json(out_dir / "eval.json", eval_report)
     lineage = pipeline.lineage(prepared.info, init_from.record(init))

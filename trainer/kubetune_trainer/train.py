@@ -2,7 +2,9 @@
 # mypy: disable-error-code="no-untyped-call"
 """The training loop: a plain, readable PyTorch loop (torchtune-style), no HF Trainer.
 
-One optimizer step = ``gradientAccumulationSteps`` micro-batches. The loss of a step is the sum of
+One optimizer step = ``gradientAccumulationSteps`` micro-batches of ``batchSize`` examples (on average, with
+packing: see packing.py), so an epoch takes HF Trainer's number of steps, and the log and status show
+the plan (examples and tokens per step, steps per epoch) before the first step. The loss of a step is the sum of
 per-token losses divided by the number of target tokens in the whole step, so accumulation gives the
 same gradient as one big batch. The batch order of each epoch is a pure function of (seed, epoch), so a
 run resumed from ``step-N`` sees exactly the batches it would have seen.
@@ -35,7 +37,8 @@ from kubetune_trainer import checkpoint, distributed
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.distributed import World
 from kubetune_trainer.loss import mean_loss, token_losses
-from kubetune_trainer.packing import IGNORE, batch_indices, collate, epoch_order, token_batches
+from kubetune_trainer.packing import IGNORE, batch_indices, collate, epoch_order, equal_token_batches, flatten
+from kubetune_trainer.progress import plan_line
 
 log = logging.getLogger("kubetune_trainer")
 
@@ -97,15 +100,13 @@ def param_groups(model: Any, lr: float, decay: float | None) -> list[dict[str, A
 
 
 def micro_batches(rows: list[dict[str, list[int]]], cfg: TrainingConfig, prompt_learning: bool) -> list[list[int]]:
-    """Row indices of each micro-batch.
+    """Example indices of each micro-batch: ``ceil(examples / batchSize)`` of them, as HF's dataloader has.
 
-    With packing on and rows left unpacked (no varlen kernel, see packing.py), a micro-batch holds up to
-    ``batchSize x maxSeqLength`` tokens, as ``batchSize`` packed rows would, made of examples of similar
-    length. Otherwise ``batchSize`` rows of similar length.
+    With packing on they are of about equal tokens and hold ``batchSize`` examples on average (see
+    packing.py); otherwise exactly ``batchSize`` examples of similar length (the last one fewer).
     """
-    packed = any("position_ids" in r for r in rows)
-    if cfg.packing and not packed and not prompt_learning:
-        return token_batches(rows, cfg.batch_size * cfg.max_seq_length)
+    if cfg.packing and not prompt_learning:
+        return equal_token_batches(rows, math.ceil(len(rows) / cfg.batch_size))
     return batch_indices(rows, cfg.batch_size)
 
 
@@ -142,6 +143,7 @@ class TokenObjective:
 
     pad_id: int
     prompt_learning: bool = False
+    varlen: bool = False  # a micro-batch becomes one row of its examples (packing.flatten), no padding
 
     def batches(self, rows: list[dict[str, list[int]]], cfg: TrainingConfig) -> list[list[int]]:
         return micro_batches(rows, cfg, self.prompt_learning)
@@ -153,7 +155,7 @@ class TokenObjective:
         self, runner: Any, rows: list[dict[str, list[int]]], step_rows: list[dict[str, list[int]]], device: str
     ) -> torch.Tensor:
         n_targets = sum(t != IGNORE for r in step_rows for t in r["labels"])
-        mb = {key: v.to(device) for key, v in collate(rows, self.pad_id).items()}
+        mb = {key: v.to(device) for key, v in collate([flatten(rows)] if self.varlen else rows, self.pad_id).items()}
         return token_losses(runner, mb, self.prompt_learning).sum() / max(n_targets, 1)
 
     def eval_loss(
@@ -168,10 +170,29 @@ class TokenObjective:
 
 
 def plan_steps(n_batches: int, cfg: TrainingConfig, world_size: int = 1) -> tuple[int, int]:
-    """(steps per epoch, total steps)."""
+    """(steps per epoch, total steps); HF Trainer's ``ceil(len(dataloader) / gradient_accumulation_steps)``.
+
+    >>> plan_steps(184, TrainingConfig(epochs=2, gradient_accumulation_steps=4))
+    (46, 92)
+    """
     per_epoch = math.ceil(n_batches / (cfg.gradient_accumulation_steps * world_size))
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
     return per_epoch, total
+
+
+def step_plan(
+    rows: list[dict[str, list[int]]], objective: Objective, cfg: TrainingConfig, per_epoch: int, world_size: int
+) -> dict[str, Any]:
+    """What an optimizer step holds, averaged over an epoch (status.progress shows it before training)."""
+    tokens = sum(objective.tokens(r) for r in rows)
+    return {
+        "examplesPerStep": round(len(rows) / per_epoch, 2),
+        "tokensPerStep": round(tokens / per_epoch, 1),
+        "stepsPerEpoch": per_epoch,
+        "batchSize": cfg.batch_size,
+        "gradientAccumulationSteps": cfg.gradient_accumulation_steps,
+        "processes": world_size,
+    }
 
 
 class _SigtermFlag:
@@ -212,19 +233,25 @@ def train(
     world: World | None = None,
     checkpoint_remote: str | None = None,
     objective: Objective | None = None,
+    varlen: bool = False,
 ) -> TrainResult:
     """``dtype``: the compute (autocast) dtype, `resolve_precision`'s answer for this device.
-    ``objective``: what a step minimises (next-token cross-entropy when None).
+    ``objective``: what a step minimises (next-token cross-entropy when None; ``varlen``: its micro-batches
+    are flattened into one row for a varlen attention kernel, see packing.py).
 
     ``checkpoint_remote``: where checkpoints are mirrored (``<s3 output>/checkpoints``) so that a pod
     on another node resumes from them; None when the output directory itself outlives the pod."""
     world = world or World()
     torch.manual_seed(cfg.seed)
     autocast = autocast_factory(device, dtype)
-    objective = objective or TokenObjective(pad_id, prompt_learning)
+    objective = objective or TokenObjective(pad_id, prompt_learning, varlen)
     batches = objective.batches(rows, cfg)
     per_step = cfg.gradient_accumulation_steps * world.size  # micro-batches per optimizer step, all ranks
     per_epoch, total = plan_steps(len(batches), cfg, world.size)
+    plan = step_plan(rows, objective, cfg, per_epoch, world.size)
+    log.info(plan_line(plan, total))
+    if reporter is not None and world.is_main:
+        reporter.plan(plan)
     # DDP wrapper, or (fsdp) the model sharded in place, or the model itself; before the optimizer,
     # which must hold the sharded parameters under FSDP.
     runner = distributed.wrap(model, world, device, cfg.distributed.strategy)

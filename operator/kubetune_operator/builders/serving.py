@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 from kubetune_operator import api
+from kubetune_operator.builders.capture import capture_args, capture_claim, engine_port, proxy_container
 from kubetune_operator.builders.labels import child_labels, label_value, owner_reference
 from kubetune_operator.builders.names import bounded
 from kubetune_operator.builders.resources import container_resources
@@ -111,17 +112,25 @@ def build_deployment(
     labels = child_labels(meta["name"], COMPONENT, {LABEL_TRACK: track, LABEL_VERSION: version})
     src = model_sources(spec, Served.parse(adapter_uri) if adapter_uri else None, settings)
     cache_claim = claim_of(spec.model_cache_uri) if src.hf_home and spec.model_cache_uri else None
-    volumes, mounts = pvc_volumes(src.pvc_uris, settings.pvc_mount_root, cache_claim)
+    capture = spec.capture
+    pvc_uris = [*src.pvc_uris, *([capture.uri] if capture_claim(capture) and capture else [])]
+    volumes, mounts = pvc_volumes(pvc_uris, settings.pvc_mount_root, [cache_claim, capture_claim(capture)])
     mounts = [*mounts, {"name": "tmp", "mountPath": "/tmp"}]
     volumes = [*volumes, {"name": "tmp", "emptyDir": {}}]
     if src.fetches:
         volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
         mounts.append({"name": MODELS_VOLUME, "mountPath": MODELS_DIR})
     env = [{"name": "HF_HOME", "value": src.hf_home or "/tmp/hf"}, home_env()]
+    containers = []
     if spec.runtime == "vllm":
         container = _vllm_container(spec, src, settings)
+        if capture is not None:  # the proxy takes the pod's port; see builders/capture.py for why
+            image = settings.server_image
+            containers.append(proxy_container(capture, spec.port, version, image, spec.env_from, mounts, settings))
     else:
         container = _builtin_container(spec, src, version, settings)
+        if capture is not None:
+            container["args"] += capture_args(capture, settings)
     container["env"] = env
     if spec.env_from:
         container["envFrom"] = spec.env_from
@@ -130,7 +139,7 @@ def build_deployment(
         spec.resources.cpu, spec.resources.memory, spec.resources.gpus, spec.resources.gpu_resource_name
     )
     pod_spec: dict[str, Any] = {
-        "containers": [container],
+        "containers": [container, *containers],
         "volumes": volumes,
         "securityContext": pod_security_context(),
     }
@@ -307,10 +316,11 @@ def _builtin_container(spec: ModelDeploymentSpec, src: Sources, version: str, se
 
 def _vllm_container(spec: ModelDeploymentSpec, src: Sources, settings: Settings) -> dict[str, Any]:
     vllm = spec.vllm
+    port = engine_port(spec.port) if spec.capture is not None else spec.port
     args = [
         src.model,
         "--port",
-        str(spec.port),
+        str(port),
         "--gpu-memory-utilization",
         str(vllm.get("gpuMemoryUtilization", 0.9)),
     ]
@@ -338,8 +348,12 @@ def _vllm_container(spec: ModelDeploymentSpec, src: Sources, settings: Settings)
         "image": spec.image or settings.vllm_image,
         "command": ["vllm", "serve"],
         "args": args,
-        "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
+        # With capture on, "http" (what the Services target) is the capture proxy's port.
+        "ports": [{"name": "http" if port == spec.port else "engine", "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": "http" if port == spec.port else "engine"},
+            "periodSeconds": 5,
+        },
         "securityContext": container_security_context(),
     }
 

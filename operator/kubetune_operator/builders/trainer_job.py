@@ -190,6 +190,11 @@ def _env(finetunejob: dict[str, Any], spec: FineTuneJobSpec, run: int, settings:
                 "valueFrom": {"secretKeyRef": {"name": spec.token_secret.name, "key": spec.token_secret.key}},
             }
         )
+    if spec.judge_url:  # spec.evaluation.judge.modelDeploymentRef, resolved (a url in the spec needs nothing)
+        env.append({"name": "KUBETUNE_JUDGE_URL", "value": spec.judge_url})
+    if spec.judge_secret:
+        s = spec.judge_secret
+        env.append({"name": "KUBETUNE_JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": s.name, "key": s.key}}})
     return env
 
 

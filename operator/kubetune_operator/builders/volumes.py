@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 
@@ -15,9 +16,10 @@ def claim_of(pvc_uri: str) -> str:
 
 
 def pvc_volumes(
-    uris: list[str], mount_root: str, writable_claim: str | None = None
+    uris: list[str], mount_root: str, writable: str | Collection[str | None] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, volumeMounts) for every distinct claim among `uris`; read-only unless `writable_claim`."""
+    """(volumes, volumeMounts) for every distinct claim among `uris`; read-only unless named in `writable`."""
+    writable_claims = {writable} if isinstance(writable, str) else set(writable or ())
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     seen: list[str] = []
@@ -29,7 +31,7 @@ def pvc_volumes(
             continue
         seen.append(claim)
         name = f"pvc-{len(seen)}"
-        read_only = claim != writable_claim
+        read_only = claim not in writable_claims
         volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
         mounts.append({"name": name, "mountPath": f"{mount_root}/{claim}", "readOnly": read_only})
     return volumes, mounts

@@ -16,7 +16,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_api.stages import Merge
-from kubetune_operator import api, captures, job_state, lineage, merge_sources, metrics, specs
+from kubetune_operator import api, captures, job_state, judge_target, lineage, merge_sources, metrics, specs
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
 from kubetune_operator.conditions import set_condition
@@ -238,6 +238,11 @@ def _start_run(
     capture = ftj_captures.resolve(kube, ftj, spec, generation, keep_phase=reason == "Scheduled")
     if isinstance(capture, captures.Unavailable):
         return  # recorded in status; the WaitingForSources timer checks again
+    judge_url = ftj_captures.resolve_judge(kube, ftj, spec, generation, keep_phase=reason == "Scheduled")
+    if isinstance(judge_url, captures.Unavailable):
+        return  # the same
+    if judge_url is not None:
+        spec = replace(spec, judge_url=judge_url)
     resolved = init if init is not None and init.name else None  # a parent's artifact, not a spec uri
     if resolved is not None:
         spec = replace(spec, init_uri=resolved.uri)  # the pod mounts the parent's claim
@@ -276,6 +281,7 @@ def _start_run(
             "progress": None,
             "metrics": None,
             "baseMetrics": None,
+            "judge": None,
             "artifact": None,
             "evalPassed": None,
             "lastCheckpoint": None,
@@ -288,6 +294,10 @@ def _start_run(
             patch["conditions"], captures.CAPTURES_READY, True, captures.RESOLVED, capture.message(run), generation,
             now_iso(),
         )  # fmt: skip
+    if isinstance(judge_url, str) and spec.judge_ref:
+        patch["conditions"] = judge_target.ready_conditions(
+            patch["conditions"], spec.judge_ref, judge_url, generation, now_iso()
+        )
     if sources is not None:
         names = ", ".join(f"{r['name']} run {r['run']}" for r in sources if r.get("name")) or "uris only"
         message = f"run {run} merges {len(sources)} adapters ({names})"

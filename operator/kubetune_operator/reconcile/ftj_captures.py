@@ -1,4 +1,5 @@
-"""spec.dataset.captures for a new FineTuneJob run: read the ModelDeployment, record why a run cannot start.
+"""What a new FineTuneJob run reads from a ModelDeployment (spec.dataset.captures' location, the judge's
+Service for spec.evaluation.judge.modelDeploymentRef); record why a run cannot start.
 
 Room: the reconcile layer (kube I/O through `Kube`); the decision itself is `kubetune_operator.captures`'.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune_operator import api, captures, lineage, specs
+from kubetune_operator import api, captures, judge_target, lineage, specs
 from kubetune_operator.kube import Kube, now_iso
 from kubetune_operator.reconcile.status_writes import patch_and_tell
 
@@ -21,6 +22,19 @@ def resolve(
     found = captures.resolve(spec.captures, md)
     if isinstance(found, captures.Unavailable):
         patch = captures.unavailable_patch(ftj.get("status") or {}, found, generation, now_iso(), keep_phase)
+        patch_and_tell(kube, ftj, patch, "Warning", found.reason, found.message)
+    return found
+
+
+def resolve_judge(
+    kube: Kube, ftj: dict[str, Any], spec: specs.FineTuneJobSpec, generation: int, keep_phase: bool
+) -> str | captures.Unavailable | None:
+    """spec.evaluation.judge.modelDeploymentRef: its stable Service URL, or Unavailable after recording why not."""
+    ns = ftj["metadata"]["namespace"]
+    md = kube.get_custom(api.MODELDEPLOYMENTS, ns, spec.judge_ref) if spec.judge_ref else None
+    found = judge_target.resolve(spec.judge_ref, md, ns)
+    if isinstance(found, captures.Unavailable):
+        patch = judge_target.unavailable_patch(ftj.get("status") or {}, found, generation, now_iso(), keep_phase)
         patch_and_tell(kube, ftj, patch, "Warning", found.reason, found.message)
     return found
 
