@@ -142,6 +142,23 @@ class Analysis(ApiModel):
     latency_p99_ratio: float = Field(1.2, gt=0, description="Max canary/stable P99 latency ratio.")
     max_gpu_memory_utilization: float = Field(0.95, gt=0, le=1)
     max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_user_rating_drop: float | None = Field(
+        None,
+        gt=0,
+        le=4,
+        description=(
+            "User ratings (1..5, posted to the servers' /v1/feedback) as an A/B check: the canary's mean rating over "
+            "the interval may be at most this much below the stable version's. Unset: no rating check."
+        ),
+    )
+    min_feedback: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Ratings each of canary and stable needs in the interval before maxUserRatingDrop decides; with fewer "
+            "the check has no data (noDataPolicy)."
+        ),
+    )
     queries: list[Query] | None = Field(None, max_length=20)
 
 
@@ -204,6 +221,19 @@ class ModelDeploymentSpec(ApiModel):
             "self.traffic != 'gatewayAPI' || has(self.gateway)",
             "traffic gatewayAPI requires spec.gateway.parentRefs",
             lambda s: s.traffic != "gatewayAPI" or s.gateway is not None,
+        ),
+        # vLLM has no /v1/feedback: its pods take ratings only through the capture proxy, which
+        # spec.capture adds. Without it the rating check could only ever say NoData.
+        Rule(
+            "self.runtime != 'vllm' || has(self.capture) || !has(self.canary.analysis)"
+            " || !has(self.canary.analysis.maxUserRatingDrop)",
+            "canary.analysis.maxUserRatingDrop with runtime vllm needs spec.capture (its proxy takes the feedback)",
+            lambda s: (
+                s.runtime != "vllm"
+                or s.capture is not None
+                or s.canary.analysis is None
+                or s.canary.analysis.max_user_rating_drop is None
+            ),
         ),
     )
     base_model: ServedBaseModel

@@ -15,6 +15,10 @@ NoData under the check's no-data policy, never a Pass or a Fail.
 A check whose metric a server does not export by design (GPU memory on a server without a GPU) is
 Skipped, not NoData: `presence` queries tell "the canary exports no such series at all" from "the
 canary is not scraped yet".
+
+User ratings are an A/B check too (`userRatingDrop`): the mean of the ratings posted in the window,
+canary vs stable, from the servers' feedback counters. Fewer than minFeedback ratings on either side
+is NoData: a mean of three ratings says more about three users than about the version.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from kubetune_operator.prometheus import Sample
 from kubetune_operator.serving_spec import Analysis
 
 PASS, FAIL, NO_DATA, ERROR, SKIPPED = "Pass", "Fail", "NoData", "Error", "Skipped"
-VALUE, QUANTILE_RATIO = "value", "quantileRatio"
+VALUE, QUANTILE_RATIO, RATING_DROP = "value", "quantileRatio", "ratingDrop"
 QUANTILE = 0.99
 # A bucket at most this wide (upper/lower bound) pins its quantile to within 6 %: fine enough to
 # judge the interpolated value against a threshold like 1.2 whose margin is 20 %.
@@ -54,6 +58,7 @@ class Check:
     # "scraped" (any series of the canary at all). Empty "exported" with a non-empty "scraped" is Skipped.
     presence: dict[str, str] = field(default_factory=dict)
     skip_reason: str = ""
+    min_count: int = 0  # a rating drop: fewer ratings than this on either side is NoData (minFeedback)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class Selectors:
 
     canary: str
     stable: str
+    # Feedback is counted under the version of the response it rates (read from the response id), not
+    # of the pod it reached: the rating check picks by version on every runtime. "": canary/stable.
+    canary_feedback: str = ""
+    stable_feedback: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,12 +102,13 @@ class Quantile:
 
 def selectors_for(runtime: str, namespace: str, md: str, canary_version: str, stable_version: str) -> Selectors:
     """The builtin server labels its metrics with `version`; vLLM does not know its track, so its
-    series are told apart by pod name (the `pod` label Prometheus' Kubernetes discovery adds)."""
+    series are told apart by pod name (the `pod` label Prometheus' Kubernetes discovery adds). Its
+    capture proxy labels feedback with the version, as the builtin server does."""
+    versions = f'version="{canary_version}"', f'version="{stable_version}"'
     if runtime == "vllm":
-        return Selectors(
-            f'namespace="{namespace}",pod=~"{md}-canary-.+"', f'namespace="{namespace}",pod=~"{md}-stable-.+"'
-        )
-    return Selectors(f'version="{canary_version}"', f'version="{stable_version}"')
+        pods = f'namespace="{namespace}",pod=~"{md}-canary-.+"', f'namespace="{namespace}",pod=~"{md}-stable-.+"'
+        return Selectors(*pods, *versions)
+    return Selectors(*versions, *versions)
 
 
 def build_checks(
@@ -141,6 +151,8 @@ def build_checks(
             f" / sum(rate(kubetune_requests_total{{{sel.canary}}}[{window}]))"
         )
     checks.append(Check("errorRate", {"value": errors}, None, analysis.max_error_rate, policy))
+    if analysis.max_user_rating_drop is not None:
+        checks.append(rating_check(analysis, sel, window))
     if gpus > 0:
         if runtime == "vllm":
             # vLLM reserves its gpu-memory-utilization budget up front: judge usage against that budget.
@@ -177,6 +189,23 @@ def build_checks(
     return checks
 
 
+def rating_check(analysis: Analysis, sel: Selectors, window: str) -> Check:
+    """Canary vs stable mean rating over the window. The builtin server and the capture proxy in a vLLM
+    pod export the same two counters, labelled with the rated response's version on both runtimes.
+    Summed over pods (feedback for a canary response may reach a stable pod): every rating weighs one."""
+
+    def total(what: str, s: str) -> str:
+        return f"sum(increase(kubetune_feedback_rating_{what}{{{s}}}[{window}]))"
+
+    queries = {}
+    for track, s in (("canary", sel.canary_feedback or sel.canary), ("stable", sel.stable_feedback or sel.stable)):
+        queries[track] = f"{total('sum', s)} / {total('count', s)}"
+        queries[f"{track}Count"] = total("count", s)
+    drop = analysis.max_user_rating_drop
+    policy = analysis.no_data_policy
+    return Check("userRatingDrop", queries, None, drop, policy, kind=RATING_DROP, min_count=analysis.min_feedback)
+
+
 def requests_query(runtime: str, canary: str, window: str) -> str:
     metric = (
         "vllm:e2e_request_latency_seconds_count" if runtime == "vllm" else "kubetune_request_duration_seconds_count"
@@ -189,6 +218,8 @@ def judge(check: Check, answers: dict[str, list[Sample]]) -> Verdict:
     """Turn query answers (role -> samples, presence roles included) into a verdict."""
     if check.kind == QUANTILE_RATIO:
         return _judge_ratio(check, answers)
+    if check.kind == RATING_DROP:
+        return _judge_rating(check, answers)
     return _judge_value(check, answers)
 
 
@@ -221,6 +252,33 @@ def _judge_ratio(check: Check, answers: dict[str, list[Sample]]) -> Verdict:
     verb = "outside" if surely == FAIL else "within"
     message = f"{check.name} {bounds} {verb} {threshold}"
     return Verdict(check.name, surely, value, threshold, query, message, low, finite_high)
+
+
+def _judge_rating(check: Check, answers: dict[str, list[Sample]]) -> Verdict:
+    threshold, query = _threshold_text(check), _query_text(check)
+    tracks = ("canary", "stable")
+    # increase() extrapolates to the window's edges, so a count is rarely a whole number: shown rounded.
+    counts = {t: _finite(answers.get(f"{t}Count", [])) or 0.0 for t in tracks}
+    few = [f"{t} {counts[t]:.0f}" for t in tracks if counts[t] < check.min_count]
+    if few:
+        message = f"too few user ratings in the window ({', '.join(few)}; minFeedback {check.min_count})"
+        return Verdict(check.name, NO_DATA, None, threshold, query, message)
+    canary, stable = (_finite(answers.get(t, [])) for t in tracks)
+    if canary is None or stable is None:
+        return Verdict(check.name, NO_DATA, None, threshold, query, "no data for the mean user rating")
+    drop = stable - canary
+    n = {t: f"{c:.0f}" for t, c in counts.items()}
+    ratings = f"canary mean rating {canary:.3g} of {n['canary']} ratings, stable {stable:.3g} of {n['stable']}"
+    failed = check.max is not None and drop > check.max
+    where = f"> max {check.max:g}" if failed else f"within {threshold}"
+    message = f"user rating drop {drop:.3g} {where} ({ratings})"
+    return Verdict(check.name, FAIL if failed else PASS, drop, threshold, query, message)
+
+
+def _finite(samples: list[Sample]) -> float | None:
+    """The value of a one-series answer (a `sum(...)`), None when there is none or it is NaN/Inf."""
+    values = [v for _, v in samples if math.isfinite(v)]
+    return values[0] if values else None
 
 
 def _judge_value(check: Check, answers: dict[str, list[Sample]]) -> Verdict:

@@ -34,6 +34,8 @@ class Analysis:
     latency_p99_ratio: float = _default(api.Analysis, "latency_p99_ratio")
     max_gpu_memory_utilization: float = _default(api.Analysis, "max_gpu_memory_utilization")
     max_error_rate: float = _default(api.Analysis, "max_error_rate")
+    max_user_rating_drop: float | None = _default(api.Analysis, "max_user_rating_drop")
+    min_feedback: int = _default(api.Analysis, "min_feedback")
     queries: tuple[dict[str, Any], ...] = ()
 
     @classmethod
@@ -49,6 +51,8 @@ class Analysis:
             latency_p99_ratio=a.latency_p99_ratio,
             max_gpu_memory_utilization=a.max_gpu_memory_utilization,
             max_error_rate=a.max_error_rate,
+            max_user_rating_drop=a.max_user_rating_drop,
+            min_feedback=a.min_feedback,
             queries=tuple(q.model_dump(by_alias=True, exclude_none=True) for q in a.queries or ()),
         )
 

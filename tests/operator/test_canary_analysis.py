@@ -10,7 +10,7 @@ import pytest
 
 from kubetune_operator import analysis, canary
 from kubetune_operator.analysis import Check, Selectors, judge
-from kubetune_operator.serving_spec import Analysis, Canary
+from kubetune_operator.serving_spec import Analysis, Canary, ModelDeploymentSpec
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 RATIO = Check("latencyP99Ratio", {"canary": "c", "stable": "s"}, None, 1.2, "pause", kind=analysis.QUANTILE_RATIO)
@@ -229,3 +229,85 @@ def test_step_due():
     r = canary.Rollout(step_start=T0)
     assert not canary.step_due(r, CANARY, T0 + dt.timedelta(seconds=29))
     assert canary.step_due(r, CANARY, T0 + dt.timedelta(seconds=30))
+
+
+RATINGS = Check(
+    "userRatingDrop",
+    {"canary": "cm", "canaryCount": "cn", "stable": "sm", "stableCount": "sn"},
+    None,
+    1.0,
+    "pause",
+    kind=analysis.RATING_DROP,
+    min_count=10,
+)
+
+
+def rated(canary_mean: float, canary_n: float, stable_mean: float, stable_n: float) -> dict[str, Any]:
+    return {
+        "canary": one(canary_mean),
+        "canaryCount": one(canary_n),
+        "stable": one(stable_mean),
+        "stableCount": one(stable_n),
+    }
+
+
+@pytest.mark.parametrize(
+    ("answers", "verdict", "value"),
+    [
+        (rated(2.0, 20, 4.5, 20), "Fail", 2.5),
+        (rated(4.5, 20, 4.5, 20), "Pass", 0.0),
+        (rated(3.5, 12, 4.5, 40), "Pass", 1.0),  # exactly maxUserRatingDrop below: allowed
+        (rated(4.8, 12, 4.0, 40), "Pass", pytest.approx(-0.8)),  # a better-rated canary
+        (rated(1.0, 9.6, 4.5, 20), "NoData", None),  # minFeedback 10: a rating fewer is not enough
+        (rated(1.0, 20, 4.5, 3), "NoData", None),  # too few on the stable side counts the same
+        ({"canary": one(1.0), "canaryCount": one(20), "stable": [], "stableCount": []}, "NoData", None),
+        (rated(math.nan, 20, 4.5, 20), "NoData", None),
+    ],
+)
+def test_rating_drop_is_judged_canary_against_stable(answers, verdict, value):
+    v = judge(RATINGS, answers)
+    assert (v.verdict, v.value) == (verdict, value), v.message
+    assert v.threshold == "<= 1"
+
+
+def test_rating_verdicts_name_the_ratings_and_too_few_follows_the_no_data_policy():
+    failed = judge(RATINGS, rated(2.0, 20, 4.5, 24))
+    assert failed.message == "user rating drop 2.5 > max 1 (canary mean rating 2 of 20 ratings, stable 4.5 of 24)"
+    few = judge(RATINGS, rated(1.0, 4, 4.5, 30))
+    assert few.message == "too few user ratings in the window (canary 4; minFeedback 10)"
+    assert canary.apply_policy(few, "fail").verdict == "Fail" and canary.apply_policy(few, "pause").verdict == "NoData"
+    r = canary.Rollout(stable_version="a", canary_version="b", step=2, step_start=T0)
+    d = canary.decide(r, Canary(steps=(5, 50, 100)), [failed], T0)
+    assert d.kind == "rollback" and "userRatingDrop: user rating drop 2.5" in d.reason
+    assert canary.decide(r, CANARY, [few], T0).kind == "hold"
+
+
+@pytest.mark.parametrize("runtime", ["builtin", "vllm"])
+def test_rating_check_only_when_asked_and_picks_feedback_by_version(runtime):
+    sel = analysis.selectors_for(runtime, "ml", "chat", "c", "s")
+    off = analysis.build_checks(Analysis(enabled=True, prometheus="http://p"), runtime, sel, "1m", 0, 0.9)
+    assert "userRatingDrop" not in [c.name for c in off]
+    on = Analysis(enabled=True, prometheus="http://p", max_user_rating_drop=0.5, min_feedback=25, no_data_policy="fail")
+    check = analysis.build_checks(on, runtime, sel, "1m", 0, 0.9)[-1]
+    assert (check.name, check.kind, check.max, check.min_count, check.policy) == (
+        "userRatingDrop",
+        analysis.RATING_DROP,
+        0.5,
+        25,
+        "fail",
+    )
+    # Feedback for a canary response may reach a stable pod: the rated version decides, on vLLM too.
+    assert check.queries["canaryCount"] == 'sum(increase(kubetune_feedback_rating_count{version="c"}[1m]))'
+    assert check.queries["stable"] == (
+        'sum(increase(kubetune_feedback_rating_sum{version="s"}[1m]))'
+        ' / sum(increase(kubetune_feedback_rating_count{version="s"}[1m]))'
+    )
+
+
+def test_rating_fields_come_from_the_spec():
+    spec = {"baseModel": {"name": "m"}, "canary": {"analysis": {"prometheus": {"address": "http://p"}}}}
+    assert ModelDeploymentSpec.from_dict(spec).canary.analysis.max_user_rating_drop is None
+    assert ModelDeploymentSpec.from_dict(spec).canary.analysis.min_feedback == 10
+    spec["canary"]["analysis"] |= {"maxUserRatingDrop": 0.75, "minFeedback": 3}
+    a = ModelDeploymentSpec.from_dict(spec).canary.analysis
+    assert (a.max_user_rating_drop, a.min_feedback) == (0.75, 3)

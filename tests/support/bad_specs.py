@@ -359,6 +359,14 @@ _MDEP_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("interval not a duration", {"canary": {"interval": "1 minute"}}, "spec.canary.interval"),
     ("ratio zero", {"canary": {"analysis": {"latencyP99Ratio": 0}}}, "spec.canary.analysis.latencyP99Ratio"),
     ("unknown no-data policy", {"canary": {"analysis": {"noDataPolicy": "retry"}}}, "analysis.noDataPolicy"),
+    ("rating drop zero", {"canary": {"analysis": {"maxUserRatingDrop": 0}}}, "analysis.maxUserRatingDrop"),
+    ("rating drop above 4", {"canary": {"analysis": {"maxUserRatingDrop": 4.5}}}, "analysis.maxUserRatingDrop"),
+    ("min feedback zero", {"canary": {"analysis": {"minFeedback": 0}}}, "spec.canary.analysis.minFeedback"),
+    (
+        "rating check on vllm without capture",
+        {"runtime": "vllm", "canary": {"analysis": {"maxUserRatingDrop": 1.0}}},
+        "maxUserRatingDrop with runtime vllm needs spec.capture",
+    ),
     ("analysis without prometheus", {"canary": {"analysis": {"prometheus": None}}}, "prometheus.address is required"),
     (
         "prometheus not a url",
@@ -495,6 +503,12 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 {"runtime": "vllm", "vllm": {"maxModelLen": 4096}, "resources": {"cpu": 2}},
                 {"adapter": {"fineTuneJobRef": None, "uri": "s3://b/adapter"}, "baseModel": {"cacheUri": "pvc://hf/c"}},
                 {"capture": {"uri": "pvc://captures/support"}},
+                {"canary": {"analysis": {"maxUserRatingDrop": 0.5, "minFeedback": 30}}},
+                {
+                    "runtime": "vllm",
+                    "capture": {"uri": "s3://caps/support"},
+                    "canary": {"analysis": {"maxUserRatingDrop": 1.0}},
+                },
                 {
                     "capture": {
                         "uri": "s3://caps/support",
