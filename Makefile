@@ -23,15 +23,15 @@ lint:
 	@venv="$(VENV)"; set -e; \
 	"$$venv/bin/ruff" check . ; \
 	"$$venv/bin/ruff" format --check . ; \
-	"$$venv/bin/mypy" api operator trainer dev
+	"$$venv/bin/mypy" api operator trainer dev cli
 
 # Every tier this machine can run: unit, k8s (real apiserver), slow (real training); gpu skips without CUDA.
 test:
 	@venv="$(VENV)"; set -e; \
 	"$$venv/bin/ruff" check . ; \
 	"$$venv/bin/ruff" format --check . ; \
-	"$$venv/bin/mypy" api operator trainer dev ; \
-	"$$venv/bin/python" -m pytest --doctest-modules operator/kubetune_operator dev/kubetune_dev tests
+	"$$venv/bin/mypy" api operator trainer dev cli ; \
+	"$$venv/bin/python" -m pytest --doctest-modules operator/kubetune_operator dev/kubetune_dev cli/kubetune_cli tests
 
 demo:
 	@venv="$(VENV)"; "$$venv/bin/python" hack/demo.py

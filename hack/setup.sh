@@ -2,7 +2,7 @@
 # Install everything the tests and the demo need, reusing caches under ~/.cache/kubetune:
 #   - a Python virtualenv keyed by the hash of pyproject.toml (torch & co. install once per change),
 #     with this checkout installed into it in editable mode;
-#   - the control-plane binaries (hack/build-control-plane.sh).
+#   - the control-plane binaries (hack/build-control-plane.sh), Prometheus and an MLflow server's virtualenv.
 # Prints the virtualenv's path as its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ if [[ ! -f "$venv/.complete" ]]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q ".[operator,trainer,dev]"
+  "$venv/bin/pip" install -q ".[operator,trainer,dev,cli]"
   touch "$venv/.complete"
 fi
 # Point the shared venv at this checkout (cheap: no dependency resolution).
@@ -33,4 +33,6 @@ log "virtualenv: $venv"
 bash hack/build-control-plane.sh --with-helm >/dev/null
 # Canary analysis tests and the demo scrape real server processes with a real Prometheus.
 bash hack/install-prometheus.sh >/dev/null
+# The tracking tests run a real `mlflow server` from its own cached virtualenv (first time: a few minutes).
+bash hack/install-mlflow.sh >/dev/null
 echo "$venv"

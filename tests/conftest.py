@@ -8,6 +8,7 @@ import pytest
 from kubernetes import client, config
 
 from kubetune_dev.controlplane import ControlPlane, running_control_plane
+from kubetune_dev.mlflow_server import MlflowServer, mlflow_venv_or_skip
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,12 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture(scope="session")
 def api(control_plane: ControlPlane) -> client.ApiClient:
     return config.new_client_from_config(str(control_plane.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[MlflowServer]:
+    """One real `mlflow server` (sqlite store, proxied artifacts, loopback) for every tracking test.
+
+    Skipped only when hack/install-mlflow.sh (run by hack/setup.sh) has not built its virtualenv here."""
+    with MlflowServer(mlflow_venv_or_skip()) as server:
+        yield server

@@ -25,6 +25,7 @@ from kubetune_api.dataset import Dataset
 from kubetune_api.evaluation import Evaluation
 from kubetune_api.rules import ApiModel, Rule, has, no_schema_default
 from kubetune_api.stages import InitFrom, Merge
+from kubetune_api.tracking import Tracking
 
 Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3", "dpo", "orpo", "merge"]
 # FSDP shards what sits inside the transformers model; prompt-learning parameters live outside it
@@ -368,6 +369,13 @@ class FineTuneJobSpec(ApiModel):
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     suspend: bool = False
     output: Output
+    tracking: Tracking | None = Field(
+        None,
+        description=(
+            "Experiment tracking and model registry (MLflow). Without this section a run is tracked only when the "
+            "operator has a default tracking URI (KUBETUNE_MLFLOW_TRACKING_URI)."
+        ),
+    )
     schedule: str | None = Field(
         None,
         max_length=128,

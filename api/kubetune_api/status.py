@@ -147,6 +147,19 @@ class JudgeResult(ApiModel):
     error: str | None = Field(None, description="Why the judge could not be used (reason JudgeUnavailable).")
 
 
+class TrackingStatus(ApiModel):
+    """Where the current run is in MLflow (spec.tracking, or the operator's default tracking URI)."""
+
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    run_id: str | None = None
+    registered_model: str | None = None
+    model_version: str | None = Field(None, description="The registered version of this run's artifact.")
+    warning: str | None = Field(
+        None, description="What tracking could not do (the tracker was unreachable, ...); training went on."
+    )
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "Skipped"] | None = Field(
         None,
@@ -202,6 +215,9 @@ class FineTuneJobStatus(ApiModel):
     lineage: Lineage | None = Field(
         None, description="Where this run's weights and data came from (spec.initFrom, the dataset's hash)."
     )
+    tracking: TrackingStatus | None = Field(
+        None, description="The run in MLflow; a TrackingDegraded condition is True while warning is set."
+    )
     conditions: list[Condition] | None = conditions_field()
 
 
@@ -230,6 +246,28 @@ class AnalysisRecord(ApiModel):
     threshold: str | None = None
     verdict: Literal["Pass", "Fail", "NoData", "Error", "Skipped"] | None = None
     message: str | None = None
+
+
+class RegistryAction(ApiModel):
+    op: Literal["setAlias", "deleteAlias", "setTag"] | None = None
+    alias: str | None = None
+    version: str | None = None
+    key: str | None = None
+    value: str | None = None
+
+
+class RegistryStatus(ApiModel):
+    """The served FineTuneJob's MLflow registered model, as the rollout keeps it in step (status.tracking)."""
+
+    tracking_uri: str | None = None
+    registered_model: str | None = None
+    production_version: str | None = Field(None, description="The version the alias production points at.")
+    canary_version: str | None = Field(None, description="The version the alias canary points at, during a canary.")
+    pending: list[RegistryAction] | None = Field(
+        None, max_length=32, description="Registry calls not made yet (the next reconcile makes them; retried)."
+    )
+    message: str | None = Field(None, description="Why the last attempt failed; the rollout does not wait on it.")
+    last_attempt_time: str | None = timestamp()
 
 
 class ModelDeploymentStatus(ApiModel):
@@ -281,5 +319,12 @@ class ModelDeploymentStatus(ApiModel):
         "When the canary's pods were first seen not Ready (cleared once Ready)."
     )
     message: str | None = None
+    registry: RegistryStatus | None = Field(
+        None,
+        description=(
+            "With a FineTuneJob whose run is registered in MLflow (its status.tracking): which versions the "
+            "aliases production and canary point at, so the registry shows what is live."
+        ),
+    )
     analysis: list[AnalysisRecord] | None = Field(None, max_length=200)
     conditions: list[Condition] | None = conditions_field()

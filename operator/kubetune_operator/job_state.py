@@ -223,6 +223,8 @@ def status_for_run(
     judge = _judge_status(result["judge"]) if isinstance(result.get("judge"), dict) else None
     if judge is not None:
         patch["judge"] = judge
+    if isinstance(result.get("tracking"), dict):
+        patch["tracking"], conditions = _tracking(conditions, result["tracking"], generation, now)
     eval_passed = result.get("evalPassed", current.get("evalPassed"))
     if state.phase == SUCCEEDED:
         judge_error = judge.get("error") if judge else None
@@ -273,6 +275,24 @@ def _judge_status(judge: dict[str, Any]) -> dict[str, Any]:
     if judge.get("error"):
         out["error"] = str(judge["error"])[:1000]
     return out
+
+
+TRACKING_KEYS = ("trackingUri", "experimentId", "runId", "registeredModel", "modelVersion", "warning")
+
+
+def _tracking(
+    conditions: list[dict[str, Any]], tracking: dict[str, Any], generation: int, now: str
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """status.tracking from the trainer's result, and TrackingDegraded: True while MLflow missed something.
+
+    >>> t, c = _tracking([], {"runId": "r1", "warning": "MLflow at http://m: refused", "bogus": 1}, 1, "t0")
+    >>> t, (c[0]["type"], c[0]["status"], c[0]["reason"])
+    ({'runId': 'r1', 'warning': 'MLflow at http://m: refused'}, ('TrackingDegraded', 'True', 'TrackerUnavailable'))
+    """
+    out = {k: str(tracking[k])[:1000] for k in TRACKING_KEYS if tracking.get(k)}
+    warning = out.get("warning")
+    reason, message = ("TrackerUnavailable", warning) if warning else ("Tracked", "the run is tracked in MLflow")
+    return out, set_condition(conditions, "TrackingDegraded", bool(warning), reason, message, generation, now)
 
 
 NO_GATES_MESSAGE = (

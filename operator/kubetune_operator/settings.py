@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, fields
 
@@ -34,6 +35,14 @@ class Settings:
     metrics_port: int = 8080
     #: Port of Kopf's liveness endpoint (/healthz, what the chart's livenessProbe checks); 0 turns it off.
     liveness_port: int = 8081
+    #: MLflow tracking server for FineTuneJobs whose spec.tracking.mlflow names none; empty: no default.
+    mlflow_tracking_uri: str = ""
+    #: Timeout (seconds) of one MLflow registry call the operator makes (the production alias on promotion).
+    mlflow_timeout_seconds: float = 3.0
+    #: The operator's own MLflow credentials for those calls (basic auth, or a bearer token); from a Secret.
+    mlflow_username: str = dataclasses.field(default="", repr=False)
+    mlflow_password: str = dataclasses.field(default="", repr=False)
+    mlflow_token: str = dataclasses.field(default="", repr=False)
     #: Namespace to watch; empty means all namespaces.
     watch_namespace: str = ""
 

@@ -32,6 +32,16 @@ class SecretKeyRef:
 
 
 @dataclass(frozen=True)
+class MlflowTarget:
+    """spec.tracking.mlflow as written; `tracking_target` fills in the operator's default URI and the names."""
+
+    tracking_uri: str | None
+    experiment: str | None
+    registered_model: str | None
+    credentials_secret: str | None
+
+
+@dataclass(frozen=True)
 class PodResources:
     """`spec.resources` of both kinds: what a trainer or server pod asks for and where it may run."""
 
@@ -97,6 +107,7 @@ class FineTuneJobSpec:
 
     problems: tuple[str, ...] = ()  # the API's own rules a stored spec breaks (it predates them)
     merge: Merge | None = None  # method merge: the adapters to combine (merge_sources resolves the refs)
+    mlflow: MlflowTarget | None = None  # spec.tracking.mlflow
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FineTuneJobSpec:
@@ -139,6 +150,7 @@ class FineTuneJobSpec:
             rerun_on_parent_success=bool(m.init_from and m.init_from.rerun_on_parent_success),
             captures=m.dataset.captures.model_dump(by_alias=True, exclude_none=True) if m.dataset.captures else None,
             captures_uri=m.dataset.captures.uri if m.dataset.captures else None,
+            mlflow=_mlflow(m),
         )
 
     @classmethod
@@ -178,6 +190,14 @@ class FineTuneJobSpec:
         ]
         uris += [s.uri for s in self.merge.sources] if self.merge else []
         return [u for u in uris if u and u.startswith("pvc://")]
+
+
+def _mlflow(m: ApiFineTuneJobSpec) -> MlflowTarget | None:
+    if m.tracking is None:
+        return None
+    t = m.tracking.mlflow
+    secret = t.credentials_secret_ref.name if t.credentials_secret_ref else None
+    return MlflowTarget(t.tracking_uri, t.experiment, t.registered_model, secret)
 
 
 def normalize_location(uri: str) -> str:

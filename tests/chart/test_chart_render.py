@@ -91,6 +91,7 @@ def test_operator_deployment_defaults() -> None:
         "KUBETUNE_VLLM_IMAGE": "vllm/vllm-openai:v0.11.0",
         "KUBETUNE_WATCH_NAMESPACE": "",
         "KUBETUNE_ROLLOUT_CHECK_SECONDS": "5",
+        "KUBETUNE_MLFLOW_TRACKING_URI": "",
         "KUBETUNE_METRICS_PORT": "8080",
         "KUBETUNE_LIVENESS_PORT": "8081",
     }
@@ -105,6 +106,18 @@ def test_operator_deployment_defaults() -> None:
         "periodSeconds": 20,
         "timeoutSeconds": 5,
         "failureThreshold": 3,
+    }
+
+
+def test_mlflow_default_tracking_uri_and_the_operators_credentials_by_reference() -> None:
+    objects = render(
+        "defaults", "--set", "mlflow.trackingUri=http://mlflow.ml:5000", "--set", "mlflow.credentialsSecret=mlf"
+    )
+    assert env(objects)["KUBETUNE_MLFLOW_TRACKING_URI"] == "http://mlflow.ml:5000"
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(objects)["env"] if "valueFrom" in e}
+    assert refs == {
+        f"KUBETUNE_MLFLOW_{key.upper()}": {"name": "mlf", "key": key, "optional": True}
+        for key in ("username", "password", "token")
     }
 
 
@@ -274,6 +287,7 @@ def test_grafana_dashboard_configmap() -> None:
         (["--set", "livenessProbe.port=70000"], "livenessProbe/port"),
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "watchNamespace=Not_A_Namespace"], "watchNamespace"),
+        (["--set", "mlflow.trackingUri=mlflow:5000"], "mlflow/trackingUri"),
     ],
 )
 def test_schema_rejects_bad_values(args: list[str], message: str) -> None:

@@ -191,3 +191,23 @@ def test_eval_passed_is_true_only_when_gates_passed_or_the_spec_opted_out(mode, 
     assert (cond["status"], cond["reason"], patch["evalPassed"]) == (status, reason, eval_passed)
     if mode == "noGates":
         assert "no evaluation gates" in cond["message"] and "requireGates: false" in cond["message"]
+
+
+def test_the_trainers_tracking_result_becomes_status_tracking_and_tracking_degraded():
+    done = read_job(COMPLETE)
+    tracked = {"trackingUri": "http://m:5000", "runId": "r1", "registeredModel": "bot", "modelVersion": "4"}
+    patch = status_for_run({}, done, 2, "t0", {"phase": "Succeeded", "tracking": tracked})
+    assert patch["tracking"] == tracked
+    cond = get_condition(patch["conditions"], "TrackingDegraded")
+    assert (cond["status"], cond["reason"]) == ("False", "Tracked")
+
+    warned = {"trackingUri": "http://m:5000", "warning": "MLflow at http://m:5000: starting the run failed"}
+    patch = status_for_run({}, done, 2, "t0", {"phase": "Succeeded", "tracking": warned})
+    assert patch["phase"] == "Succeeded" and patch["tracking"]["warning"] == warned["warning"]
+    cond = get_condition(patch["conditions"], "TrackingDegraded")
+    assert (cond["status"], cond["reason"], cond["message"]) == ("True", "TrackerUnavailable", warned["warning"])
+
+
+def test_an_untracked_run_has_no_tracking_status_or_condition():
+    patch = status_for_run({}, read_job(COMPLETE), 1, "t0", {"phase": "Succeeded"})
+    assert "tracking" not in patch and get_condition(patch["conditions"], "TrackingDegraded") is None

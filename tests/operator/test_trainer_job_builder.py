@@ -217,3 +217,30 @@ def test_termination_grace_period_comes_from_the_setting(ftj):
     assert pod_spec(built(ftj, 1, SETTINGS))["terminationGracePeriodSeconds"] == 300
     settings = Settings.from_env({"KUBETUNE_TRAINER_TERMINATION_GRACE_SECONDS": "45"})
     assert pod_spec(built(ftj, 1, settings))["terminationGracePeriodSeconds"] == 45
+
+
+def test_tracking_reaches_the_trainer_with_the_defaults_filled_in_and_credentials_by_reference(ftj):
+    ftj["spec"]["tracking"] = {"mlflow": {"credentialsSecretRef": {"name": "mlflow-creds"}}}
+    # No trackingUri in the spec: the operator's default is used.
+    e = env(built(ftj, 1, Settings(mlflow_tracking_uri="http://mlflow.ml:5000")))
+    assert e["KUBETUNE_MLFLOW_TRACKING_URI"] == "http://mlflow.ml:5000"
+    assert e["KUBETUNE_MLFLOW_EXPERIMENT"] == f"{ftj['metadata']['namespace']}/{ftj['metadata']['name']}"
+    assert e["KUBETUNE_MLFLOW_REGISTERED_MODEL"] == ftj["metadata"]["name"]
+    for key, var in (("username", "USERNAME"), ("password", "PASSWORD"), ("token", "TOKEN")):
+        ref = {"name": "mlflow-creds", "key": key, "optional": True}
+        assert e[f"MLFLOW_TRACKING_{var}"] == {"secretKeyRef": ref}
+
+
+def test_the_spec_tracking_uri_and_names_beat_the_operator_default(ftj):
+    mlflow = {"trackingUri": "https://team.mlflow:443", "experiment": "exp", "registeredModel": "bot"}
+    ftj["spec"]["tracking"] = {"mlflow": mlflow}
+    e = env(built(ftj, 1, Settings(mlflow_tracking_uri="http://default:5000")))
+    assert (e["KUBETUNE_MLFLOW_TRACKING_URI"], e["KUBETUNE_MLFLOW_EXPERIMENT"]) == ("https://team.mlflow:443", "exp")
+    assert e["KUBETUNE_MLFLOW_REGISTERED_MODEL"] == "bot"
+    assert not any(n.startswith("MLFLOW_TRACKING_") for n in e), "no credentials Secret, no credential variables"
+
+
+def test_no_tracking_without_a_uri_in_the_spec_or_the_settings(ftj):
+    assert not any("MLFLOW" in n for n in env(built(ftj, 1, SETTINGS)))
+    ftj["spec"]["tracking"] = {"mlflow": {"experiment": "exp"}}
+    assert not any("MLFLOW" in n for n in env(built(ftj, 1, SETTINGS)))

@@ -254,6 +254,13 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
         "each name may appear once",
     ),
     ("unknown field", {"epochs": 3}, "spec.epochs"),
+    # spec.tracking (MLflow)
+    ("tracking uri not http", {"tracking": {"mlflow": {"trackingUri": "mlflow:5000"}}}, "tracking.mlflow.trackingUri"),
+    ("tracking uri file", {"tracking": {"mlflow": {"trackingUri": "file:///mlruns"}}}, "tracking.mlflow.trackingUri"),
+    ("registered model with a slash", {"tracking": {"mlflow": {"registeredModel": "a/b"}}}, "registeredModel"),
+    ("empty experiment", {"tracking": {"mlflow": {"experiment": ""}}}, "spec.tracking.mlflow.experiment"),
+    ("credentials without a name", {"tracking": {"mlflow": {"credentialsSecretRef": {}}}}, "credentialsSecretRef.name"),
+    ("unknown tracking field", {"tracking": {"mlflow": {"uri": "http://m:5000"}}}, "spec.tracking.mlflow.uri"),
     ("unknown nested field", {"lora": {"rank": 8}}, "spec.lora.rank"),
     ("prompt tuning on lora", {"promptTuning": {"numVirtualTokens": 8}}, "spec.promptTuning is only valid"),
     ("maxChars below minChars", {"dataset": {"cleaning": {"minChars": 10, "maxChars": 5}}}, "cleaning.maxChars"),
@@ -473,6 +480,17 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                     }
                 },
                 {"evaluation": {"judge": {"modelDeploymentRef": {"name": "judge"}, "model": "m", "maxPrompts": 5}}},
+                {"tracking": {"mlflow": {}}},
+                {
+                    "tracking": {
+                        "mlflow": {
+                            "trackingUri": "https://mlflow.example:5000/prefix",
+                            "experiment": "team-a/support bot",
+                            "registeredModel": "support-bot.v2",
+                            "credentialsSecretRef": {"name": "mlflow-creds"},
+                        }
+                    }
+                },
                 {**_DPO, "lora": {"r": 8}, "preference": {"beta": 0.2, "labelSmoothing": 0.1}},
                 {**_DPO, "preference": {"policy": "full", "lossType": "ipo"}},
                 {

@@ -29,6 +29,7 @@ FTJ: dict[str, Any] = {
         "output": {"uri": "pvc://models/support-bot"},
         # A judge by reference with a key Secret: the judge's URL and key variables too.
         "evaluation": {"judge": {"modelDeploymentRef": {"name": "judge"}, "apiKeySecretRef": {"name": "jk"}}},
+        "tracking": {"mlflow": {"trackingUri": "http://mlflow:5000", "credentialsSecretRef": {"name": "mlf"}}},
     },
 }
 SETTINGS = Settings(pvc_mount_root="/volumes", trainer_metrics_port=9411)

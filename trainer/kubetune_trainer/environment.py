@@ -14,6 +14,13 @@ variable is optional.
     HF_TOKEN                                        hub token for gated models / datasets (a Secret's key)
     KUBETUNE_JUDGE_URL                              spec.evaluation.judge.modelDeploymentRef, resolved
     KUBETUNE_JUDGE_API_KEY                          spec.evaluation.judge.apiKeySecretRef (a Secret's key)
+    KUBETUNE_MLFLOW_TRACKING_URI                    MLflow server (spec.tracking.mlflow or the operator's
+                                                    default); beats the spec's, like the two names below
+    KUBETUNE_MLFLOW_EXPERIMENT                      the experiment, defaults filled in by the operator
+    KUBETUNE_MLFLOW_REGISTERED_MODEL                the registered model a successful run becomes a version of
+
+Read by MLflow's client itself (from spec.tracking.mlflow.credentialsSecretRef, by reference):
+MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN.
 
 Read by `uris` instead, the location resolver the serving fetcher (kubetune_server) shares:
 
@@ -43,6 +50,9 @@ READ_HERE = (
     "HF_TOKEN",
     "KUBETUNE_JUDGE_URL",
     "KUBETUNE_JUDGE_API_KEY",
+    "KUBETUNE_MLFLOW_TRACKING_URI",
+    "KUBETUNE_MLFLOW_EXPERIMENT",
+    "KUBETUNE_MLFLOW_REGISTERED_MODEL",
 )
 #: The variables `kubetune_trainer.uris` reads (shared with the serving fetcher, so not passed down).
 READ_BY_URIS = ("KUBETUNE_PVC_ROOT", "KUBETUNE_CACHE", "KUBETUNE_HF_ROOT")
@@ -61,6 +71,9 @@ class TrainerEnv:
     hf_token: str | None = field(default=None, repr=False)  # never in a log line
     judge_url: str | None = None
     judge_api_key: str | None = field(default=None, repr=False)
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str | None = None
+    mlflow_registered_model: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> TrainerEnv:
@@ -82,6 +95,9 @@ class TrainerEnv:
             hf_token=environ.get("HF_TOKEN") or None,
             judge_url=environ.get("KUBETUNE_JUDGE_URL") or None,
             judge_api_key=environ.get("KUBETUNE_JUDGE_API_KEY") or None,
+            mlflow_tracking_uri=environ.get("KUBETUNE_MLFLOW_TRACKING_URI") or None,
+            mlflow_experiment=environ.get("KUBETUNE_MLFLOW_EXPERIMENT") or None,
+            mlflow_registered_model=environ.get("KUBETUNE_MLFLOW_REGISTERED_MODEL") or None,
         )
 
     @property

@@ -160,13 +160,16 @@ def write_termination_message(result: dict[str, Any], path: Path) -> bool:
         "steps",
         "lineage",
         "judge",
+        "tracking",
     )
     summary = {k: result[k] for k in keys if k in result}
     if "message" in summary:
         summary["message"] = str(summary["message"])[:1000]
     text = json.dumps(summary, separators=(",", ":"), default=str)
     if len(text.encode()) > TERMINATION_LIMIT:  # absurdly many metrics: keep what decides the outcome
-        text = json.dumps({k: summary[k] for k in ("phase", "reason", "evalPassed", "artifact") if k in summary})
+        text = json.dumps(
+            {k: summary[k] for k in ("phase", "reason", "evalPassed", "artifact", "tracking") if k in summary}
+        )
     try:
         path.write_text(text)
     except OSError:

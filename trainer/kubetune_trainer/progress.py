@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("kubetune_trainer")
@@ -67,9 +68,17 @@ def plan_line(plan: dict[str, Any], total: int) -> str:
 class StatusReporter:
     """Patches ``status`` of this run's FineTuneJob when running in-cluster; otherwise only logs."""
 
-    def __init__(self, name: str | None = None, namespace: str | None = None) -> None:
-        """``name`` None means log only (a local run, or a torchrun rank other than 0)."""
-        self.name, self.namespace = name, namespace
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+
+    def __init__(
+        self,
+        name: str | None = None,
+        namespace: str | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``name`` None means log only (a local run, or a torchrun rank other than 0). ``on_progress``: also
+        handed every progress point (`tracking.Tracker.progress`: MLflow's per-step metrics)."""
+        self.name, self.namespace, self.on_progress = name, namespace, on_progress
         self.api: Any = None
         self._plan: dict[str, Any] = {}
         if self.name and self.namespace:
@@ -113,6 +122,8 @@ class StatusReporter:
 
     def progress(self, p: dict[str, Any]) -> None:
         log.info(progress_line(p))
+        if self.on_progress is not None:
+            self.on_progress(p)
         body = {**getattr(self, "_plan", {}), **{k: p[k] for k in PROGRESS_FIELDS if p.get(k) is not None}}
         self.patch({"progress": {**body, "stepText": f"{p['step']}/{p['totalSteps']}", "updateTime": now()}})
 

@@ -94,7 +94,7 @@ def run(
 ) -> dict[str, Any]:
     """The whole job. ``env`` and ``world``: this process's, which `cli.main` reads once (read here
     when a caller such as a test passes none)."""
-    from kubetune_trainer import checkpoint, distributed, model, pipeline, splits, train
+    from kubetune_trainer import checkpoint, distributed, model, pipeline, splits, tracking, train
     from kubetune_trainer.progress import Metrics, StatusReporter
 
     # 1. setup: config, environment, world, device, dtype.
@@ -107,7 +107,13 @@ def run(
     cfg, world, device, out_dir = s.cfg, s.world, s.device, s.out_dir
     if s.main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)
-    reporter = StatusReporter(s.env.finetunejob_name, s.env.namespace) if s.main_rank else StatusReporter()
+    # MLflow (spec.tracking or the operator's default): rank 0 only; its failures never fail the run.
+    tracker = tracking.Tracker(tracking.target(cfg, s.env) if s.main_rank else None)
+    reporter = (
+        StatusReporter(s.env.finetunejob_name, s.env.namespace, on_progress=tracker.progress)
+        if s.main_rank
+        else StatusReporter()
+    )
 
     # 2. data: validated, cleaned and split before any model is loaded (rank 0 first; the rest reuse it).
     if not s.main_rank:
@@ -120,6 +126,7 @@ def run(
         return _skipped(s, reporter, skip)
     if s.main_rank:
         reporter.data(prepared.counts())
+        tracker.start(cfg, prepared.info, s.env.run)
         # Resume only from checkpoints this FineTuneJob's run wrote (a re-created one has a new uid).
         checkpoint.claim(out_dir / "checkpoints", cfg.uid, s.owner["run"])
         distributed.barrier(world)
@@ -162,23 +169,27 @@ def run(
         objective = preference.objective(lm, cfg, tokenizer.pad_token_id, init_adapter)
 
     # 4. train (resumes from the newest checkpoint in out_dir, if any).
-    result = train.train(
-        lm,
-        data.train,
-        data.validation,
-        cfg.training,
-        pad_id=tokenizer.pad_token_id,
-        device=device,
-        dtype=s.dtype,
-        output_dir=out_dir,
-        reporter=reporter,
-        metrics=Metrics(s.env.metrics_port) if s.main_rank else None,
-        prompt_learning=prompt_learning,
-        world=world,
-        checkpoint_remote=f"{s.remote.rstrip('/')}/checkpoints" if s.remote else None,
-        objective=objective,
-        varlen=data.varlen,
-    )
+    try:
+        result = train.train(
+            lm,
+            data.train,
+            data.validation,
+            cfg.training,
+            pad_id=tokenizer.pad_token_id,
+            device=device,
+            dtype=s.dtype,
+            output_dir=out_dir,
+            reporter=reporter,
+            metrics=Metrics(s.env.metrics_port) if s.main_rank else None,
+            prompt_learning=prompt_learning,
+            world=world,
+            checkpoint_remote=f"{s.remote.rstrip('/')}/checkpoints" if s.remote else None,
+            objective=objective,
+            varlen=data.varlen,
+        )
+    except BaseException as stopped:  # the MLflow run ends with the pod: KILLED when preempted (SIGTERM)
+        tracker.end("KILLED" if isinstance(stopped, train.Preempted) else "FAILED")
+        raise
 
     # 5. evaluate the tuned model the same way as the base, and apply the gates.
     samples: list[dict[str, str]] = []
@@ -221,6 +232,7 @@ def run(
         **({"judge": judged} if judged is not None else {}),
     }
     export.write_json(out_dir / "eval.json", eval_report)
+    pictures = _plots(result.history, base_metrics, metrics, out_dir)
     lineage = pipeline.lineage(prepared.info, init_from.record(init))
     card = pipeline.model_card(
         cfg, prepared.info, base_metrics, metrics, result, passed, s.started, s.env.run, lineage=lineage
@@ -232,6 +244,10 @@ def run(
     if cfg.output.merge_weights and cfg.policy_method != "full":
         _, merged_digest = export.write_merged(lm, tokenizer, out_dir)
         artifact.update(mergedUri=export.artifact_uri(s.remote, out_dir, "merged"), mergedDigest=merged_digest)
+    card_file = artifact_dir / "model_card.json"
+    base_revision = cfg.base_model.revision
+    tags = tracking.lineage_tags(lineage, base_revision, passed)
+    tracker.finish(base_metrics, metrics, [out_dir / "eval.json", card_file, *pictures], artifact["uri"], tags)
     outcome.update(
         baseMetrics=base_metrics,
         gateFailures=reasons,
@@ -240,6 +256,7 @@ def run(
         stoppedEarly=result.stopped_early,
         worldSize=world.size,
         lineage=lineage,
+        **({"tracking": tracker.status()} if tracker.status() else {}),
     )
     export.write_result(out_dir, outcome)
     export.write_termination_message(outcome, s.env.termination_log)
@@ -249,6 +266,17 @@ def run(
     log.info("artifact %s (%s); evalPassed=%s", artifact_dir, digest, passed)
     distributed.shutdown(world)
     return outcome
+
+
+def _plots(history: list[dict[str, Any]], base: dict[str, float], tuned: dict[str, float], out_dir: Path) -> list[Path]:
+    """loss.png and metrics.png into the run folder; a picture that cannot be drawn is logged, not fatal."""
+    from kubetune_trainer import plots
+
+    try:
+        return plots.write_run_plots(history, base, tuned, out_dir)
+    except Exception as e:  # matplotlib missing or broken: the model is still good
+        log.warning("could not draw the run's plots: %s", e)
+        return []
 
 
 def _skipped(s: Setup, reporter: Any, skip: Any) -> dict[str, Any]:

@@ -340,7 +340,7 @@ class LocalExecutor:
         if result is not None and result.exists():
             data = json.loads(result.read_text())
             # Like a kubelet's 4 KiB termination message: keep what the operator reads.
-            keys = ("phase", "reason", "message", "metrics", "evalPassed", "artifact", "data")
+            keys = ("phase", "reason", "message", "metrics", "baseMetrics", "evalPassed", "artifact", "data", "steps")
             message = json.dumps({k: data[k] for k in keys if k in data})
         if not message:
             message = run.log_path.read_text(errors="replace")[-1000:]

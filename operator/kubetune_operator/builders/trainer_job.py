@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from kubetune_api.tracking import MlflowTracking
 from kubetune_operator import api
 from kubetune_operator.builders.labels import child_labels, label_value, owner_reference
 from kubetune_operator.builders.names import spec_configmap_name, trainer_job_name
@@ -13,7 +14,7 @@ from kubetune_operator.builders.resources import container_resources
 from kubetune_operator.builders.security import container_security_context, home_env, pod_security_context
 from kubetune_operator.builders.volumes import claim_of, pvc_volumes
 from kubetune_operator.settings import Settings
-from kubetune_operator.specs import FineTuneJobSpec
+from kubetune_operator.specs import FineTuneJobSpec, MlflowTarget
 
 COMPONENT = "trainer"
 #: The trainer's exit status for a bad spec or bad data (kubetune_trainer.cli): final, never retried.
@@ -195,6 +196,55 @@ def _env(finetunejob: dict[str, Any], spec: FineTuneJobSpec, run: int, settings:
     if spec.judge_secret:
         s = spec.judge_secret
         env.append({"name": "KUBETUNE_JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": s.name, "key": s.key}}})
+    return env + tracking_env(spec, meta["namespace"], meta["name"], settings)
+
+
+#: Keys of spec.tracking.mlflow.credentialsSecretRef's Secret, and the variables MLflow's client reads.
+MLFLOW_CREDENTIALS = (
+    ("username", "MLFLOW_TRACKING_USERNAME"),
+    ("password", "MLFLOW_TRACKING_PASSWORD"),
+    ("token", "MLFLOW_TRACKING_TOKEN"),
+)
+
+
+def tracking_target(spec: FineTuneJobSpec, namespace: str, name: str, settings: Settings) -> MlflowTarget | None:
+    """spec.tracking.mlflow with the operator's default URI and the API's default names filled in; None when
+    the run is not tracked (no spec.tracking URI and no KUBETUNE_MLFLOW_TRACKING_URI).
+
+    >>> tracking_target(FineTuneJobSpec.unusable({}, ""), "ns", "job", Settings(mlflow_tracking_uri="http://m:5000"))
+    MlflowTarget(tracking_uri='http://m:5000', experiment='ns/job', registered_model='job', credentials_secret=None)
+    """
+    t = spec.mlflow or MlflowTarget(None, None, None, None)
+    uri = t.tracking_uri or settings.mlflow_tracking_uri
+    if not uri:
+        return None
+    return MlflowTarget(
+        uri,
+        MlflowTracking.experiment_for(t.experiment, namespace, name),
+        MlflowTracking.registered_model_for(t.registered_model, name),
+        t.credentials_secret,
+    )
+
+
+def tracking_env(spec: FineTuneJobSpec, namespace: str, name: str, settings: Settings) -> list[dict[str, Any]]:
+    """The trainer's MLflow variables: where to log, under which names, and the credentials by reference."""
+    target = tracking_target(spec, namespace, name, settings)
+    if target is None:
+        return []
+    env: list[dict[str, Any]] = [
+        {"name": "KUBETUNE_MLFLOW_TRACKING_URI", "value": target.tracking_uri},
+        {"name": "KUBETUNE_MLFLOW_EXPERIMENT", "value": target.experiment},
+        {"name": "KUBETUNE_MLFLOW_REGISTERED_MODEL", "value": target.registered_model},
+    ]
+    if target.credentials_secret:
+        # optional: a Secret holds username + password or a token, not all three; the pod starts either way.
+        env += [
+            {
+                "name": var,
+                "valueFrom": {"secretKeyRef": {"name": target.credentials_secret, "key": key, "optional": True}},
+            }
+            for key, var in MLFLOW_CREDENTIALS
+        ]
     return env
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from kubetune_operator import api, approvals, canary, metrics
+from kubetune_operator import api, approvals, canary, metrics, registry
 from kubetune_operator.builders import serving
 from kubetune_operator.conditions import get_condition
 from kubetune_operator.kube import Kube
-from kubetune_operator.reconcile import md_analysis
+from kubetune_operator.reconcile import md_analysis, md_registry
 from kubetune_operator.reconcile.md_children import Children
 from kubetune_operator.reconcile.md_status import StaleStatus, StatusWriter
 from kubetune_operator.schedule import parse_time
@@ -54,6 +54,7 @@ class _Context:
         self.spec = ModelDeploymentSpec.from_dict(md["spec"])
         self.out = StatusWriter(kube, md, now)
         self.children = Children(kube, md, self.spec, settings)
+        self.ftj_status: dict[str, Any] = {}  # the referenced FineTuneJob's status (its run's MLflow version)
 
     @property
     def status(self) -> dict[str, Any]:
@@ -62,6 +63,7 @@ class _Context:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
         rollout = canary.Rollout.from_status(self.status)
+        self._sync_registry()
         adapter, waiting = self._desired_adapter(rollout)
         if waiting is not None:
             self._patch({"phase": self.status.get("phase") or canary.PENDING, "message": waiting})
@@ -96,7 +98,7 @@ class _Context:
         ftj = self.kube.get_custom(api.FINETUNEJOBS, self.ns, self.spec.adapter_ref)
         if ftj is None:
             return self._keep(current, f"FineTuneJob {self.spec.adapter_ref} not found")
-        st = ftj.get("status") or {}
+        st = self.ftj_status = ftj.get("status") or {}
         # An adapter, or the whole model (full fine-tune, merged weights) that replaces the base.
         served = Served.from_artifact(st.get("artifact") or {})
         artifact = served.ref() if served else None
@@ -140,6 +142,7 @@ class _Context:
                 "canaryWeight": 0,
                 "achievedCanaryWeight": 0,
                 "message": f"serving version {version}",
+                **self._registry("stable", adapter),
             },
             ("Available", True, "Deployed", f"version {version}"),
         )
@@ -161,6 +164,7 @@ class _Context:
                 "noDataCount": 0,
                 "awaitingPromotion": None,
                 "message": f"canary {version} at {weight}%",
+                **self._registry("canary", adapter),
             },
             ("Progressing", True, "CanaryStarted", f"canary {version} at {weight}%"),
         )
@@ -259,6 +263,7 @@ class _Context:
             "stableAdapterUri": adapter,
             **CANARY_ENDED,
             "message": f"promoted {version}: {reason}",
+            **self._registry("promote"),
         }
         if history is not None:
             patch["analysis"] = history
@@ -277,6 +282,7 @@ class _Context:
             "rolledBackVersion": r.canary_version,
             **CANARY_ENDED,
             "message": f"rolled back: {reason}",
+            **self._registry("rollback"),
         }
         if history is not None:
             patch["analysis"] = history
@@ -427,6 +433,30 @@ class _Context:
             message = f"{state} ({ready.ready}/{ready.wanted})"
             self._patch({"canaryNotReadySince": since and _iso(since), "message": message})
         return since is not None
+
+    # -- the MLflow registry (md_registry): queued with a transition, called on the next reconcile ------
+    def _registry(self, event: str, adapter: str | None = None) -> dict[str, Any]:
+        """status.registry's share of a transition's patch; empty for a rollout of untracked artifacts."""
+        current = self.status.get("registry") or {}
+        target: dict[str, str] | None
+        if event in ("stable", "canary"):
+            target = registry.target(self.ftj_status, adapter) if self.spec.adapter_ref else None
+        else:  # promote, rollback: the canary's version, frozen when it started
+            version = current.get("canaryVersion")
+            target = (
+                {**{k: current[k] for k in ("trackingUri", "registeredModel")}, "version": version} if version else None
+            )
+        queued = md_registry.queue(current, event, target, f"{self.ns}/{self.name}")
+        return {"registry": queued} if queued else {}
+
+    def _sync_registry(self) -> None:
+        before = self.status.get("registry") or {}
+        synced = md_registry.sync(before, self.settings, self.now)
+        if synced is None:
+            return
+        self._patch({"registry": synced})
+        if synced.get("message") and not before.get("message"):
+            self.out.event("Warning", "RegistryNotUpdated", f"{synced['message']} (retried; the rollout goes on)")
 
     def _patch(self, patch: dict[str, Any], condition: tuple[str, bool, str, str] | None = None) -> None:
         self.out.patch(patch, condition)
