@@ -36,7 +36,7 @@ from kubetune_dev.local_executor import ExecutorProcess
 from kubetune_dev.prometheus import PrometheusServer, find_prometheus
 
 sys.path.insert(0, str(Path(__file__).parent))
-from demo_feedback import production_loop  # noqa: E402
+from demo_feedback import Users, production_loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,11 +122,15 @@ def main() -> int:
             print(cp.kubectl("apply", "-f", str(REPO / "examples" / "finetunejob.yaml")).stdout, end="")
             status = watch(cp, "glossary-lora")
             if status.get("phase") == "Succeeded":
-                decisions, problems = rollouts(cp, prometheus)
-                status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
-                if not problems:
-                    more = production_loop(cp, prometheus.targets_file, pvc_root, workdir, wait_md, watch, say)
-                    decisions, problems = decisions + more[0], problems + more[1]
+                users = Users.from_examples(prometheus.targets_file)
+                try:
+                    decisions, problems = rollouts(cp, prometheus, users)
+                    status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
+                    if not problems:
+                        more = production_loop(cp, users, pvc_root, workdir, wait_md, watch, say)
+                        decisions, problems = decisions + more[0], problems + more[1]
+                finally:
+                    users.stop()
             else:
                 problems.append(f"run 1 did not succeed: {status.get('phase')}: {status.get('message')}")
         finally:
@@ -210,7 +214,7 @@ class Load(threading.Thread):
             self.sent += len(result.records)
 
 
-def rollouts(cp, prometheus: PrometheusServer) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
+def rollouts(cp, prometheus: PrometheusServer, users: Users) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
     """Run the two rollouts; return what happened and what did not happen as the story says."""
     import yaml
 
@@ -226,8 +230,10 @@ def rollouts(cp, prometheus: PrometheusServer) -> tuple[list[str], list[str]]:  
     cp.kubectl("patch", "ftj", "glossary-lora", "--type=merge", "-p", '{"spec":{"training":{"seed":7}}}')
     run2 = watch(cp, "glossary-lora", run=2)
     # Traffic from here on: the canary needs requests to be judged (and the CPU is the trainer's until now).
+    # Users ask and rate answers on the chat endpoint too: the rating check compares canary and stable.
     load = Load(prometheus.targets_file)
     load.start()
+    users.start()
     try:
         st, seen = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
         decisions.append(f"run 2 canary -> {st['phase']}: {st.get('message')}")

@@ -37,7 +37,7 @@ MIN_FEEDBACK_LINES = 48  # published feedback records before the retrain starts 
 
 def post(url: str, body: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (loopback only)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read() or b"{}")  # type: ignore[no-any-return]
 
 
@@ -49,6 +49,17 @@ class Users(threading.Thread):
         self.targets_file, self.questions, self.halt = targets_file, questions, threading.Event()
         self.asked = self.failed = 0
         self.ratings: dict[str, list[int]] = defaultdict(list)  # per served version
+
+    @classmethod
+    def from_examples(cls, targets_file: Path) -> Users:
+        """Users who ask examples/data/feedback.jsonl's questions and know its answers."""
+        rows = (REPO / "examples" / "data" / "feedback.jsonl").read_text().splitlines()
+        return cls(targets_file, [json.loads(line) for line in rows])
+
+    def stop(self) -> None:
+        self.halt.set()
+        if self.is_alive():
+            self.join(timeout=30)
 
     def run(self) -> None:
         rng = random.Random(13)
@@ -115,17 +126,17 @@ class Judge:
         self.log.close()
 
 
-def production_loop(cp, targets_file: Path, pvc_root: Path, workdir: Path, wait_md, watch, say) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]  # noqa: E501
-    """Run the loop on the running glossary-chat; return what happened and what went wrong."""
+def production_loop(
+    cp, users: Users, pvc_root: Path, workdir: Path, wait_md, watch, say
+) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
+    """Run the loop on the running glossary-chat, whose users have been asking and rating since the first
+    canary; return what happened and what went wrong."""
     import yaml
 
     decisions: list[str] = []
     problems: list[str] = []
-    questions = [json.loads(line) for line in (REPO / "examples" / "data" / "feedback.jsonl").read_text().splitlines()]
     captures = pvc_root / "demo" / "captures" / "glossary-chat"
-    say("production traffic: users ask the chat endpoint and rate each answer (captured with its feedback)")
-    users = Users(targets_file, questions)
-    users.start()
+    say("production loop: the users' questions, answers and ratings were captured; retrain on them")
     judge = Judge(workdir / "judge.log")
     try:
         deadline = time.monotonic() + 300
@@ -165,7 +176,5 @@ def production_loop(cp, targets_file: Path, pvc_root: Path, workdir: Path, wait_
         if st["phase"] != "Promoted" or "glossary-feedback" not in (st.get("stableAdapterUri") or ""):
             problems.append(f"the retrained adapter was not promoted: {st['phase']}: {st.get('message')}")
     finally:
-        users.halt.set()
-        users.join(timeout=30)
         judge.stop()
     return decisions, problems
