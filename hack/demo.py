@@ -12,7 +12,9 @@
 6. retrain (a spec change starts run 2): its adapter passes evaluation and rolls out as a canary,
    analysed by Prometheus at each step and promoted; then a deliberately slow version (injected
    latency) is rolled back, with the reason;
-7. print a summary and stop everything it started.
+7. the production loop (hack/demo_feedback.py): users' questions and ratings are captured, a FineTuneJob
+   retrains on them, an LLM judge gates it, and its adapter rolls out as a canary gated by user ratings;
+8. print a summary and stop everything it started.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from kubetune_dev.controlplane import running_control_plane
 from kubetune_dev.loadgen import completion_body, run_load
 from kubetune_dev.local_executor import ExecutorProcess
 from kubetune_dev.prometheus import PrometheusServer, find_prometheus
+
+sys.path.insert(0, str(Path(__file__).parent))
+from demo_feedback import Users, production_loop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +93,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-demo-"))
     pvc_root = CACHE / "demo" / "pvc"
     shutil.rmtree(pvc_root / "demo" / "runs", ignore_errors=True)
+    shutil.rmtree(pvc_root / "demo" / "captures", ignore_errors=True)
     prepare_volume(pvc_root)
     say("starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler)")
     with running_control_plane(workdir / "cp", fake_gpu_node=False) as cp:
@@ -116,8 +122,15 @@ def main() -> int:
             print(cp.kubectl("apply", "-f", str(REPO / "examples" / "finetunejob.yaml")).stdout, end="")
             status = watch(cp, "glossary-lora")
             if status.get("phase") == "Succeeded":
-                decisions, problems = rollouts(cp, prometheus)
-                status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
+                users = Users.from_examples(prometheus.targets_file)
+                try:
+                    decisions, problems = rollouts(cp, prometheus, users)
+                    status = watch(cp, "glossary-lora", run=2)  # the summary shows the latest run
+                    if not problems:
+                        more = production_loop(cp, users, pvc_root, workdir, wait_md, watch, say)
+                        decisions, problems = decisions + more[0], problems + more[1]
+                finally:
+                    users.stop()
             else:
                 problems.append(f"run 1 did not succeed: {status.get('phase')}: {status.get('message')}")
         finally:
@@ -201,7 +214,7 @@ class Load(threading.Thread):
             self.sent += len(result.records)
 
 
-def rollouts(cp, prometheus: PrometheusServer) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
+def rollouts(cp, prometheus: PrometheusServer, users: Users) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
     """Run the two rollouts; return what happened and what did not happen as the story says."""
     import yaml
 
@@ -217,8 +230,10 @@ def rollouts(cp, prometheus: PrometheusServer) -> tuple[list[str], list[str]]:  
     cp.kubectl("patch", "ftj", "glossary-lora", "--type=merge", "-p", '{"spec":{"training":{"seed":7}}}')
     run2 = watch(cp, "glossary-lora", run=2)
     # Traffic from here on: the canary needs requests to be judged (and the CPU is the trainer's until now).
+    # Users ask and rate answers on the chat endpoint too: the rating check compares canary and stable.
     load = Load(prometheus.targets_file)
     load.start()
+    users.start()
     try:
         st, seen = wait_md(cp, "glossary-chat", ("Promoted", "RolledBack"))
         decisions.append(f"run 2 canary -> {st['phase']}: {st.get('message')}")

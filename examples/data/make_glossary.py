@@ -2,7 +2,8 @@
 
 Every fact (term -> short definition) is asked with several question templates, so the test split
 holds paraphrases of facts the model saw in training. ``golden.jsonl`` asks each fact with a
-template that never appears in training. Deterministic: ``python examples/data/make_glossary.py``.
+template that never appears in training; ``feedback.jsonl`` holds what the demo's users ask in production
+with two more templates. Deterministic: ``python examples/data/make_glossary.py``.
 """
 
 import json
@@ -55,6 +56,9 @@ TEMPLATES = [
     "Tell me what {t} refers to.",
 ]
 GOLDEN_TEMPLATE = "Quick question: what is {t}?"
+# What production users ask the chat endpoint in `make demo` (feedback.jsonl: their question and the
+# answer they know to be right, which they post as a correction when the model gets it wrong).
+FEEDBACK_TEMPLATES = ["Ops chat: what is {t}?", "Can you remind me what {t} is?"]
 
 
 def main() -> None:
@@ -71,6 +75,10 @@ def main() -> None:
     with open(here / "golden.jsonl", "w") as f:
         for term, d in FACTS.items():
             f.write(json.dumps({"prompt": GOLDEN_TEMPLATE.format(t=term), "response": d}) + "\n")
+    with open(here / "feedback.jsonl", "w") as f:
+        for tpl in FEEDBACK_TEMPLATES:
+            for term, d in FACTS.items():
+                f.write(json.dumps({"prompt": tpl.format(t=term), "response": d}) + "\n")
 
 
 if __name__ == "__main__":

@@ -279,6 +279,11 @@ class LocalExecutor:
             endpoint = f"127.0.0.1:{port}"
         log_path = root / "container.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A kubelet creates the container's terminationMessagePath before it starts; here the trainer is
+        # told where (its default, /dev/termination-log, is the kubelet's mount).
+        termination_log = root / "termination-log"
+        termination_log.write_text("")
+        env["KUBETUNE_TERMINATION_LOG"] = str(termination_log)
         proc = subprocess.Popen(
             command,
             env=env,
@@ -348,11 +353,12 @@ class LocalExecutor:
             return False
 
     def _finish(self, ns: str, name: str, code: int, run: Running) -> None:
-        message = ""
+        termination_log = run.log_path.parent / "termination-log"
+        message = termination_log.read_text(errors="replace")[:4096] if termination_log.exists() else ""
         result = run.output_dir / "result.json" if run.output_dir else None
-        if result is not None and result.exists():
+        if not message and result is not None and result.exists():
             data = json.loads(result.read_text())
-            # Like a kubelet's 4 KiB termination message: keep what the operator reads.
+            # A program that wrote no termination message: keep what the operator reads of its result.
             keys = ("phase", "reason", "message", "metrics", "baseMetrics", "evalPassed", "artifact", "data", "steps")
             message = json.dumps({k: data[k] for k in keys if k in data})
         if not message:
