@@ -20,11 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.serving.server_process import ServerProcess
-
 from kubetune_dev.loadgen import TargetStats, completion_body, run_load
 from kubetune_trainer.captured import read_captures
 from kubetune_trainer.tiny_model import ensure_tiny_model
+
+# The servers are started the way the serving tests start them (run as a script, the repo is not on the path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.serving.server_process import ServerProcess
 
 
 def main() -> int:
