@@ -14,15 +14,11 @@ proxied by the server (``--artifacts-destination``): clients upload over HTTP, a
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from kubetune_dev.processes import free_port, stop_process
+from kubetune_dev.processes import LoopbackServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO / "hack" / "install-mlflow.sh"
@@ -61,25 +57,17 @@ def mlflow_venv_or_skip() -> Path:
         pytest.skip(str(e))
 
 
-class MlflowServer:
-    def __init__(self, venv: Path | None = None) -> None:
-        self.venv = venv or find_mlflow_venv()
-        self.port = 0
-        self.dir: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+class MlflowServer(LoopbackServer):
+    name, ready_path, log_name, error = "mlflow server", "/health", "mlflow.log", MlflowError
+    ready_timeout, poll_seconds = 120.0, 0.3
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __init__(self, venv: Path | None = None) -> None:
+        super().__init__()
+        self.venv = venv or find_mlflow_venv()
 
     @property
     def python(self) -> Path:
         return self.venv / "bin" / "python"
-
-    @property
-    def log_file(self) -> Path:
-        assert self.dir is not None, "start() first"
-        return self.dir / "mlflow.log"
 
     def start(self) -> MlflowServer:
         self.dir = Path(tempfile.mkdtemp(prefix="kubetune-mlflow-"))
@@ -104,43 +92,3 @@ class MlflowServer:
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.dir
             )
         return self
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise MlflowError(f"mlflow server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.3)
-        raise MlflowError(f"mlflow server not ready after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout)
-        self.proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> MlflowServer:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-chars:]
-        except (OSError, AssertionError):
-            return ""

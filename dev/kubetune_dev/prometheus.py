@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from kubetune_dev.processes import free_port, stop_process
+from kubetune_dev.processes import LoopbackServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO / "hack" / "install-prometheus.sh"
@@ -84,22 +84,18 @@ def config(targets_file: Path, scrape_interval: str = "1s") -> dict[str, Any]:
     }
 
 
-class PrometheusServer:
+class PrometheusServer(LoopbackServer):
+    name, ready_path, log_name, error = "prometheus", "/-/ready", "prometheus.log", PrometheusError
+
     def __init__(
         self, binary: Path | None = None, scrape_interval: str = "1s", targets_file: Path | None = None
     ) -> None:
         """``targets_file``: scrape what another program lists there (the local executor's Ready serving
         pods) instead of a file of its own that ``set_targets`` writes."""
+        super().__init__()
         self.binary = binary or find_prometheus()
         self.scrape_interval = scrape_interval
         self.external_targets = targets_file
-        self.port = 0
-        self.dir: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def targets_file(self) -> Path:
@@ -107,11 +103,6 @@ class PrometheusServer:
             return self.external_targets
         assert self.dir is not None, "start() first"
         return self.dir / "targets.json"
-
-    @property
-    def log_file(self) -> Path:
-        assert self.dir is not None, "start() first"
-        return self.dir / "prometheus.log"
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> PrometheusServer:
@@ -130,46 +121,6 @@ class PrometheusServer:
         with self.log_file.open("wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        raise PrometheusError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout)
-        self.proc = None
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> PrometheusServer:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-chars:]
-        except (OSError, AssertionError):
-            return ""
 
     # -- targets -----------------------------------------------------------------------------------
     def set_targets(self, targets: list[tuple[str, dict[str, str]]]) -> None:
