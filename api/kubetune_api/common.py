@@ -138,9 +138,19 @@ class ServingResources(ApiModel):
 
 
 class TrainerResources(ApiModel):
-    """What the trainer pod asks for and where it may run."""
+    """What each trainer pod asks for and where it may run."""
 
-    gpus: int = Field(1, ge=0, le=64)
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Pods (nodes) in the training gang, each with gpus GPUs; > 1 runs torchrun across them on "
+            "training.distributed.engine, and a failed or preempted pod restarts the whole gang from its last "
+            "checkpoint."
+        ),
+    )
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per node.")
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253)
     cpu: CpuQuantity | None = None
     memory: MemoryQuantity | None = None

@@ -146,7 +146,35 @@ class Distributed(ApiModel):
         ),
     )
     processes_per_node: int | None = Field(
-        None, ge=1, le=64, description="Training processes; one per GPU when unset (1 without a GPU)."
+        None, ge=1, le=64, description="Training processes per node; one per GPU when unset (1 without a GPU)."
+    )
+    # Multi-node (spec.resources.nodes > 1): how the gang runs and finds itself.
+    engine: Literal["indexedJob", "jobSet", "trainJob"] | None = Field(
+        None,
+        description=(
+            "With resources.nodes > 1, what runs the gang: an Indexed Job plus a headless Service (indexedJob), a "
+            "JobSet (jobSet) or a Kubeflow TrainJob (trainJob), when the cluster has those CRDs. Unset: the "
+            "operator's default (KUBETUNE_TRAINING_ENGINE, chart value operator.trainingEngine; indexedJob)."
+        ),
+    )
+    backend: Literal["nccl", "gloo"] | None = Field(
+        None,
+        description=(
+            "The process-group backend: nccl with GPUs, gloo without when unset. resources.nodes > 1 without GPUs "
+            "needs gloo written here (CPU gangs are for tests)."
+        ),
+    )
+    rendezvous_port: int = Field(
+        29500, ge=1024, le=65535, description="torchrun's static rendezvous port on node 0 (multi-node)."
+    )
+    socket_interface: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:,^-]+$",
+        description=(
+            "The network interface(s) NCCL and gloo use between nodes (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME), "
+            "e.g. eth0; unset lets them pick."
+        ),
     )
 
 
@@ -302,6 +330,24 @@ class FineTuneJobSpec(ApiModel):
                 or s.resources.gpus == 0
                 or s.training.distributed.processes_per_node <= s.resources.gpus
             ),
+        ),
+        # Multi-node (issue 15): a gang of resources.nodes pods.
+        Rule(
+            "self.resources.nodes <= 1 || self.resources.gpus >= 1 || (has(self.training.distributed)"
+            " && has(self.training.distributed.backend) && self.training.distributed.backend == 'gloo')",
+            "resources.nodes > 1 needs resources.gpus >= 1 per node (or training.distributed.backend gloo, for CPU)",
+            lambda s: s.resources.nodes <= 1 or s.resources.gpus >= 1 or s.training.distributed.backend == "gloo",
+        ),
+        Rule(
+            "self.resources.gpus >= 1 || !has(self.training.distributed) || !has(self.training.distributed.backend)"
+            " || self.training.distributed.backend != 'nccl'",
+            "training.distributed.backend nccl needs resources.gpus >= 1",
+            lambda s: s.resources.gpus >= 1 or s.training.distributed.backend != "nccl",
+        ),
+        Rule(
+            "self.method != 'merge' || self.resources.nodes <= 1",
+            "method merge trains nothing and runs on one node: resources.nodes must be 1",
+            lambda s: s.method != "merge" or s.resources.nodes <= 1,
         ),
         # merge (issue 12): its own section, and nothing that only training reads.
         Rule(

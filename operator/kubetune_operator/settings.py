@@ -17,6 +17,11 @@ class Settings:
     pvc_mount_root: str = "/mnt/pvc"
     #: Port the trainer serves Prometheus metrics on.
     trainer_metrics_port: int = 9400
+    #: What runs a multi-node FineTuneJob (spec.resources.nodes > 1) whose spec.training.distributed.engine
+    #: is unset: indexedJob (an Indexed Job and a headless Service: plain Kubernetes), jobSet or trainJob.
+    training_engine: str = "indexedJob"
+    #: The Kubeflow ClusterTrainingRuntime a trainJob gang names (its torch runtime).
+    trainjob_runtime: str = "torch-distributed"
     #: Seconds a trainer pod has between SIGTERM (eviction, preemption, deletion) and SIGKILL: the
     #: trainer finishes its step, writes a checkpoint and uploads it (s3:// outputs) in that time.
     #: Size it for one step plus one checkpoint write; a spot reclaim may give less than you ask.
@@ -60,4 +65,11 @@ class Settings:
                 values[field.name] = kind(raw)
             except ValueError as err:
                 raise ValueError(f"KUBETUNE_{field.name.upper()}={raw!r}: expected {kind.__name__}") from err
+        engine = values.get("training_engine", "indexedJob")
+        if engine not in ENGINES:
+            raise ValueError(f"KUBETUNE_TRAINING_ENGINE={engine!r}: expected one of {', '.join(ENGINES)}")
         return cls(**values)  # type: ignore[arg-type]
+
+
+#: spec.training.distributed.engine's values (kubetune_api.finetunejob.Distributed).
+ENGINES = ("indexedJob", "jobSet", "trainJob")

@@ -42,6 +42,24 @@ class MlflowTarget:
 
 
 @dataclass(frozen=True)
+class Gang:
+    """A multi-node run (spec.resources.nodes > 1): how many pods, on which engine, and how they meet."""
+
+    nodes: int
+    engine: str | None  # indexedJob | jobSet | trainJob; None: Settings.training_engine decides
+    backend: str | None  # nccl | gloo; None: nccl with GPUs, gloo without
+    rendezvous_port: int = 29500
+    socket_interface: str | None = None
+
+    @classmethod
+    def from_model(cls, m: ApiFineTuneJobSpec) -> Gang | None:
+        if m.resources.nodes <= 1:
+            return None
+        d = m.training.distributed
+        return cls(m.resources.nodes, d.engine, d.backend, d.rendezvous_port, d.socket_interface)
+
+
+@dataclass(frozen=True)
 class PodResources:
     """`spec.resources` of both kinds: what a trainer or server pod asks for and where it may run."""
 
@@ -108,6 +126,7 @@ class FineTuneJobSpec:
     problems: tuple[str, ...] = ()  # the API's own rules a stored spec breaks (it predates them)
     merge: Merge | None = None  # method merge: the adapters to combine (merge_sources resolves the refs)
     mlflow: MlflowTarget | None = None  # spec.tracking.mlflow
+    gang: Gang | None = None  # spec.resources.nodes > 1: the run is a gang of pods
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FineTuneJobSpec:
@@ -151,6 +170,7 @@ class FineTuneJobSpec:
             captures=m.dataset.captures.model_dump(by_alias=True, exclude_none=True) if m.dataset.captures else None,
             captures_uri=m.dataset.captures.uri if m.dataset.captures else None,
             mlflow=_mlflow(m),
+            gang=Gang.from_model(m),
         )
 
     @classmethod

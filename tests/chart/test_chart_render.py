@@ -87,6 +87,8 @@ def test_operator_deployment_defaults() -> None:
         "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
         "KUBETUNE_TRAINER_SERVICE_ACCOUNT": "kubetune-trainer",
         "KUBETUNE_TRAINER_TERMINATION_GRACE_SECONDS": "300",
+        "KUBETUNE_TRAINING_ENGINE": "indexedJob",
+        "KUBETUNE_TRAINJOB_RUNTIME": "torch-distributed",
         "KUBETUNE_SERVER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
         "KUBETUNE_VLLM_IMAGE": "vllm/vllm-openai:v0.11.0",
         "KUBETUNE_WATCH_NAMESPACE": "",

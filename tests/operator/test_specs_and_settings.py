@@ -8,7 +8,7 @@ import pytest
 
 from kubetune_operator.schedule import due_time
 from kubetune_operator.settings import Settings
-from kubetune_operator.specs import FineTuneJobSpec, run_spec_hash, validate
+from kubetune_operator.specs import FineTuneJobSpec, Gang, run_spec_hash, validate
 
 
 def test_valid_minimal_spec(ftj):
@@ -62,6 +62,22 @@ def test_settings_from_env():
 def test_settings_reject_bad_numbers():
     with pytest.raises(ValueError, match="KUBETUNE_TRAINER_METRICS_PORT"):
         Settings.from_env({"KUBETUNE_TRAINER_METRICS_PORT": "many"})
+
+
+def test_settings_reject_an_unknown_engine():
+    assert Settings.from_env({"KUBETUNE_TRAINING_ENGINE": "jobSet"}).training_engine == "jobSet"
+    with pytest.raises(ValueError, match="KUBETUNE_TRAINING_ENGINE='mpi': expected one of indexedJob, jobSet"):
+        Settings.from_env({"KUBETUNE_TRAINING_ENGINE": "mpi"})
+
+
+def test_gang_view_only_for_several_nodes(ftj):
+    assert FineTuneJobSpec.from_dict(ftj["spec"]).gang is None
+    spec = {
+        **ftj["spec"],
+        "resources": {"nodes": 3, "gpus": 0},
+        "training": {"distributed": {"backend": "gloo", "socketInterface": "lo"}},
+    }
+    assert FineTuneJobSpec.from_dict(spec).gang == Gang(3, None, "gloo", 29500, "lo")
 
 
 def test_operator_package_does_not_import_torch():

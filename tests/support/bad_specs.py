@@ -102,6 +102,7 @@ _MERGE_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("merge with quantization", _merge({"quantization": {}}), "spec.quantization is only valid with method qlora"),
     ("merge with maxSteps", _merge({"training": {"maxSteps": 10}}), "method merge trains nothing"),
     ("merge with distributed", _merge({"training": {"distributed": {}}}), "method merge trains nothing"),
+    ("merge on two nodes", _merge({"resources": {"nodes": 2}}), "resources.nodes must be 1"),
     ("merge with initFrom", _merge({"initFrom": {"uri": "/models/a"}}), "spec.initFrom does not apply to method merge"),
 ]
 
@@ -286,6 +287,18 @@ _FTJ_ROWS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("zero processes", {"training": {"distributed": {"processesPerNode": 0}}}, "training.distributed.processesPerNode"),
     ("unknown strategy", {"training": {"distributed": {"strategy": "zero3"}}}, "spec.training.distributed.strategy"),
+    # Multi-node (issue 15).
+    ("cpu gang without gloo", {"resources": {"nodes": 2, "gpus": 0}}, "resources.nodes > 1 needs resources.gpus"),
+    (
+        "cpu gang with nccl",
+        {"resources": {"nodes": 2, "gpus": 0}, "training": {"distributed": {"backend": "nccl"}}},
+        "training.distributed.backend nccl needs resources.gpus",
+    ),
+    ("zero nodes", {"resources": {"nodes": 0}}, "spec.resources.nodes"),
+    ("too many nodes", {"resources": {"nodes": 65}}, "spec.resources.nodes"),
+    ("unknown engine", {"training": {"distributed": {"engine": "mpiJob"}}}, "spec.training.distributed.engine"),
+    ("rendezvous port too low", {"training": {"distributed": {"rendezvousPort": 80}}}, "rendezvousPort"),
+    ("socket interface with a space", {"training": {"distributed": {"socketInterface": "eth0 x"}}}, "socketInterface"),
     (
         "envFrom with both refs",
         {"envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]},
@@ -463,6 +476,11 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 {"baseModel": {"name": None, "uri": "hf://org/tiny"}},
                 {"resources": {"gpus": 8}, "training": {"distributed": {"strategy": "fsdp", "processesPerNode": 8}}},
                 {"resources": {"gpus": 0}, "training": {"distributed": {"processesPerNode": 2}}},
+                {"resources": {"nodes": 4, "gpus": 8}, "training": {"distributed": {"engine": "jobSet"}}},
+                {
+                    "resources": {"nodes": 2, "gpus": 0},
+                    "training": {"distributed": {"backend": "gloo", "rendezvousPort": 29400, "socketInterface": "lo"}},
+                },
                 {"envFrom": [{"secretRef": {"name": "s3-keys"}}, {"configMapRef": {"name": "s3"}, "prefix": "S3_"}]},
                 {"evaluation": {"metrics": ["perplexity"], "gates": {"maxPerplexity": 20, "maxEvalLoss": 3}}},
                 {"resources": {"cpu": "500m", "memory": "2Gi", "tolerations": [{"operator": "Exists"}]}},
