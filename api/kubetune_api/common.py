@@ -118,6 +118,13 @@ class EnvFromSource(ApiModel):
     config_map_ref: LocalObjectRef | None = None
 
 
+class SecretKeyRef(ApiModel):
+    """A key of a Secret, by reference: its value never appears in the spec, the status or the pod spec."""
+
+    name: str = Field(max_length=253, description="A Secret in the FineTuneJob's namespace.")
+    key: str = Field("token", max_length=253)
+
+
 class Toleration(ApiModel):
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from kubetune_api.common import MaybeInClaim
+from kubetune_api.common import MaybeInClaim, SecretKeyRef
 from kubetune_api.dataset import ModelDeploymentRef
 from kubetune_api.rules import ApiModel, Rule, has, no_schema_default
 
@@ -55,11 +55,6 @@ class Gates(ApiModel):
         )
 
 
-class JudgeSecretRef(ApiModel):
-    name: str = Field(max_length=253, description="A Secret in the FineTuneJob's namespace.")
-    key: str = Field("token", max_length=253)
-
-
 class Judge(ApiModel):
     """An OpenAI-compatible chat endpoint that compares the tuned model's answers with the baseline's."""
 
@@ -87,7 +82,7 @@ class Judge(ApiModel):
         None, max_length=253, description="The served model name sent in each request (the server's default if unset)."
     )
     rubric: str = Field(DEFAULT_RUBRIC, max_length=8192, description="The judge's system prompt.")
-    api_key_secret_ref: JudgeSecretRef | None = Field(
+    api_key_secret_ref: SecretKeyRef | None = Field(
         None, description="Sent as 'Authorization: Bearer <key>'; passed to the pod by reference only."
     )
     baseline: Literal["base"] = Field(

@@ -19,6 +19,7 @@ from kubetune_api.common import (
     InClaim,
     MaybeImage,
     MaybeInClaim,
+    SecretKeyRef,
     TrainerResources,
 )
 from kubetune_api.dataset import Dataset
@@ -33,11 +34,6 @@ Method = Literal["lora", "qlora", "full", "prefix", "prompt", "ia3", "dpo", "orp
 FSDP_METHODS = ("lora", "full", "ia3")
 PROMPT_LEARNING = ("prefix", "prompt")
 PREFERENCE = ("dpo", "orpo")  # preference tuning: (prompt, chosen, rejected) pairs, spec.preference
-
-
-class SecretKeyRef(ApiModel):
-    name: str = Field(max_length=253)
-    key: str = Field("token", max_length=253)
 
 
 class BaseModelSource(ApiModel):
