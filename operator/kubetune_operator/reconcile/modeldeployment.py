@@ -18,6 +18,7 @@ from kubetune_operator.conditions import get_condition
 from kubetune_operator.kube import Kube
 from kubetune_operator.reconcile import md_analysis, md_registry
 from kubetune_operator.reconcile.md_children import Children
+from kubetune_operator.reconcile.md_manual import ManualActions, iso
 from kubetune_operator.reconcile.md_status import StaleStatus, StatusWriter
 from kubetune_operator.schedule import parse_time
 from kubetune_operator.serving_spec import ModelDeploymentSpec, Served, serving_version
@@ -44,8 +45,10 @@ def reconcile_rollout(kube: Kube, md: dict[str, Any], settings: Settings, now: d
         return  # the other run took this step (and posted its event); the next tick re-reads
 
 
-class _Context:
-    """One reconcile: the spec parsed once, the children observed once, the status written once."""
+class _Context(ManualActions):
+    """One reconcile: the spec parsed once, the children observed once, the status written once.
+
+    The user's manual actions (abort, retry, approve, promote) are ManualActions' (md_manual)."""
 
     def __init__(self, kube: Kube, md: dict[str, Any], settings: Settings, now: dt.datetime) -> None:
         self.kube, self.md, self.settings, self.now = kube, md, settings, now
@@ -159,7 +162,7 @@ class _Context:
                 "currentStep": 0,
                 "canaryWeight": weight,
                 "achievedCanaryWeight": split.achieved,
-                "stepStartTime": _iso(self.now),
+                "stepStartTime": iso(self.now),
                 "failures": 0,
                 "noDataCount": 0,
                 "awaitingPromotion": None,
@@ -212,7 +215,7 @@ class _Context:
                     "message": decision.reason,
                     "failures": nd.failures,
                     "noDataCount": nd.no_data,
-                    "stepStartTime": _iso(self.now),
+                    "stepStartTime": iso(self.now),
                     "analysis": history,
                 }
             )
@@ -243,7 +246,7 @@ class _Context:
                     "achievedCanaryWeight": split.achieved,
                     "failures": 0,
                     "noDataCount": 0,
-                    "stepStartTime": _iso(self.now),
+                    "stepStartTime": iso(self.now),
                     "message": decision.reason,
                     "analysis": history,
                 }
@@ -326,90 +329,6 @@ class _Context:
                 "traffic: gatewayAPI give finer shares)",
             )
 
-    # -- abort, retry, approvals -------------------------------------------------------------------
-    def _abort(self, r: canary.Rollout) -> bool:
-        """spec.canary.abort stops the canary in flight when first seen true, and no later one: the
-        operator records that it acted (status.abortObserved) until the flag is set false again."""
-        action = approvals.abort_action(
-            self.spec.canary.abort, bool(self.status.get("abortObserved")), r.canary_version
-        )
-        if action == "rearm":
-            self._patch({"abortObserved": None})  # the next true aborts the canary in flight then
-        if action in ("none", "rearm"):
-            return False
-        if action == "rollback":
-            self._rollback(r, "aborted: spec.canary.abort is true", aborted=True)
-            return True
-        self._patch({"abortObserved": True})
-        self.out.event(
-            "Warning",
-            "AbortIgnored",
-            "spec.canary.abort is true but no canary is in flight: it aborts no later version "
-            "(set it false, then true, to abort one)",
-        )
-        return False
-
-    def _retry(self, r: canary.Rollout, desired: str) -> bool:
-        value = (self.meta.get("annotations") or {}).get(approvals.RETRY)
-        if value is None:
-            return False
-        ruling = approvals.judge(approvals.RETRY, value, self._approval_state(r, desired))
-        if not ruling.ok:
-            self._ignore(approvals.RETRY, value, ruling.message)
-            return False
-        if not self._consume(approvals.RETRY, value, ruling.message):
-            return False
-        self._patch({"rolledBackVersion": None, "message": ruling.message})
-        return True
-
-    def _manual(self, r: canary.Rollout) -> dict[str, tuple[str, str]]:
-        """{key: (value, what it does)} of the approve-step / promote annotations that apply to the
-        canary in flight; the others are removed, with an Event saying why."""
-        notes = self.meta.get("annotations") or {}
-        state = self._approval_state(r, None)
-        valid = {}
-        for key in (approvals.APPROVE, approvals.PROMOTE):
-            if key in notes:
-                ruling = approvals.judge(key, notes[key], state)
-                if ruling.ok:
-                    valid[key] = (notes[key], ruling.message)
-                else:
-                    self._ignore(key, notes[key], ruling.message)
-        return valid
-
-    def _approval_state(self, r: canary.Rollout, desired: str | None) -> approvals.State:
-        return approvals.State(r.canary_version, self.spec.canary.steps, r.step, r.rolled_back_version, desired)
-
-    def _consume(self, key: str, value: str, message: str) -> bool:
-        """Remove the annotation, and act only when this call removed it (exactly once)."""
-        rv = self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value)
-        if rv is None:
-            return False
-        self.out.resource_version = rv  # our own write: the status patch that follows builds on it
-        self._record(key, value, "Used", message)
-        self.out.event("Normal", "AnnotationUsed", f"{key}={value} {message}; removed")
-        return True
-
-    def _ignore(self, key: str, value: str, message: str) -> None:
-        rv = self.kube.remove_annotation(api.MODELDEPLOYMENTS, self.ns, self.name, key, value)
-        if rv is not None:
-            self.out.resource_version = rv
-            self._record(key, value, "Ignored", message)
-            self.out.event("Warning", "AnnotationIgnored", f"{message}; removed")
-
-    def _record(self, key: str, value: str, outcome: str, message: str) -> None:
-        self._patch(
-            {
-                "lastManualAction": {
-                    "annotation": key,
-                    "value": value,
-                    "outcome": outcome,
-                    "message": message,
-                    "time": _iso(self.now),
-                }
-            }
-        )
-
     def _count(self, decision: str, weight: int | None) -> None:
         def count() -> None:
             metrics.ROLLOUTS.labels(self.ns, self.name, decision).inc()
@@ -428,10 +347,10 @@ class _Context:
         if reason is not None:
             self._rollback(r, reason)
             return True
-        if (since and _iso(since)) != start:
+        if (since and iso(since)) != start:
             state = "waiting for canary pods to be Ready" if since else "canary pods Ready"
             message = f"{state} ({ready.ready}/{ready.wanted})"
-            self._patch({"canaryNotReadySince": since and _iso(since), "message": message})
+            self._patch({"canaryNotReadySince": since and iso(since), "message": message})
         return since is not None
 
     # -- the MLflow registry (md_registry): queued with a transition, called on the next reconcile ------
@@ -460,7 +379,3 @@ class _Context:
 
     def _patch(self, patch: dict[str, Any], condition: tuple[str, bool, str, str] | None = None) -> None:
         self.out.patch(patch, condition)
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
