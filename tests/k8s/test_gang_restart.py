@@ -129,7 +129,9 @@ def pids(tmp_path: Path) -> Path:
 def test_a_killed_pod_restarts_the_group_until_backoff_limit_is_used_up(k8s, operator, executor, pids, tmp_path):
     create_ftj(k8s, "killed", tmp_path, backoff_limit=1)
     first = put_gang_in_place(k8s, "killed", pids)
-    os.kill(gang_pods(k8s, first, pids)[1][1], signal.SIGKILL)
+    victim = gang_pods(k8s, first, pids)[1][1]
+    wait_for(lambda: group_of(k8s, "killed").get("readyPods") == 2, 30, "status.group to show both pods ready")
+    os.kill(victim, signal.SIGKILL)
 
     restarted(k8s, "killed", first)
     group = group_of(k8s, "killed")
