@@ -185,3 +185,36 @@ def test_an_eviction_restarts_the_group_for_free_and_a_bad_config_exit_is_final(
     )
     assert status["group"]["restarts"] == 0 and status["group"]["preemptions"] == 1
     assert job_uid(k8s, "evicted-run-1") == second
+
+
+def test_a_restart_recorded_before_an_operator_crash_is_finished_and_not_counted_twice(
+    k8s, operator, executor, pids, tmp_path
+):
+    create_ftj(k8s, "crashed", tmp_path, backoff_limit=1)
+    first = put_gang_in_place(k8s, "crashed", pids)
+    pid = gang_pods(k8s, first, pids)[0][1]
+    operator.kill()  # SIGKILL: the operator is gone while the gang fails
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: any(
+            c.type == "Failed" for c in k8s.batch.read_namespaced_job("crashed-run-1", k8s.ns).status.conditions or []
+        ),
+        60,
+        "the Job controller to fail the gang Job",
+    )
+    # What the operator writes before it deletes anything, as if it had died right after writing it.
+    marker = {
+        "restarts": 1,
+        "lastRestartReason": "PodFailed",
+        "restartingJob": first,
+        "restartingSince": "2026-01-01T00:00:00Z",
+    }
+    k8s.custom.patch_namespaced_custom_object_status(
+        "kubetune.io", "v1alpha1", k8s.ns, "finetunejobs", "crashed", {"status": {"group": marker}}
+    )
+    operator.start()
+
+    restarted(k8s, "crashed", first)
+    group = group_of(k8s, "crashed")
+    assert group["restarts"] == 1 and group["preemptions"] == 0  # the one restart, counted once
+    assert k8s.get_ftj("crashed")["status"]["phase"] != "Failed"
