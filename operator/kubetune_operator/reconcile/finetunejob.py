@@ -137,13 +137,8 @@ def continue_gang_restart(kube: Kube, ftj: dict[str, Any], settings: Settings) -
     if job is not None:
         _mirror(kube, ftj, job, spec, settings)  # the failed one still there, or the new one already
         return
-    left = gang_restart.pods_left(kube, meta["namespace"], run_labels(ftj, run))
-    step = gang_restart.decide(None, status.get("group"), spec.backoff_limit, now_iso(), left)
-    if step.action == gang_restart.WAIT:
-        message = f"run {run}: {step.message}"
-        if status.get("message") != message:
-            kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], {"message": message})
-        return
+    if gang_restart.without_job(kube, ftj, spec, run_labels(ftj, run)).action != gang_restart.CREATE:
+        return  # pods of the failed Job are still there (their processes may hold the port, the disk)
     # The same inputs as the run's first Job: the artifact it recorded; its spec ConfigMap is still there.
     init = lineage.ParentArtifact.from_status(status)
     _start_run(kube, ftj, spec, run, status["runSpecHash"], settings, "GroupRestarted", init=init, restart=True)
@@ -405,13 +400,10 @@ def _mirror(
     meta, status = ftj["metadata"], ftj.get("status") or {}
     gate_mode = spec.gate_mode
     state = job_state.read_job(job)
-    step = None
-    if gang_restart.applies(spec, settings, job):
-        # A failed gang Job is started over as a whole, unless the failure is final (gang_restart).
-        step = gang_restart.decide(job, status.get("group"), spec.backoff_limit, now_iso())
-        if step.action in (gang_restart.RESTART, gang_restart.DELETE):
-            gang_restart.restart(kube, ftj, job, step, spec.backoff_limit, now_iso())
-            return
+    # A failed gang Job is started over as a whole, unless the failure is final (gang_restart).
+    step = gang_restart.on_job(kube, ftj, job, spec, settings)
+    if step is not None and step.action in (gang_restart.RESTART, gang_restart.DELETE):
+        return
     result = None
     if state.phase in job_state.TERMINAL:
         # Success or failure, the trainer's own words are in its last pod's termination message.
@@ -421,11 +413,9 @@ def _mirror(
         state = replace(state, message=f"{step.message}: {state.message}")
     generation = int(meta.get("generation", 1))
     patch = job_state.status_for_run(status, state, generation, now_iso(), result, gate_mode)
-    if step is not None:
-        ready = {"readyPods": int((job.get("status") or {}).get("ready") or 0), **(step.group or {})}
-        group = gang_restart.group_patch(status.get("group"), ready)
-        if group is not None:
-            patch["group"] = group
+    group = gang_restart.mirrored_group(status, job, step) if step is not None else None
+    if group is not None:
+        patch["group"] = group
     if _same(status, patch):
         return  # nothing new, or older news than the status already shows
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)

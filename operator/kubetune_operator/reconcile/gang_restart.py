@@ -1,7 +1,7 @@
 """Gang restart (engine indexedJob): a failed gang Job is started over as a whole, from the last checkpoint.
 
 Room: the reconcile layer. `decide` is pure (the Job, status.group, spec.backoffLimit and how many pods
-of the run remain -> one Step); `restart`, `pods_left` and `settled` do a Step's I/O through
+of the run remain -> one Step); `on_job`, `without_job`, `restart` and `settled` do a Step's I/O through
 `Kube`. finetunejob.py calls them where it mirrors a Job and where it finds a run's Job missing.
 
 A gang Job has backoffLimit 0 and a podFailurePolicy whose rule 0 fails it on the trainer's exit 2 (a bad
@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_operator import api, specs
-from kubetune_operator.kube import Kube
+from kubetune_operator.kube import Kube, now_iso
 from kubetune_operator.settings import Settings
 
 INDEXED_JOB = "indexedJob"
@@ -192,10 +192,37 @@ def restart(kube: Kube, ftj: dict[str, Any], job: dict[str, Any], step: Step, ba
 _ATTEMPTS = 3
 
 
-def pods_left(kube: Kube, namespace: str, run_labels: dict[str, str]) -> int:
-    """Pods of the run still in the API, terminating ones included (their processes may hold the port)."""
-    selector = ",".join(f"{k}={v}" for k, v in sorted(run_labels.items()))
-    return len(kube.list_pods(namespace, selector))
+def on_job(
+    kube: Kube, ftj: dict[str, Any], job: dict[str, Any], spec: specs.FineTuneJobSpec, settings: Settings
+) -> Step | None:
+    """The first look at the run's Job before it is mirrored: None when this module has nothing to say (not
+    a gang it restarts, no restart under way); a RESTART or DELETE is done here, and then nothing is mirrored."""
+    status = ftj.get("status") or {}
+    if not (applies(spec, settings, job) or restarting(status)):
+        return None
+    now = now_iso()
+    step = decide(job, status.get("group"), spec.backoff_limit, now)
+    if step.action in (RESTART, DELETE):
+        restart(kube, ftj, job, step, spec.backoff_limit, now)
+    return step
+
+
+def mirrored_group(status: dict[str, Any], job: dict[str, Any], step: Step) -> dict[str, Any] | None:
+    """status.group's part of the mirror patch: the ready pods (and a SETTLED step's cleared marker),
+    None when that changes nothing."""
+    updates = {"readyPods": int((job.get("status") or {}).get("ready") or 0), **(step.group or {})}
+    return group_patch(status.get("group"), updates)
+
+
+def without_job(kube: Kube, ftj: dict[str, Any], spec: specs.FineTuneJobSpec, run_labels: dict[str, str]) -> Step:
+    """The failed Job is gone: WAIT (said in status.message, once) while pods of the run remain, else CREATE."""
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    left = len(kube.list_pods(meta["namespace"], ",".join(f"{k}={v}" for k, v in sorted(run_labels.items()))))
+    step = decide(None, status.get("group"), spec.backoff_limit, now_iso(), left)
+    message = f"run {status.get('run')}: {step.message}"
+    if step.action == WAIT and status.get("message") != message:
+        kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], {"message": message})
+    return step
 
 
 def settled(kube: Kube, ftj: dict[str, Any], job_name: str, created: bool) -> None:
