@@ -185,6 +185,42 @@ class TrackingStatus(ApiModel):
     )
 
 
+class GroupStatus(ApiModel):
+    """A multi-node run (spec.resources.nodes > 1): its gang of pods and how often it was started over."""
+
+    nodes: int | None = Field(None, description="Pods in the gang (spec.resources.nodes).")
+    engine: Literal["indexedJob", "jobSet", "trainJob"] | None = Field(
+        None, description="What runs the gang (spec.training.distributed.engine, or the operator's default)."
+    )
+    ready_pods: int | None = Field(None, description="Pods of the gang that are Ready now.")
+    restarts: int | None = Field(
+        None,
+        description=(
+            "Times the current run's whole gang was started over after a pod failed (engine indexedJob); each "
+            "uses one of spec.backoffLimit."
+        ),
+    )
+    preemptions: int | None = Field(
+        None,
+        description=(
+            "Times the gang was started over because a pod was preempted or evicted (DisruptionTarget); these do "
+            "not use spec.backoffLimit."
+        ),
+    )
+    last_restart_reason: str | None = Field(
+        None, description="Why the gang was last started over: PodFailed or Preempted."
+    )
+    last_restart_message: str | None = Field(None, description="The Job controller's words for that failure.")
+    restarting_job: str | None = Field(
+        None,
+        description=(
+            "While the gang is being started over: the uid of the failed Job being replaced (the new one is "
+            "created once its pods are gone)."
+        ),
+    )
+    restarting_since: str | None = timestamp("When the restart under way began.")
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "Skipped"] | None = Field(
         None,
@@ -242,6 +278,9 @@ class FineTuneJobStatus(ApiModel):
     )
     tracking: TrackingStatus | None = Field(
         None, description="The run in MLflow; a TrackingDegraded condition is True while warning is set."
+    )
+    group: GroupStatus | None = Field(
+        None, description="spec.resources.nodes > 1: the current run's gang of pods (absent for one node)."
     )
     conditions: list[Condition] | None = conditions_field()
 

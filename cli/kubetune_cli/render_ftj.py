@@ -121,6 +121,8 @@ def ftj_view(obj: dict[str, Any]) -> RenderableType:
         head.add_row("Job", status["jobName"])
     if status.get("message"):
         head.add_row("Message", status["message"])
+    if status.get("group"):
+        head.add_row("Group", group_text(status["group"]))
     parts: list[RenderableType] = [head]
     if status.get("progress"):
         parts.append(Group(Text("Progress"), progress_bar(status["progress"])))
@@ -138,6 +140,22 @@ def ftj_view(obj: dict[str, Any]) -> RenderableType:
             lines.add_row("Merged", f"{art['mergedUri']} {art.get('mergedDigest') or ''}")
         parts.append(lines)
     return Group(*parts)
+
+
+def group_text(group: dict[str, Any]) -> str:
+    """status.group (a multi-node run) in one line.
+
+    >>> group_text({"nodes": 2, "engine": "indexedJob", "readyPods": 2, "restarts": 1, "preemptions": 0,
+    ...             "lastRestartReason": "PodFailed"})
+    '2 nodes (indexedJob), 2 ready, 1 restart(s), 0 preemption(s); last restart: PodFailed'
+    """
+    line = (
+        f"{group.get('nodes')} nodes ({group.get('engine') or '-'}), {group.get('readyPods') or 0} ready, "
+        f"{group.get('restarts') or 0} restart(s), {group.get('preemptions') or 0} preemption(s)"
+    )
+    if group.get("lastRestartReason"):
+        line += f"; last restart: {group['lastRestartReason']}"
+    return line + (" (restarting now)" if group.get("restartingJob") else "")
 
 
 def ftj_line(obj: dict[str, Any]) -> str:

@@ -122,10 +122,23 @@ def follow_parent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_JOBS)
-def mirror_trainer_job(body: kopf.Body, type: str | None, **_: Any) -> None:
+def mirror_trainer_job(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         return
-    finetunejob.sync_from_job(Kube(), dict(body))
+    finetunejob.sync_from_job(Kube(), dict(body), memo.settings)
+
+
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.FINETUNEJOBS,
+    interval=Settings.from_env().schedule_check_seconds,
+    when=lambda status, **_: bool((status.get("group") or {}).get("restartingJob")),
+)
+def finish_gang_restart(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # A gang restart deleted the failed Job; the new one may start only once its pods are gone, which no
+    # single event tells reliably (the last pod's DELETED can come before the Job's): look again.
+    finetunejob.continue_gang_restart(Kube(), _fresh(body), memo.settings)
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER_JOBS)

@@ -40,6 +40,16 @@ def test_a_running_job_shows_a_progress_bar_with_step_speed_and_eta():
     assert "EvalPassed" not in out  # nothing was evaluated yet
 
 
+def test_a_multi_node_run_shows_its_group():
+    group = {"nodes": 4, "engine": "indexedJob", "readyPods": 3, "restarts": 1, "preemptions": 2,
+             "lastRestartReason": "Preempted", "restartingJob": "u1"}  # fmt: skip
+    out = text(ftj_view(ftj(group=group)))
+    assert (
+        "4 nodes (indexedJob), 3 ready, 1 restart(s), 2 preemption(s); last restart: Preempted (restarting now)" in out
+    )
+    assert "Group" not in text(ftj_view(ftj()))
+
+
 def test_a_finished_job_shows_base_vs_tuned_gates_and_why_and_the_artifact():
     obj = ftj(
         "Succeeded",

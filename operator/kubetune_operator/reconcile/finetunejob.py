@@ -18,10 +18,10 @@ from kubernetes.client.exceptions import ApiException
 from kubetune_api.stages import Merge
 from kubetune_operator import api, captures, job_state, judge_target, lineage, merge_sources, metrics, specs
 from kubetune_operator.builders.names import trainer_job_name
-from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
+from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job, run_labels
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, now_iso
-from kubetune_operator.reconcile import ftj_captures
+from kubetune_operator.reconcile import ftj_captures, gang_restart
 from kubetune_operator.reconcile.status_writes import patch_and_tell as _patch_and_tell
 from kubetune_operator.reconcile.status_writes import same as _same
 from kubetune_operator.schedule import due_time, parse_time
@@ -89,6 +89,9 @@ def reconcile_spec(
     if status.get("phase") in job_state.TERMINAL:
         return  # A finished run stays finished (its Job may even be gone by TTL); nothing to do.
     job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
+    if job is None and gang_restart.restarting(status):
+        continue_gang_restart(kube, ftj, settings)  # not before the failed Job's pods are gone
+        return
     if job is None:
         # Status says a run is live but its Job is missing (e.g. crash before create): recreate it, from
         # the artifact the run recorded (not the parent's latest: that would be another run).
@@ -99,10 +102,10 @@ def reconcile_spec(
         kube.patch_job(meta["namespace"], job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
         kube.event(ftj, "Normal", "Suspended" if spec.suspend else "Resumed", f"run {run}")
         job["spec"]["suspend"] = spec.suspend
-    _mirror(kube, ftj, job, spec)
+    _mirror(kube, ftj, job, spec, settings)
 
 
-def sync_from_job(kube: Kube, job: dict[str, Any]) -> None:
+def sync_from_job(kube: Kube, job: dict[str, Any], settings: Settings) -> None:
     """On any event of a trainer Job: mirror its state into the owning FineTuneJob's status."""
     labels = job["metadata"].get("labels") or {}
     name, ns = labels.get(api.LABEL_FINETUNEJOB), job["metadata"]["namespace"]
@@ -117,7 +120,28 @@ def sync_from_job(kube: Kube, job: dict[str, Any]) -> None:
     # The event's body may be older than the Job now is (events queue up): mirror what is there.
     fresh = kube.get_job(ns, job["metadata"]["name"])
     if fresh is not None and fresh["metadata"].get("uid") == job["metadata"].get("uid"):
-        _mirror(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]))
+        _mirror(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]), settings)
+
+
+def continue_gang_restart(kube: Kube, ftj: dict[str, Any], settings: Settings) -> None:
+    """Timer while status.group.restartingJob is set (and reconcile_spec finding the Job missing): once no
+    pod of the failed gang Job remains, create the run's Job again (gang_restart)."""
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    run = int(status.get("run") or 0)
+    if not run or status.get("phase") in job_state.TERMINAL or not gang_restart.restarting(status):
+        return
+    if status.get("runSpecHash") != specs.run_spec_hash(ftj["spec"]):
+        return  # the spec changed meanwhile: reconcile_spec starts the next run instead
+    spec = specs.FineTuneJobSpec.from_dict(ftj["spec"])
+    job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
+    if job is not None:
+        _mirror(kube, ftj, job, spec, settings)  # the failed one still there, or the new one already
+        return
+    if gang_restart.without_job(kube, ftj, spec, run_labels(ftj, run)).action != gang_restart.CREATE:
+        return  # pods of the failed Job are still there (their processes may hold the port, the disk)
+    # The same inputs as the run's first Job: the artifact it recorded; its spec ConfigMap is still there.
+    init = lineage.ParentArtifact.from_status(status)
+    _start_run(kube, ftj, spec, run, status["runSpecHash"], settings, "GroupRestarted", init=init, restart=True)
 
 
 def sync_from_pod(kube: Kube, pod: dict[str, Any], seen: Seen | None = None) -> None:
@@ -227,7 +251,10 @@ def _start_run(
     reason: str,
     extra_status: dict[str, Any] | None = None,
     init: lineage.ParentArtifact | None = None,
+    restart: bool = False,
 ) -> None:
+    """Create run `run`'s spec ConfigMap and Job and record the run; `restart`: the Job again, after a gang
+    restart (the ConfigMap is kept, and the status keeps the run's progress and checkpoint)."""
     meta = ftj["metadata"]
     generation = int(meta.get("generation", 1))
     sources = None
@@ -263,6 +290,9 @@ def _start_run(
             _mark_invalid(kube, ftj, f"the trainer Job was rejected: {_api_message(err)}", generation, "JobRejected")
             return
         raise kopf.TemporaryError(f"creating run {run}: {err.reason}", delay=10) from err
+    if restart:
+        gang_restart.settled(kube, ftj, job["metadata"]["name"], created)
+        return
     state = job_state.RunState(
         job_state.SUSPENDED if job["spec"]["suspend"] else job_state.PENDING,
         "JobSuspended" if job["spec"]["suspend"] else "JobCreated",
@@ -287,6 +317,7 @@ def _start_run(
             "lastCheckpoint": None,
             "data": None,
             "lineage": ftj_captures.run_lineage(init, capture),
+            "group": gang_restart.initial_group(spec, settings),
         }
     )
     if capture is not None:
@@ -363,17 +394,28 @@ def _merge_sources(
     return None
 
 
-def _mirror(kube: Kube, ftj: dict[str, Any], job: dict[str, Any], spec: specs.FineTuneJobSpec) -> None:
+def _mirror(
+    kube: Kube, ftj: dict[str, Any], job: dict[str, Any], spec: specs.FineTuneJobSpec, settings: Settings
+) -> None:
     meta, status = ftj["metadata"], ftj.get("status") or {}
     gate_mode = spec.gate_mode
     state = job_state.read_job(job)
+    # A failed gang Job is started over as a whole, unless the failure is final (gang_restart).
+    step = gang_restart.on_job(kube, ftj, job, spec, settings)
+    if step is not None and step.action in (gang_restart.RESTART, gang_restart.DELETE):
+        return
     result = None
     if state.phase in job_state.TERMINAL:
         # Success or failure, the trainer's own words are in its last pod's termination message.
         result = job_state.latest_result(_pods_of(kube, job), job["metadata"]["uid"])
         state = job_state.with_trainer_result(state, result)
+    if step is not None and step.action == gang_restart.FAIL:
+        state = replace(state, message=f"{step.message}: {state.message}")
     generation = int(meta.get("generation", 1))
     patch = job_state.status_for_run(status, state, generation, now_iso(), result, gate_mode)
+    group = gang_restart.mirrored_group(status, job, step) if step is not None else None
+    if group is not None:
+        patch["group"] = group
     if _same(status, patch):
         return  # nothing new, or older news than the status already shows
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
