@@ -73,7 +73,18 @@ def init(world: World, backend: str | None = None) -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
-    tdist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    tdist.init_process_group(backend=process_group_backend(backend, torch.cuda.is_available()))
+
+
+def process_group_backend(backend: str | None, cuda: bool) -> str:
+    """What `init_process_group` is given. NCCL moves CUDA tensors only, and the loop's small sums (the
+    step's loss, the SIGTERM flag, the resume step) are CPU tensors: with nccl those go through gloo.
+
+    >>> process_group_backend(None, cuda=True), process_group_backend("gloo", True), process_group_backend(None, False)
+    ('cpu:gloo,cuda:nccl', 'gloo', 'gloo')
+    """
+    chosen = backend or ("nccl" if cuda else "gloo")
+    return "cpu:gloo,cuda:nccl" if chosen == "nccl" else chosen
 
 
 def device_for(world: World) -> str:
