@@ -74,7 +74,13 @@ READ_HERE = (
     "KUBETUNE_DIST_BACKEND",
 )
 #: Kubeflow Trainer's names for the same facts (`Rendezvous`), read when the KUBETUNE_ one is absent.
-READ_FROM_KUBEFLOW = ("PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+KUBEFLOW_NAMES = {
+    "KUBETUNE_NODES": "PET_NNODES",
+    "KUBETUNE_NODE_RANK": "PET_NODE_RANK",
+    "KUBETUNE_MASTER_ADDR": "PET_MASTER_ADDR",
+    "KUBETUNE_MASTER_PORT": "PET_MASTER_PORT",
+}
+READ_FROM_KUBEFLOW = tuple(KUBEFLOW_NAMES.values())
 #: Set by the operator only on a gang's pods (spec.resources.nodes > 1).
 SET_FOR_GANGS = (
     "KUBETUNE_NODES",
@@ -121,7 +127,7 @@ class Rendezvous:
         True
         """
         found: dict[str, tuple[str, str | None]] = {}  # KUBETUNE_ name -> (the name the value came from, the value)
-        for ours, theirs in zip(SET_FOR_GANGS[:4], READ_FROM_KUBEFLOW, strict=True):
+        for ours, theirs in KUBEFLOW_NAMES.items():
             mine, kubeflow = environ.get(ours), environ.get(theirs)  # both asked, whatever the answer
             found[ours] = (ours, mine) if mine else (theirs, kubeflow)
         nodes_var, nodes_text = found["KUBETUNE_NODES"]
@@ -137,7 +143,10 @@ class Rendezvous:
         rank = _integer(rank_var, rank_text, 0, nodes - 1, f"this pod's node rank, 0..{nodes - 1}")
         addr = found["KUBETUNE_MASTER_ADDR"][1]
         if not addr:
-            raise ConfigError(f"KUBETUNE_MASTER_ADDR is not set: with KUBETUNE_NODES={nodes} every pod needs node 0's")
+            raise ConfigError(
+                f"KUBETUNE_MASTER_ADDR is not set: with KUBETUNE_NODES={nodes} every pod needs node 0's address "
+                "(its name under the gang's headless Service)"
+            )
         port_var, port_text = found["KUBETUNE_MASTER_PORT"]
         port = _integer(port_var, port_text or str(DEFAULT_MASTER_PORT), 1, 65535, "the rendezvous port")
         return cls(nodes, rank, addr, port)
