@@ -73,15 +73,17 @@ def test_every_variable_the_builder_sets_is_read_by_the_trainer_and_the_reverse(
     read = set(environment.READ_HERE) | set(environment.READ_BY_URIS)
     set_by_builder = trainer_variables(job_env())
     assert set_by_builder - read == set(), "set by the operator, read by nobody in the trainer"
-    assert read - set(environment.LOCAL_ONLY) - set_by_builder == set(), "read, but the operator never sets it"
+    unset_here = set(environment.LOCAL_ONLY) | set(environment.SET_FOR_GANGS)  # this Job is one node's
+    assert read - unset_here - set_by_builder == set(), "read, but the operator never sets it"
     assert set(environment.LOCAL_ONLY) & set_by_builder == set(), "LOCAL_ONLY names one the operator sets"
+    assert set(environment.SET_FOR_GANGS) & set_by_builder == set(), "a one-node Job with a gang's variable"
 
 
 def test_trainer_env_reads_exactly_the_variables_it_documents():
     environ = RecordingEnviron({k: v for k, v in job_env().items() if isinstance(v, str)})
     TrainerEnv.from_environ(environ)
-    assert environ.asked == set(environment.READ_HERE)
-    for name in environment.READ_HERE:
+    assert environ.asked == set(environment.READ_HERE) | set(environment.READ_FROM_KUBEFLOW)
+    for name in environment.READ_HERE + environment.READ_FROM_KUBEFLOW:
         assert name in environment.__doc__
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer import export, uris
 from kubetune_trainer.config import ConfigError
-from kubetune_trainer.environment import TrainerEnv
+from kubetune_trainer.environment import TrainerEnv, termination_log
 from kubetune_trainer.recipe import load_config, output_location
 from kubetune_trainer.sources import DataError
 
@@ -61,9 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     from kubetune_trainer.train import Preempted
 
     # The process's environment, read once: the operator's variables, and torchrun's.
-    env, world = TrainerEnv.from_environ(os.environ), World.from_environ(os.environ)
     try:
-        relaunch_under_torchrun(spec, list(sys.argv[1:] if argv is None else argv))
+        env, world = TrainerEnv.from_environ(os.environ), World.from_environ(os.environ)
+    except ConfigError as e:  # the pod's environment is wrong (not the spec): final, and reported
+        print(f"error: {e}", file=sys.stderr)
+        # The pod's own termination message only: without its rank, it cannot know whose output is whose.
+        failed = {"phase": "Failed", "reason": "InvalidConfig", "message": str(e), "evalPassed": False, "metrics": {}}
+        export.write_termination_message(failed, termination_log(os.environ))
+        return EXIT_BAD_CONFIG
+    try:
+        relaunch_under_torchrun(spec, list(sys.argv[1:] if argv is None else argv), env)
         recipe.run(spec, args.output, env, world)
     except (ConfigError, DataError, uris.EscapesClaim) as e:  # the spec's own fault: final, not retried
         print(f"error: {e}", file=sys.stderr)
@@ -72,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     except export.OutputTaken as e:  # final, and the result.json there is not ours to replace
         print(f"error: {e}", file=sys.stderr)
-        export.write_termination_message(
-            {"phase": "Failed", "reason": "OutputTaken", "message": str(e), "evalPassed": False, "metrics": {}},
-            env.termination_log,
-        )
+        if world.is_main and env.first_node:
+            export.write_termination_message(
+                {"phase": "Failed", "reason": "OutputTaken", "message": str(e), "evalPassed": False, "metrics": {}},
+                env.termination_log,
+            )
         return EXIT_BAD_CONFIG
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
@@ -87,15 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def relaunch_under_torchrun(spec: str, argv: list[str]) -> None:
-    """With several GPUs in the pod (or ``training.distributed.processesPerNode`` > 1), become torchrun
-    running one trainer per process; return (and train here) when one process is all there is to run."""
+def relaunch_under_torchrun(spec: str, argv: list[str], env: TrainerEnv) -> None:
+    """With several GPUs in the pod (or ``training.distributed.processesPerNode`` > 1), or in any pod of a
+    gang (``env.rendezvous``), become torchrun running one trainer per process; return (and train here)
+    when one process is all there is to run."""
     from kubetune_trainer import distributed
 
     if distributed.under_torchrun(os.environ):
         return
     cfg = load_config(spec)
     if cfg.method == "merge":
+        if env.rendezvous is not None:  # admission refuses it; a Job written by hand may not
+            raise ConfigError(
+                f"method merge runs in one process: spec.resources.nodes must be 1, not {env.rendezvous.nodes}"
+            )
         return  # merging trains nothing: one process does it, whatever the GPUs
     nproc = distributed.processes_wanted(cfg.training.distributed.processes_per_node)
     import torch
@@ -105,7 +118,12 @@ def relaunch_under_torchrun(spec: str, argv: list[str]) -> None:
             f"spec.training.distributed.processesPerNode: {nproc} processes, but only "
             f"{torch.cuda.device_count()} GPUs are visible (request them in spec.resources.gpus)"
         )
-    if nproc > 1:
+    if env.rendezvous is not None:  # even one process per pod: the ranks of a gang meet under torchrun
+        r = env.rendezvous
+        log.info("node %d of %d: launching %d training processes under torchrun (rendezvous %s:%d)",
+                 r.node_rank, r.nodes, nproc, r.master_addr, r.master_port)  # fmt: skip
+        distributed.launch(nproc, argv, r)
+    elif nproc > 1:
         log.info("launching %d training processes under torchrun", nproc)
         distributed.launch(nproc, argv)
 
@@ -125,7 +143,7 @@ def _record_failure(
     FineTuneJob's Failed condition; ``data`` (the cleaning counts so far) its status.data. (``main``
     reports OutputTaken itself: that result.json is not ours to replace.)
     """
-    if not world.is_main:  # under torchrun only rank 0 reports
+    if not (world.is_main and env.first_node):  # only world rank 0 reports: node 0's first process
         return
     failed: dict[str, Any] = {"phase": "Failed", "reason": reason, "message": message, "evalPassed": False}
     failed["metrics"] = {}

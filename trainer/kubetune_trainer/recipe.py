@@ -82,7 +82,7 @@ def setup(spec_path: str, output: str | None, env: TrainerEnv, world: World) -> 
     out_dir, remote = output_location(cfg, output, env)
     owner = {"uid": cfg.uid or "", "run": env.owner_run}
     export.refuse_foreign_result(out_dir, remote, owner)
-    distributed.init(world)  # a no-op unless launched by torchrun
+    distributed.init(world, env.dist_backend)  # a no-op unless launched by torchrun
     device = distributed.device_for(world)
     dtype = train.resolve_precision(cfg.training.precision, device)
     storage = pipeline.storage_dtype(cfg, device, dtype)
@@ -119,21 +119,21 @@ def run(
 
         transfers.report_to(reporter.transfer)
 
-    # 2. data: validated, cleaned and split before any model is loaded (rank 0 first; the rest reuse it).
-    if not s.main_rank:
-        distributed.barrier(world)
+    # 2. data: validated, cleaned and split before any model is loaded (rank 0 first, then the first
+    # process of each other pod onto that pod's disk; the rest reuse it).
     from kubetune_trainer.captured import NoNewData
 
     try:
-        prepared = splits.prepare(cfg, out_dir, int(s.env.run or 0), s.owner)
+        with distributed.in_turn(world):
+            prepared = splits.prepare(cfg, out_dir, int(s.env.run or 0), s.owner)
+            if world.local_rank == 0:  # each pod's disk: resume only from this FineTuneJob run's checkpoints
+                # (a re-created one has a new uid)
+                checkpoint.claim(out_dir / "checkpoints", cfg.uid, s.owner["run"])
     except NoNewData as skip:  # spec.dataset.captures: nothing new since the last run; not a failure
         return _skipped(s, reporter, skip)
     if s.main_rank:
         reporter.data(prepared.counts())
         tracker.start(cfg, prepared.info, s.env.run)
-        # Resume only from checkpoints this FineTuneJob's run wrote (a re-created one has a new uid).
-        checkpoint.claim(out_dir / "checkpoints", cfg.uid, s.owner["run"])
-        distributed.barrier(world)
 
     # 3. model: tokenizer first, so the data is tokenised once.
     import torch
@@ -142,12 +142,10 @@ def run(
     init = s.init
     source = str(init.path) if init is not None and init.kind == "model" else model.resolve_model_source(cfg)
     tokenizer = model.load_tokenizer(source, cfg, s.env.hf_token)
-    # Token ids are cached next to the splits: rank 0 writes them, the other ranks and retries read them.
-    if not s.main_rank:
-        distributed.barrier(world)
-    data = pipeline.tokenize_splits(prepared, cfg, tokenizer, device, cache_dir=out_dir / "data")
-    if s.main_rank:
-        distributed.barrier(world)
+    # Token ids are cached next to the splits: rank 0 writes them (and each other pod's first process on
+    # its own disk), the other ranks and retries read them.
+    with distributed.in_turn(world):
+        data = pipeline.tokenize_splits(prepared, cfg, tokenizer, device, cache_dir=out_dir / "data")
     lm = model.load_model(source, cfg, device, s.storage_dtype, s.env.hf_token)
     prompt_learning = model.uses_prompt_learning(cfg.method)
     # spec.evaluation.judge's baseline: the starting point's answers, generated before training changes it.

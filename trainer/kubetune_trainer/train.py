@@ -267,10 +267,18 @@ def train(
     scaler = torch.amp.GradScaler(enabled=device.startswith("cuda") and dtype == torch.float16)
 
     ckpt_dir = output_dir / "checkpoints"
-    pulled = checkpoint.pull_latest(checkpoint_remote, ckpt_dir) if checkpoint_remote and world.is_main else None
-    distributed.barrier(world)  # one pod, one disk: the other ranks read what rank 0 pulled
+    # One disk per pod: the first process of each pod pulls for its pod, the pod's other ranks read that.
+    first_here = world.local_rank == 0
+    pulled = checkpoint.pull_latest(checkpoint_remote, ckpt_dir) if checkpoint_remote and first_here else None
+    distributed.barrier(world)
     state = checkpoint.load_latest(ckpt_dir, model, optimizer, scheduler) or {}
     step = state.get("step", 0)
+    lowest, highest = distributed.same_across(world, step)
+    if lowest != highest:  # e.g. pods of a gang on disks of their own, with no s3:// output to pull from
+        raise RuntimeError(
+            f"the ranks found checkpoints of different steps ({lowest} to {highest}; this one: {step}): "
+            "a gang resumes only from checkpoints every pod sees (an s3:// output, or a volume they share)"
+        )
     best, bad_evals = state.get("bestEvalLoss"), state.get("badEvals", 0)
     history: list[dict[str, Any]] = state.get("history", [])
     if step:

@@ -3,19 +3,26 @@
 A container image is not run here, only its command, so everything the image would provide is mapped
 onto the local machine: ConfigMap and emptyDir volumes become folders of the pod's, `pvc` claims
 become folders under the executor's pvc root, and paths under a mount in the command and in the
-environment are rewritten to the local folder. Reads Secrets and ConfigMaps; writes only the pod's folder.
+environment are rewritten to the local folder. The environment gets what a kubelet and cluster DNS
+would give it (cluster_env.py). Reads Secrets, ConfigMaps and Services; writes only the pod's folder.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from kubetune_dev.local_executor import cluster_env
 
 
 def materialise_volumes(core: client.CoreV1Api, pod: Any, container: Any, root: Path, pvc_root: Path) -> dict[str, str]:
@@ -44,13 +51,14 @@ def materialise_volumes(core: client.CoreV1Api, pod: Any, container: Any, root: 
 
 def container_env(
     core: client.CoreV1Api,
-    ns: str,
+    pod: Any,
     container: Any,
     mounts: dict[str, str],
     root: Path,
     pvc_root: Path,
     kubeconfig: Path,
 ) -> dict[str, str]:
+    ns = pod.metadata.namespace
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -58,9 +66,11 @@ def container_env(
         # The pod's own scratch (a container's writable layer): nothing cached survives the pod.
         "KUBETUNE_CACHE": str(root / "cache"),
     }
-    env.update(_env_from(core, ns, container))  # as the kubelet does: envFrom first, env overrides it
+    own = _env_from(core, ns, container)  # as the kubelet does: envFrom first, env overrides it
     for var in container.env or []:
-        env[var.name] = _env_value(core, ns, var)
+        own[var.name] = _env_value(core, pod, var)
+    headless = _headless_services(core)
+    env.update({k: cluster_env.cluster_dns(v, headless) for k, v in own.items()})  # what cluster DNS answers
     env["KUBETUNE_PVC_ROOT"] = str(pvc_root)  # claims live in local folders here
     for remote, local in mounts.items():
         for k, v in list(env.items()):
@@ -115,11 +125,47 @@ def _env_from(core: client.CoreV1Api, ns: str, container: Any) -> dict[str, str]
     return out
 
 
-def _env_value(core: client.CoreV1Api, ns: str, var: Any) -> str:
+def _env_value(core: client.CoreV1Api, pod: Any, var: Any) -> str:
     if var.value is not None:
         return str(var.value)
-    ref = var.value_from.secret_key_ref if var.value_from else None
+    source = var.value_from
+    if source is not None and source.field_ref is not None:  # the pod's own name, labels, annotations
+        return cluster_env.field_ref(pod, source.field_ref.field_path)
+    ref = source.secret_key_ref if source else None
     if ref is None:
         return ""
-    secret = core.read_namespaced_secret(ref.name, ns)
+    secret = core.read_namespaced_secret(ref.name, pod.metadata.namespace)
     return base64.b64decode(secret.data[ref.key]).decode()
+
+
+def _headless_services(core: client.CoreV1Api) -> Callable[[str, str], bool]:
+    """``headless(namespace, name)``: whether that Service exists with clusterIP None (read once each)."""
+    seen: dict[tuple[str, str], bool] = {}
+
+    def headless(ns: str, name: str) -> bool:
+        if (ns, name) not in seen:
+            try:
+                seen[ns, name] = core.read_namespaced_service(name, ns).spec.cluster_ip == "None"
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                seen[ns, name] = False  # no such Service: cluster DNS would not answer either
+        return seen[ns, name]
+
+    return headless
+
+
+def die_with_parent() -> None:
+    """Linux: a pod process gets SIGTERM when the executor goes away, even on SIGKILL."""
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def exit_status(returncode: int) -> int:
+    """A container's exit code: a process ended by signal N reports 128 + N, as container runtimes do.
+
+    >>> exit_status(-signal.SIGTERM), exit_status(2)
+    (143, 2)
+    """
+    return 128 - returncode if returncode < 0 else returncode

@@ -35,7 +35,6 @@ import sys
 import threading
 import time
 import urllib.request
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from kubetune_dev.local_executor import containers
+from kubetune_dev.local_executor import cluster_env, containers
 from kubetune_dev.local_executor.kubelet_api import KubeletLogServer
 
 
@@ -74,24 +73,6 @@ def write_file_sd(path: Path, targets: Targets) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(groups, indent=1))
     tmp.replace(path)
-
-
-def _die_with_parent() -> None:
-    """Linux: a pod process gets SIGTERM when the executor goes away, even on SIGKILL."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def exit_status(returncode: int) -> int:
-    """A container's exit code: a process ended by signal N reports 128 + N, as container runtimes do.
-
-    >>> exit_status(-signal.SIGTERM), exit_status(2)
-    (143, 2)
-    """
-    return 128 - returncode if returncode < 0 else returncode
 
 
 def _free_port() -> int:
@@ -219,7 +200,7 @@ class LocalExecutor:
             code = run.proc.poll()
             ns, name = key.split("/", 1)
             if code is not None:
-                self._finish(ns, name, exit_status(code), run)
+                self._finish(ns, name, containers.exit_status(code), run)
                 del self.running[key]
                 if run.kill_at is not None:  # reported terminal first, so the Job controller sees the exit
                     self.core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
@@ -267,7 +248,7 @@ class LocalExecutor:
         if not self._run_init_containers(pod, root):
             return
         mounts = containers.materialise_volumes(self.core, pod, container, root, self.pvc_root)
-        env = containers.container_env(self.core, ns, container, mounts, root, self.pvc_root, self.kubeconfig)
+        env = containers.container_env(self.core, pod, container, mounts, root, self.pvc_root, self.kubeconfig)
         command = containers.command(container, mounts)
         endpoint = None
         if "--port" in command:
@@ -289,7 +270,7 @@ class LocalExecutor:
             env=env,
             stdout=open(log_path, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=containers.die_with_parent,
         )
         out = env.get("KUBETUNE_OUTPUT_DIR")
         labels = {
@@ -323,10 +304,12 @@ class LocalExecutor:
                 try:
                     code = subprocess.run(
                         containers.command(init, mounts),
-                        env=containers.container_env(self.core, ns, init, mounts, root, self.pvc_root, self.kubeconfig),
+                        env=containers.container_env(
+                            self.core, pod, init, mounts, root, self.pvc_root, self.kubeconfig
+                        ),
                         stdout=log,
                         stderr=subprocess.STDOUT,
-                        preexec_fn=_die_with_parent,
+                        preexec_fn=containers.die_with_parent,
                         check=False,
                     ).returncode
                 except OSError as err:  # no such executable: what a runtime reports as a failed start
@@ -386,12 +369,11 @@ class LocalExecutor:
         restarts: int = 0,
     ) -> None:
         now = _now()
-        ip = zlib.crc32(name.encode())  # the same address for the same pod, whichever executor reports it
         status = {
             "phase": phase,
             # Bookkeeping addresses only (EndpointSlices refuse loopback); traffic uses the executor's targets.
-            "hostIP": "10.250.0.1",
-            "podIP": f"10.250.{(ip >> 8) % 250}.{ip % 250 + 1}",
+            "hostIP": cluster_env.HOST_IP,
+            "podIP": cluster_env.pod_ip(name),
             "startTime": now,
             "conditions": [
                 {"type": "Ready", "status": str(ready), "lastTransitionTime": now},
