@@ -10,7 +10,7 @@ import kopf
 
 from kubetune_operator import api, captures, judge_target, metrics, specs
 from kubetune_operator.kube import Kube, load_credentials
-from kubetune_operator.reconcile import finetunejob, modeldeployment
+from kubetune_operator.reconcile import finetunejob, modeldeployment, run_engine
 from kubetune_operator.settings import Settings
 
 TRAINER_JOBS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_COMPONENT: "trainer"}
@@ -73,6 +73,7 @@ def _waits_for_sources(status: kopf.Status, **_: Any) -> bool:
     return (
         captures.waits(dict(status))
         or judge_target.waits(dict(status))
+        or run_engine.waits(dict(status))  # a JobSet or TrainJob run on a cluster without that CRD
         or any(c.get("type") == "SourcesReady" and c.get("status") == "False" for c in conditions)
     )
 

@@ -17,11 +17,12 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune_api.stages import Merge
 from kubetune_operator import api, captures, job_state, judge_target, lineage, merge_sources, metrics, specs
+from kubetune_operator.builders.gang import ENGINE_CRDS, build_run_children, engine_of
 from kubetune_operator.builders.names import trainer_job_name
-from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job
+from kubetune_operator.builders.trainer_job import build_spec_configmap
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, now_iso
-from kubetune_operator.reconcile import ftj_captures
+from kubetune_operator.reconcile import ftj_captures, run_engine
 from kubetune_operator.reconcile.status_writes import patch_and_tell as _patch_and_tell
 from kubetune_operator.reconcile.status_writes import same as _same
 from kubetune_operator.schedule import due_time, parse_time
@@ -78,6 +79,12 @@ def reconcile_spec(
             # The spec changed under a live run: it trains the wrong thing, so replace it.
             kube.delete_job(meta["namespace"], previous["metadata"]["name"])
             kube.event(ftj, "Normal", "RunReplaced", f"spec changed: run {run} stopped, starting run {run + 1}")
+        elif (
+            run
+            and previous is None
+            and run_engine.stop_live_run(kube, meta["namespace"], trainer_job_name(meta["name"], run))
+        ):
+            kube.event(ftj, "Normal", "RunReplaced", f"spec changed: run {run} stopped, starting run {run + 1}")
         init = _latest_init(kube, ftj, spec)  # a new run takes the parent's latest artifact
         if isinstance(init, lineage.Waiting):
             _mark_waiting(kube, ftj, init.message, generation)
@@ -89,6 +96,9 @@ def reconcile_spec(
     if status.get("phase") in job_state.TERMINAL:
         return  # A finished run stays finished (its Job may even be gone by TTL); nothing to do.
     job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
+    engine = engine_of(spec, settings)
+    if job is None and run_engine.engine_object(kube, engine, meta["namespace"], trainer_job_name(meta["name"], run)):
+        return  # a JobSet or TrainJob runs this run; its Jobs are the engine's, not ours to mirror or recreate
     if job is None:
         # Status says a run is live but its Job is missing (e.g. crash before create): recreate it, from
         # the artifact the run recorded (not the parent's latest: that would be another run).
@@ -248,14 +258,20 @@ def _start_run(
         spec = replace(spec, init_uri=resolved.uri)  # the pod mounts the parent's claim
     if capture is not None:
         spec = replace(spec, captures_uri=capture.uri)  # and the ModelDeployment's capture claim
-    job = build_trainer_job(spec, ftj, run, settings, sources)
+    engine = engine_of(spec, settings)
+    crd = run_engine.missing_crd(kube, engine)
+    if engine is not None and crd is not None:
+        run_engine.mark_not_installed(kube, ftj, engine, crd, generation, keep_phase=reason == "Scheduled")
+        return  # nothing created; the retry timer reads the CRD again
+    children = build_run_children(spec, ftj, run, settings, sources)
+    job = children[-1]  # what runs the pods: the Job, JobSet or TrainJob (a gang's Service comes first)
     try:
         init_artifact = resolved.for_trainer() if resolved else None
         frozen_captures = capture.for_trainer(now_iso()) if capture else None
         kube.create(
             build_spec_configmap(ftj, run, init_artifact=init_artifact, merge_sources=sources, captures=frozen_captures)
         )
-        created = kube.create(job)
+        created = [kube.create(child) for child in children][-1]  # False: there already (a retried start)
     except ApiException as err:
         if err.status in (400, 403, 422):
             # The apiserver refused what the spec produced (e.g. an invalid affinity): retrying the
@@ -266,7 +282,7 @@ def _start_run(
     state = job_state.RunState(
         job_state.SUSPENDED if job["spec"]["suspend"] else job_state.PENDING,
         "JobSuspended" if job["spec"]["suspend"] else "JobCreated",
-        f"run {run}: trainer Job {job['metadata']['name']} created",
+        f"run {run}: trainer {job['kind']} {job['metadata']['name']} created",
     )
     patch = job_state.status_for_run({"conditions": []}, state, generation, now_iso())
     patch.update(
@@ -289,6 +305,8 @@ def _start_run(
             "lineage": ftj_captures.run_lineage(init, capture),
         }
     )
+    if engine in ENGINE_CRDS:  # read above: the CRD is established
+        patch["conditions"] = run_engine.installed_condition(patch["conditions"], ENGINE_CRDS[engine], generation)
     if capture is not None:
         patch["conditions"] = set_condition(
             patch["conditions"], captures.CAPTURES_READY, True, captures.RESOLVED, capture.message(run), generation,
@@ -309,7 +327,7 @@ def _start_run(
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
     if created:
         source = f" from {resolved.name} run {resolved.run} ({resolved.uri})" if resolved else ""
-        kube.event(ftj, "Normal", reason, f"run {run} started{source}: trainer Job {job['metadata']['name']}")
+        kube.event(ftj, "Normal", reason, f"run {run} started{source}: trainer {job['kind']} {job['metadata']['name']}")
 
 
 def _latest_init(
