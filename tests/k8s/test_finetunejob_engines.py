@@ -118,3 +118,34 @@ def test_jobset_gang_without_the_crd_waits_then_starts(k8s, operator, no_jobset_
     cond = condition(status, "EngineAvailable")
     assert cond is not None and (cond["status"], cond["reason"]) == ("True", "EngineInstalled")
     assert status["jobName"] == "js-run-1"
+
+
+@pytest.fixture
+def trainer_crds(control_plane: ControlPlane, api: client.ApiClient) -> Iterator[None]:
+    """Kubeflow Trainer's CRDs for one test (no controller: the TrainJob is created, not run)."""
+    crds = str(control_plane.vendored_crds("kubeflow-trainer"))
+    control_plane.kubectl("apply", "--server-side", "-f", crds)
+    wait_for(lambda: crd_present(api, "trainjobs.trainer.kubeflow.org"), 30, "the TrainJob CRD")
+    yield
+    control_plane.kubectl("delete", "--ignore-not-found", "--wait", "-f", crds)
+
+
+def test_trainjob_gang_is_created_or_refused(k8s, operator, trainer_crds):
+    k8s.create_ftj("tj", gang_spec("trainJob"))
+    trainjobs = ("trainer.kubeflow.org", "v1alpha1", k8s.ns, "trainjobs")
+    trainjob = wait_for(lambda: k8s.custom.get_namespaced_custom_object(*trainjobs, "tj-run-1"), 60, "the TrainJob")
+    assert trainjob["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert trainjob["spec"]["trainer"]["numNodes"] == 2
+    assert trainjob["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+    status = wait_for(lambda: (k8s.get_ftj("tj").get("status") or {}).get("jobName") == "tj-run-1"
+                      and k8s.get_ftj("tj")["status"], 30, "run 1 recorded")  # fmt: skip
+    assert (condition(status, "EngineAvailable") or {}).get("status") == "True"
+
+    # What a TrainJob cannot carry is refused with the field named, not dropped: S3 keys from envFrom.
+    k8s.create_ftj("tj-env", {**gang_spec("trainJob"), "output": {"uri": "/models/tj-env"},
+                              "envFrom": [{"secretRef": {"name": "s3-keys"}}]})  # fmt: skip
+    status = wait_for(lambda: (k8s.get_ftj("tj-env").get("status") or {}).get("phase") == "Failed"
+                      and k8s.get_ftj("tj-env")["status"], 30, "tj-env Failed")  # fmt: skip
+    assert "spec.envFrom is not supported with training.distributed.engine trainJob" in status["message"]
+    listed = k8s.custom.list_namespaced_custom_object(*trainjobs)["items"]
+    assert [t["metadata"]["name"] for t in listed] == ["tj-run-1"]

@@ -12,6 +12,7 @@ from kubetune_operator.builders.gang import (
     ENGINE_CRDS,
     build_run_children,
     engine_of,
+    engine_problems,
 )
 from kubetune_operator.builders.trainer_job import build_trainer_job, run_labels
 from kubetune_operator.settings import Settings
@@ -174,3 +175,13 @@ def test_every_engine_names_and_owns_its_children(ftj, engine):
         assert child["metadata"]["namespace"] == "ml"
         assert child["metadata"]["labels"] == run_labels(ftj, 7)
         assert child["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+
+
+def test_trainjob_refuses_what_it_cannot_carry(ftj):
+    ftj = gang_ftj(ftj, "trainJob")
+    ftj["spec"]["envFrom"] = [{"secretRef": {"name": "s3-keys"}}]
+    ftj["spec"]["activeDeadlineSeconds"] = 3600
+    spec = FineTuneJobSpec.from_dict(ftj["spec"])
+    problems = engine_problems(spec, engine_of(spec, SETTINGS))
+    assert [p.split(" ")[0] for p in problems] == ["spec.envFrom", "spec.activeDeadlineSeconds"]
+    assert engine_problems(spec, "jobSet") == engine_problems(spec, "indexedJob") == []

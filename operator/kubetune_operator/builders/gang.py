@@ -81,6 +81,35 @@ def build_run_children(
     )
 
 
+def engine_problems(spec: FineTuneJobSpec, engine: str | None) -> list[str]:
+    """What the spec asks for that `engine` cannot carry (the run would silently go without it).
+
+    A Kubeflow TrainJob (v1alpha1) sets the trainer's env but not envFrom, and leaves affinity, priority
+    and deadlines to its runtime.
+
+    >>> from dataclasses import replace
+    >>> spec = replace(FineTuneJobSpec.unusable({}, ""), env_from=[{"secretRef": {"name": "s3"}}])
+    >>> engine_problems(spec, "trainJob")
+    ['spec.envFrom is not supported with training.distributed.engine trainJob (use indexedJob or jobSet)']
+    >>> engine_problems(spec, "jobSet")
+    []
+    """
+    if engine != TRAIN_JOB:
+        return []
+    asked = {
+        "spec.envFrom": bool(spec.env_from),
+        "spec.resources.affinity": bool(spec.resources.affinity),
+        "spec.resources.priorityClassName": bool(spec.resources.priority_class_name),
+        "spec.activeDeadlineSeconds": spec.active_deadline_seconds is not None,
+        "spec.ttlSecondsAfterFinished": spec.ttl_seconds_after_finished is not None,
+    }
+    return [
+        f"{field} is not supported with training.distributed.engine trainJob (use indexedJob or jobSet)"
+        for field, set_ in asked.items()
+        if set_
+    ]
+
+
 def master_addr(engine: str, name: str, namespace: str) -> str:
     """Node 0's DNS name, always the full form (a pod's search path differs between clusters).
 
@@ -249,7 +278,8 @@ def build_trainjob(
 
     The runtime owns the pod (its security context, restart policy, failure policy); the TrainJob gives
     the trainer's image, command, env and resources, and overrides volumes, mounts, service account and
-    placement through podSpecOverrides, which is all trainer.kubeflow.org/v1alpha1 (v2.0.0) lets it set."""
+    placement through podSpecOverrides, which is all trainer.kubeflow.org/v1alpha1 (v2.0.0) lets it set
+    (what it cannot carry is refused before: engine_problems)."""
     meta = finetunejob["metadata"]
     name = trainer_job_name(meta["name"], run)
     pod = trainer_pod_template(

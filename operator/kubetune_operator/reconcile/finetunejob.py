@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune_api.stages import Merge
 from kubetune_operator import api, captures, job_state, judge_target, lineage, merge_sources, metrics, specs
-from kubetune_operator.builders.gang import ENGINE_CRDS, build_run_children, engine_of
+from kubetune_operator.builders.gang import ENGINE_CRDS, build_run_children, engine_of, engine_problems
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap
 from kubetune_operator.conditions import set_condition
@@ -259,6 +259,10 @@ def _start_run(
     if capture is not None:
         spec = replace(spec, captures_uri=capture.uri)  # and the ModelDeployment's capture claim
     engine = engine_of(spec, settings)
+    problems = engine_problems(spec, engine)
+    if problems:
+        _mark_invalid(kube, ftj, "; ".join(problems), generation)
+        return
     crd = run_engine.missing_crd(kube, engine)
     if engine is not None and crd is not None:
         run_engine.mark_not_installed(kube, ftj, engine, crd, generation, keep_phase=reason == "Scheduled")
