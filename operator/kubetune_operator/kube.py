@@ -208,6 +208,14 @@ class Kube:
                 return None
             raise
 
+    def patch_engine_object(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> None:
+        group, version = api_version.split("/")
+        self.custom.patch_namespaced_custom_object(
+            group, version, namespace, ENGINE_PLURALS[kind], name, patch, field_manager=FIELD_MANAGER
+        )
+
     def delete_engine_object(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         group, version = api_version.split("/")
         try:

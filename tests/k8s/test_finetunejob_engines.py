@@ -107,17 +107,19 @@ def test_jobset_gang_without_the_crd_waits_then_starts(k8s, operator, no_jobset_
 
     # Installing JobSet is enough: the retry timer reads the CRD again and the run starts.
     control_plane.kubectl("apply", "--server-side", "-f", str(control_plane.vendored_crds("jobset")))
-    jobset = wait_for(
-        lambda: k8s.custom.get_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", k8s.ns, "jobsets", "js-run-1"),
-        60,
-        "the JobSet",
-    )
+    jobsets = ("jobset.x-k8s.io", "v1alpha2", k8s.ns, "jobsets")
+    jobset = wait_for(lambda: k8s.custom.get_namespaced_custom_object(*jobsets, "js-run-1"), 60, "the JobSet")
     assert jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"] == 2
     status = wait_for(lambda: (k8s.get_ftj("js").get("status") or {}).get("run") == 1 and k8s.get_ftj("js")["status"],
                       30, "run 1 recorded")  # fmt: skip
     cond = condition(status, "EngineAvailable")
     assert cond is not None and (cond["status"], cond["reason"]) == ("True", "EngineInstalled")
     assert status["jobName"] == "js-run-1"
+
+    # spec.suspend pauses the JobSet as it pauses a Job.
+    k8s.patch_ftj("js", {"suspend": True})
+    wait_for(lambda: k8s.custom.get_namespaced_custom_object(*jobsets, "js-run-1")["spec"].get("suspend"), 30,
+             "the JobSet suspended")  # fmt: skip
 
 
 @pytest.fixture

@@ -121,14 +121,14 @@ plus what Kopf does on the watched resources (patch for its finalizer and progre
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [create, get, patch]
-# Multi-node runs on JobSet or Kubeflow Trainer: create a run's object, read it back, delete it when the
-# spec changes under it (the CRD need not be installed: the operator reads it first).
+# Multi-node runs on JobSet or Kubeflow Trainer: create a run's object, read it back, patch spec.suspend,
+# delete it when the spec changes under it (the CRD need not be installed: the operator reads it first).
 - apiGroups: [jobset.x-k8s.io]
   resources: [jobsets]
-  verbs: [create, get, delete]
+  verbs: [create, get, patch, delete]
 - apiGroups: [trainer.kubeflow.org]
   resources: [trainjobs]
-  verbs: [create, get, delete]
+  verbs: [create, get, patch, delete]
 {{- end }}
 
 {{/*

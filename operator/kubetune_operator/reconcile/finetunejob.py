@@ -95,10 +95,13 @@ def reconcile_spec(
 
     if status.get("phase") in job_state.TERMINAL:
         return  # A finished run stays finished (its Job may even be gone by TTL); nothing to do.
-    job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
-    engine = engine_of(spec, settings)
-    if job is None and run_engine.engine_object(kube, engine, meta["namespace"], trainer_job_name(meta["name"], run)):
-        return  # a JobSet or TrainJob runs this run; its Jobs are the engine's, not ours to mirror or recreate
+    job_name = trainer_job_name(meta["name"], run)
+    job = kube.get_job(meta["namespace"], job_name)
+    engine_obj = None if job else run_engine.engine_object(kube, engine_of(spec, settings), meta["namespace"], job_name)
+    if engine_obj is not None:
+        # A JobSet or TrainJob runs this run: its Jobs are the engine's, not ours to recreate.
+        run_engine.follow_suspend(kube, ftj, engine_obj, spec.suspend)
+        return
     if job is None:
         # Status says a run is live but its Job is missing (e.g. crash before create): recreate it, from
         # the artifact the run recorded (not the parent's latest: that would be another run).

@@ -81,3 +81,14 @@ def stop_live_run(kube: Kube, namespace: str, name: str) -> bool:
             kube.delete_engine_object(api_version, kind, namespace, name)
             stopped = True
     return stopped
+
+
+def follow_suspend(kube: Kube, ftj: dict[str, Any], obj: dict[str, Any], suspend: bool) -> None:
+    """spec.suspend pauses and resumes a JobSet or TrainJob as it does a Job (both have spec.suspend)."""
+    if bool((obj.get("spec") or {}).get("suspend")) == suspend:
+        return
+    meta = obj["metadata"]
+    kube.patch_engine_object(
+        obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], {"spec": {"suspend": suspend}}
+    )
+    kube.event(ftj, "Normal", "Suspended" if suspend else "Resumed", f"run {(ftj.get('status') or {}).get('run')}")
