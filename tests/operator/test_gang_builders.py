@@ -182,6 +182,17 @@ def test_trainjob_refuses_what_it_cannot_carry(ftj):
     ftj["spec"]["envFrom"] = [{"secretRef": {"name": "s3-keys"}}]
     ftj["spec"]["activeDeadlineSeconds"] = 3600
     spec = FineTuneJobSpec.from_dict(ftj["spec"])
-    problems = engine_problems(spec, engine_of(spec, SETTINGS))
+    problems = engine_problems(spec, engine_of(spec, SETTINGS), "support-bot-run-1")
     assert [p.split(" ")[0] for p in problems] == ["spec.envFrom", "spec.activeDeadlineSeconds"]
-    assert engine_problems(spec, "jobSet") == engine_problems(spec, "indexedJob") == []
+    assert engine_problems(spec, "jobSet", "support-bot-run-1") == []
+    assert engine_problems(spec, "indexedJob", "support-bot-run-1") == []
+
+
+@pytest.mark.parametrize(("engine", "longest"), [("indexedJob", 61), ("jobSet", 48), ("trainJob", 48)])
+def test_gang_names_must_leave_room_for_pod_hostnames(ftj, engine, longest):
+    """`<job>-<index>` (JobSet: `<jobset>-node-0-<index>` + the webhook's 6) must be a DNS label."""
+    spec = FineTuneJobSpec.from_dict(gang_ftj(ftj, engine)["spec"])
+    assert engine_problems(spec, engine, "j" * longest) == []
+    (problem,) = engine_problems(spec, engine, "j" * (longest + 1))
+    assert problem.startswith("metadata.name is too long for a 2-node run") and f"to {longest} " in problem
+    assert engine_problems(FineTuneJobSpec.from_dict(ftj["spec"]), None, "j" * 63) == []  # one node: no hostname

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune_operator.builders.labels import owner_reference
-from kubetune_operator.builders.names import trainer_job_name
+from kubetune_operator.builders.names import DNS_LABEL_MAX, trainer_job_name
 from kubetune_operator.builders.trainer_job import (
     BAD_CONFIG_EXIT_CODE,
     COMPONENT,
@@ -81,21 +81,38 @@ def build_run_children(
     )
 
 
-def engine_problems(spec: FineTuneJobSpec, engine: str | None) -> list[str]:
-    """What the spec asks for that `engine` cannot carry (the run would silently go without it).
+def engine_problems(spec: FineTuneJobSpec, engine: str | None, job_name: str) -> list[str]:
+    """What the spec asks for that `engine` cannot carry (the run would silently go without it or never
+    get its pods), for the run whose objects are named `job_name`.
 
-    A Kubeflow TrainJob (v1alpha1) sets the trainer's env but not envFrom, and leaves affinity, priority
-    and deadlines to its runtime.
+    Every gang pod's hostname, `<job>-<index>` (JobSet, TrainJob: `<jobset>-node-0-<index>`, and the
+    JobSet webhook keeps 6 more characters for pod names), must be a DNS label. A Kubeflow TrainJob
+    (v1alpha1) sets the trainer's env but not envFrom, and leaves affinity, priority and deadlines to
+    its runtime.
 
     >>> from dataclasses import replace
-    >>> spec = replace(FineTuneJobSpec.unusable({}, ""), env_from=[{"secretRef": {"name": "s3"}}])
-    >>> engine_problems(spec, "trainJob")
+    >>> spec = replace(FineTuneJobSpec.unusable({}, ""), env_from=[{"secretRef": {}}], gang=Gang(2, None, None))
+    >>> engine_problems(spec, "trainJob", "ft-run-1")
     ['spec.envFrom is not supported with training.distributed.engine trainJob (use indexedJob or jobSet)']
-    >>> engine_problems(spec, "jobSet")
-    []
+    >>> engine_problems(spec, "jobSet", "ft-run-1"), engine_problems(spec, "indexedJob", "x" * 62)[0][:40]
+    ([], 'metadata.name is too long for a 2-node r')
     """
-    if engine != TRAIN_JOB:
+    if spec.gang is None or engine is None:
         return []
+    host = (
+        f"{job_name}-{spec.gang.nodes - 1}" if engine == INDEXED_JOB else f"{job_name}-{NODE}-0-{spec.gang.nodes - 1}"
+    )
+    room = DNS_LABEL_MAX - (0 if engine == INDEXED_JOB else len("-abcde"))
+    problems = []
+    if len(host) > room:
+        keep = len(job_name) - (len(host) - room)
+        problems.append(
+            f"metadata.name is too long for a {spec.gang.nodes}-node run on training.distributed.engine {engine}: "
+            f"its pods' hostnames ({host}) must fit {room} characters; keep the run's name, {job_name}, "
+            f"to {keep} (a shorter FineTuneJob name)"
+        )
+    if engine != TRAIN_JOB:
+        return problems
     asked = {
         "spec.envFrom": bool(spec.env_from),
         "spec.resources.affinity": bool(spec.resources.affinity),
@@ -103,7 +120,7 @@ def engine_problems(spec: FineTuneJobSpec, engine: str | None) -> list[str]:
         "spec.activeDeadlineSeconds": spec.active_deadline_seconds is not None,
         "spec.ttlSecondsAfterFinished": spec.ttl_seconds_after_finished is not None,
     }
-    return [
+    return problems + [
         f"{field} is not supported with training.distributed.engine trainJob (use indexedJob or jobSet)"
         for field, set_ in asked.items()
         if set_

@@ -262,7 +262,7 @@ def _start_run(
     if capture is not None:
         spec = replace(spec, captures_uri=capture.uri)  # and the ModelDeployment's capture claim
     engine = engine_of(spec, settings)
-    problems = engine_problems(spec, engine)
+    problems = engine_problems(spec, engine, trainer_job_name(meta["name"], run))
     if problems:
         _mark_invalid(kube, ftj, "; ".join(problems), generation)
         return
