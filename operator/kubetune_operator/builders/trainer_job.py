@@ -1,4 +1,7 @@
-"""Manifests for one FineTuneJob run: the spec ConfigMap and the batch/v1 Job that trains."""
+"""Manifests for one FineTuneJob run: the spec ConfigMap and the batch/v1 Job that trains.
+
+The trainer pod template and the Job around it are built apart, so a multi-node run's Indexed Job, JobSet
+and TrainJob (gang.py) carry the very pod a one-node run has, plus how its nodes find each other."""
 
 from __future__ import annotations
 
