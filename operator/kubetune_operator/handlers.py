@@ -129,6 +129,15 @@ def mirror_trainer_job(body: kopf.Body, type: str | None, **_: Any) -> None:
     finetunejob.sync_from_job(Kube(), dict(body))
 
 
+# Multi-node runs on other projects' engines. Kopf serves these once their CRDs exist (it watches CRDs).
+@kopf.on.event("jobset.x-k8s.io", "v1alpha2", "jobsets", labels=TRAINER_JOBS)
+@kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=TRAINER_JOBS)
+def mirror_engine_run(body: kopf.Body, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        return
+    finetunejob.sync_from_engine(Kube(), dict(body))
+
+
 @kopf.index("batch", "v1", "jobs", labels=TRAINER_JOBS)
 def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return {(body["metadata"]["namespace"], body["metadata"]["name"]): dict(body)}

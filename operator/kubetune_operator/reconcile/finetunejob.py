@@ -101,6 +101,7 @@ def reconcile_spec(
     if engine_obj is not None:
         # A JobSet or TrainJob runs this run: its Jobs are the engine's, not ours to recreate.
         run_engine.follow_suspend(kube, ftj, engine_obj, spec.suspend)
+        _mirror_engine(kube, ftj, engine_obj, spec)
         return
     if job is None:
         # Status says a run is live but its Job is missing (e.g. crash before create): recreate it, from
@@ -388,15 +389,54 @@ def _merge_sources(
     return None
 
 
+def sync_from_engine(kube: Kube, obj: dict[str, Any]) -> None:
+    """On any event of a run's JobSet or TrainJob: mirror its state into the owning FineTuneJob's status."""
+    meta = obj["metadata"]
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
+    if owner is None or not (meta.get("labels") or {}).get(api.LABEL_FINETUNEJOB):
+        return
+    ftj = kube.get_custom(api.FINETUNEJOBS, meta["namespace"], owner["name"])
+    if (
+        ftj is None
+        or ftj["metadata"]["uid"] != owner["uid"]
+        or (ftj.get("status") or {}).get("jobName") != meta["name"]
+    ):
+        return  # not ours, or an older run's
+    fresh = kube.get_engine_object(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+    if fresh is not None and fresh["metadata"].get("uid") == meta.get("uid"):
+        _mirror_engine(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]))
+
+
+def _mirror_engine(kube: Kube, ftj: dict[str, Any], obj: dict[str, Any], spec: specs.FineTuneJobSpec) -> None:
+    state = run_engine.read_engine(obj)
+    result = None
+    if state.phase in job_state.TERMINAL:  # node 0 wrote the trainer's words into its termination message
+        ns = obj["metadata"]["namespace"]
+        node_job = kube.get_job(ns, run_engine.node_job_name(obj["metadata"]["name"]))
+        result = job_state.latest_result(_pods_of(kube, node_job), node_job["metadata"]["uid"]) if node_job else None
+        state = job_state.with_trainer_result(state, result)
+    _mirror_state(kube, ftj, state, result, spec)
+
+
 def _mirror(kube: Kube, ftj: dict[str, Any], job: dict[str, Any], spec: specs.FineTuneJobSpec) -> None:
-    meta, status = ftj["metadata"], ftj.get("status") or {}
-    gate_mode = spec.gate_mode
     state = job_state.read_job(job)
     result = None
     if state.phase in job_state.TERMINAL:
         # Success or failure, the trainer's own words are in its last pod's termination message.
         result = job_state.latest_result(_pods_of(kube, job), job["metadata"]["uid"])
         state = job_state.with_trainer_result(state, result)
+    _mirror_state(kube, ftj, state, result, spec)
+
+
+def _mirror_state(
+    kube: Kube,
+    ftj: dict[str, Any],
+    state: job_state.RunState,
+    result: dict[str, Any] | None,
+    spec: specs.FineTuneJobSpec,
+) -> None:
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    gate_mode = spec.gate_mode
     generation = int(meta.get("generation", 1))
     patch = job_state.status_for_run(status, state, generation, now_iso(), result, gate_mode)
     if _same(status, patch):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune_operator import job_state
-from kubetune_operator.builders.gang import ENGINE_CRDS, JOB_SET, JOBSET_API, TRAIN_JOB, TRAINJOB_API
+from kubetune_operator.builders.gang import ENGINE_CRDS, JOB_SET, JOBSET_API, NODE, TRAIN_JOB, TRAINJOB_API
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, now_iso
 from kubetune_operator.reconcile.status_writes import patch_and_tell
@@ -92,3 +92,41 @@ def follow_suspend(kube: Kube, ftj: dict[str, Any], obj: dict[str, Any], suspend
         obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], {"spec": {"suspend": suspend}}
     )
     kube.event(ftj, "Normal", "Suspended" if suspend else "Resumed", f"run {(ftj.get('status') or {}).get('run')}")
+
+
+def read_engine(obj: dict[str, Any]) -> job_state.RunState:
+    """Phase of a run from its JobSet or TrainJob (their own conditions; a restart in between is Running).
+
+    >>> read_engine({"kind": "JobSet", "spec": {}, "status": {"conditions": [
+    ...     {"type": "Failed", "status": "True", "reason": "FailedJobs", "message": "jobset failed"}]}}).reason
+    'FailedJobs'
+    >>> state = read_engine({"kind": "JobSet", "status": {"restarts": 1, "replicatedJobsStatus": [{"ready": 1}]}})
+    >>> state.phase, state.message
+    ('Running', 'the gang is running (restarts: 1)')
+    """
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        when = cond.get("lastTransitionTime")
+        if cond.get("type") in ("Completed", "Complete"):
+            return job_state.RunState(
+                job_state.SUCCEEDED, "TrainingSucceeded", "the trainer finished successfully", None, when
+            )
+        if cond.get("type") == "Failed":
+            reason, message = cond.get("reason") or f"{obj['kind']}Failed", cond.get("message") or "the gang failed"
+            return job_state.RunState(job_state.FAILED, reason, message, None, when)
+    if spec.get("suspend"):
+        return job_state.RunState(job_state.SUSPENDED, "JobSuspended", "spec.suspend is true: the run is paused")
+    jobs = status.get("replicatedJobsStatus") or status.get("jobsStatus") or []
+    restarts = f" (restarts: {status['restarts']})" if status.get("restarts") else ""
+    if any(j.get("ready") for j in jobs):
+        return job_state.RunState(job_state.RUNNING, "GangRunning", f"the gang is running{restarts}")
+    if any(j.get("active") for j in jobs):
+        return job_state.RunState(job_state.PENDING, "PodPending", f"the gang's pods are starting{restarts}")
+    return job_state.RunState(job_state.PENDING, "JobCreated", f"the trainer {obj['kind']} was created")
+
+
+def node_job_name(name: str) -> str:
+    """The Indexed Job of a JobSet's replicated Job `node` (a TrainJob's JobSet has the TrainJob's name)."""
+    return f"{name}-{NODE}-0"
