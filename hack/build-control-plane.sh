@@ -11,6 +11,7 @@
 #   ETCD_VERSION     go.etcd.io/etcd/server/v3 release
 #   KWOK_VERSION     sigs.k8s.io/kwok release
 #   HELM_VERSION     helm.sh/helm/v3 release (built only with --with-helm)
+#   GATEWAY_API_VERSION, JOBSET_VERSION, KUBEFLOW_TRAINER_VERSION   CRDs the tests install
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.35.4}"
@@ -18,6 +19,8 @@ ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-0.8.0}"
 HELM_VERSION="${HELM_VERSION:-3.22.0}"
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-1.6.3}"
+JOBSET_VERSION="${JOBSET_VERSION:-0.10.1}"
+KUBEFLOW_TRAINER_VERSION="${KUBEFLOW_TRAINER_VERSION:-2.0.0}"
 CACHE="${KUBETUNE_CACHE:-$HOME/.cache/kubetune}"
 K8S_MINOR="${K8S_VERSION#*.}"; K8S_MINOR="${K8S_MINOR%%.*}"
 WITH_HELM=0
@@ -105,6 +108,25 @@ if [[ ! -f "$ASSETS/gateway-api-crds/gateway.networking.k8s.io_httproutes.yaml" 
   mkdir -p "$ASSETS/gateway-api-crds"
   cp "$dir"/config/crd/standard/gateway.networking.k8s.io_{gateways,gatewayclasses,httproutes}.yaml "$ASSETS/gateway-api-crds/"
   chmod u+w "$ASSETS/gateway-api-crds/"*
+fi
+
+# Multi-node FineTuneJobs may run as a JobSet or a Kubeflow TrainJob: the tests dry-run those manifests
+# against the projects' own CRDs, taken from their module zips at the pinned release like Gateway API's.
+module_dir() { go mod download -json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'; }
+if [[ ! -f "$ASSETS/jobset-crds/jobset.x-k8s.io_jobsets.yaml" ]]; then
+  log "fetching JobSet v$JOBSET_VERSION CRDs"
+  dir="$(module_dir "sigs.k8s.io/jobset@v$JOBSET_VERSION")"
+  mkdir -p "$ASSETS/jobset-crds"
+  cp "$dir"/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml "$ASSETS/jobset-crds/"
+  chmod u+w "$ASSETS/jobset-crds/"*
+fi
+if [[ ! -f "$ASSETS/kubeflow-trainer-crds/trainer.kubeflow.org_trainjobs.yaml" ]]; then
+  log "fetching Kubeflow Trainer v$KUBEFLOW_TRAINER_VERSION CRDs"
+  dir="$(module_dir "github.com/kubeflow/trainer/v2@v$KUBEFLOW_TRAINER_VERSION")"
+  mkdir -p "$ASSETS/kubeflow-trainer-crds"
+  cp "$dir"/manifests/base/crds/trainer.kubeflow.org_{trainjobs,trainingruntimes,clustertrainingruntimes}.yaml \
+    "$ASSETS/kubeflow-trainer-crds/"
+  chmod u+w "$ASSETS/kubeflow-trainer-crds/"*
 fi
 
 if [[ $WITH_HELM == 1 && ! -x "$ASSETS/helm" ]]; then

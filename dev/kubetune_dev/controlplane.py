@@ -225,10 +225,13 @@ class ControlPlane:
 
     def install_gateway_api_crds(self) -> None:
         """Gateway API CRDs (fetched by hack/build-control-plane.sh) so HTTPRoutes can be applied."""
-        crds = self.assets / "gateway-api-crds"
-        if not crds.is_dir():
-            crds = asset_dir() / "gateway-api-crds"
-        self.kubectl("apply", "--server-side", "-f", str(crds))
+        self.kubectl("apply", "--server-side", "-f", str(self.vendored_crds("gateway-api")))
+
+    def vendored_crds(self, project: str) -> Path:
+        """The folder of another project's CRDs that hack/build-control-plane.sh copied from its Go module:
+        gateway-api, jobset or kubeflow-trainer."""
+        crds = self.assets / f"{project}-crds"
+        return crds if crds.is_dir() else asset_dir() / f"{project}-crds"
 
     def add_gpu_node(self, name: str = "gpu-node-0", gpus: int = 8) -> None:
         node = {

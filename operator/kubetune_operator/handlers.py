@@ -10,7 +10,7 @@ import kopf
 
 from kubetune_operator import api, captures, judge_target, metrics, specs
 from kubetune_operator.kube import Kube, load_credentials
-from kubetune_operator.reconcile import finetunejob, modeldeployment
+from kubetune_operator.reconcile import finetunejob, modeldeployment, run_engine
 from kubetune_operator.settings import Settings
 
 TRAINER_JOBS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_COMPONENT: "trainer"}
@@ -73,6 +73,7 @@ def _waits_for_sources(status: kopf.Status, **_: Any) -> bool:
     return (
         captures.waits(dict(status))
         or judge_target.waits(dict(status))
+        or run_engine.waits(dict(status))  # a JobSet or TrainJob run on a cluster without that CRD
         or any(c.get("type") == "SourcesReady" and c.get("status") == "False" for c in conditions)
     )
 
@@ -139,6 +140,15 @@ def finish_gang_restart(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # A gang restart deleted the failed Job; the new one may start only once its pods are gone, which no
     # single event tells reliably (the last pod's DELETED can come before the Job's): look again.
     finetunejob.continue_gang_restart(Kube(), _fresh(body), memo.settings)
+
+
+# Multi-node runs on other projects' engines. Kopf serves these once their CRDs exist (it watches CRDs).
+@kopf.on.event("jobset.x-k8s.io", "v1alpha2", "jobsets", labels=TRAINER_JOBS)
+@kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=TRAINER_JOBS)
+def mirror_engine_run(body: kopf.Body, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        return
+    finetunejob.sync_from_engine(Kube(), dict(body))
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER_JOBS)

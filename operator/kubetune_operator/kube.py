@@ -27,6 +27,10 @@ APPLY_PATCH = "application/apply-patch+yaml"
 APPLIED_HASH = f"{api.GROUP}/applied-hash"
 
 
+#: The training engines' kinds the operator creates (builders/gang.py) and their resource names.
+ENGINE_PLURALS = {"JobSet": "jobsets", "TrainJob": "trainjobs"}
+
+
 def applied_hash(manifest: dict[str, Any]) -> str:
     blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -86,6 +90,14 @@ class Kube:
                 self.batch.create_namespaced_job(ns, manifest, field_manager=FIELD_MANAGER)
             elif kind == "ConfigMap":
                 self.core.create_namespaced_config_map(ns, manifest, field_manager=FIELD_MANAGER)
+            elif kind == "Service":
+                self.core.create_namespaced_service(ns, manifest, field_manager=FIELD_MANAGER)
+            elif kind in ENGINE_PLURALS:
+                group, version = manifest["apiVersion"].split("/")
+                plural = ENGINE_PLURALS[kind]
+                self.custom.create_namespaced_custom_object(
+                    group, version, ns, plural, manifest, field_manager=FIELD_MANAGER
+                )
             else:
                 raise ValueError(f"Kube.create does not handle kind {kind}")
         except ApiException as err:
@@ -169,6 +181,47 @@ class Kube:
         try:
             # Background propagation: the garbage collector removes the Job's pods.
             self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    # -- other projects' training engines (JobSet, Kubeflow TrainJob) ---------------------------------
+    def crd_established(self, name: str) -> bool:
+        """Whether CRD `name` (plural.group) is installed and served: an engine's objects can be created."""
+        try:
+            crd = client.ApiextensionsV1Api(self.api_client).read_custom_resource_definition(name)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or []))
+
+    def get_engine_object(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        group, version = api_version.split("/")
+        try:
+            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                group, version, namespace, ENGINE_PLURALS[kind], name
+            )
+            return obj
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def patch_engine_object(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> None:
+        group, version = api_version.split("/")
+        self.custom.patch_namespaced_custom_object(
+            group, version, namespace, ENGINE_PLURALS[kind], name, patch, field_manager=FIELD_MANAGER
+        )
+
+    def delete_engine_object(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        group, version = api_version.split("/")
+        try:
+            self.custom.delete_namespaced_custom_object(
+                group, version, namespace, ENGINE_PLURALS[kind], name, propagation_policy="Background"
+            )
         except ApiException as err:
             if err.status != 404:
                 raise

@@ -464,6 +464,7 @@ GOOD_SPECS: list[tuple[str, str, dict[str, Any]]] = [
     ("example dpo finetunejob", *_example("finetunejob-dpo.yaml")),
     ("example orpo finetunejob", *_example("finetunejob-orpo.yaml")),
     ("example merge finetunejob", *_example("finetunejob-merge.yaml")),
+    ("example multinode finetunejob", *_example("finetunejob-multinode.yaml")),
     *((f"example stage {i}", FTJ, spec) for i, spec in enumerate(_stages("finetunejob-stages.yaml"))),
     *(
         (f"finetunejob {i}", FTJ, merged(GOOD_FTJ, patch))

@@ -1,4 +1,7 @@
-"""Manifests for one FineTuneJob run: the spec ConfigMap and the batch/v1 Job that trains."""
+"""Manifests for one FineTuneJob run: the spec ConfigMap and the batch/v1 Job that trains.
+
+The trainer pod template and the Job around it are built apart, so a multi-node run's Indexed Job, JobSet
+and TrainJob (gang.py) carry the very pod a one-node run has, plus how its nodes find each other."""
 
 from __future__ import annotations
 
@@ -76,19 +79,60 @@ def build_trainer_job(
     """The batch/v1 Job for run `run` of `finetunejob` (its metadata; its spec is read once, as `spec`).
 
     `merge_sources`: method merge's resolved sources, whose claims the pod mounts read-only too."""
+    template = trainer_pod_template(spec, finetunejob, run, settings, merge_sources)
+    shape = {"backoffLimit": spec.backoff_limit, "completions": 1, "parallelism": 1}
+    return job_manifest(spec, finetunejob, run, {**shape, "podFailurePolicy": pod_failure_policy()}, template)
+
+
+def job_manifest(
+    spec: FineTuneJobSpec, finetunejob: dict[str, Any], run: int, shape: dict[str, Any], template: dict[str, Any]
+) -> dict[str, Any]:
+    """A trainer Job around `template`: `shape` says how many pods and how failures count; the rest
+    (suspend, deadline, TTL, names, owner) is the same for a one-node Job and a gang's Indexed Job."""
     meta = finetunejob["metadata"]
-    labels = run_labels(finetunejob, run)
+    job_spec: dict[str, Any] = {**shape, "suspend": spec.suspend, "template": template}
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": trainer_job_name(meta["name"], run),
+            "namespace": meta["namespace"],
+            "labels": run_labels(finetunejob, run),
+            "ownerReferences": [owner_reference(finetunejob)],
+        },
+        "spec": job_spec,
+    }
+
+
+def trainer_pod_template(
+    spec: FineTuneJobSpec,
+    finetunejob: dict[str, Any],
+    run: int,
+    settings: Settings,
+    merge_sources: list[dict[str, Any]] | None = None,
+    extra_env: list[dict[str, Any]] | None = None,
+    extra_ports: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The trainer pod of run `run`: one container, the spec ConfigMap and claims mounted, the run labels.
+
+    `extra_env` / `extra_ports`: what a gang adds to the container (how the nodes find each other)."""
+    meta = finetunejob["metadata"]
     extra = [str(s["uri"]) for s in merge_sources or []]
     volumes, mounts = _volumes(spec, spec_configmap_name(meta["name"], run), settings, extra)
     container: dict[str, Any] = {
         "name": COMPONENT,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", "kubetune_trainer", "train", "--spec", f"{api.SPEC_MOUNT_DIR}/{api.SPEC_FILE}"],
-        "env": _env(finetunejob, spec, run, settings),
+        "command": trainer_command(),
+        "env": _env(finetunejob, spec, run, settings) + (extra_env or []),
         # Secrets and ConfigMaps by reference (S3 keys, AWS_ENDPOINT_URL, proxies): never copied here.
         **({"envFrom": spec.env_from} if spec.env_from else {}),
-        "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}],
+        "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port, "protocol": "TCP"}]
+        + (extra_ports or []),
         "resources": container_resources(
             spec.resources.cpu, spec.resources.memory, spec.resources.gpus, spec.resources.gpu_resource_name
         ),
@@ -115,29 +159,11 @@ def build_trainer_job(
         pod_spec["affinity"] = spec.resources.affinity
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
-    job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit,
-        "completions": 1,
-        "parallelism": 1,
-        "suspend": spec.suspend,
-        "podFailurePolicy": pod_failure_policy(),
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-    }
-    if spec.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": trainer_job_name(meta["name"], run),
-            "namespace": meta["namespace"],
-            "labels": labels,
-            "ownerReferences": [owner_reference(finetunejob)],
-        },
-        "spec": job_spec,
-    }
+    return {"metadata": {"labels": run_labels(finetunejob, run)}, "spec": pod_spec}
+
+
+def trainer_command() -> list[str]:
+    return ["python", "-m", "kubetune_trainer", "train", "--spec", f"{api.SPEC_MOUNT_DIR}/{api.SPEC_FILE}"]
 
 
 def pod_failure_policy() -> dict[str, Any]:

@@ -17,11 +17,12 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune_api.stages import Merge
 from kubetune_operator import api, captures, job_state, judge_target, lineage, merge_sources, metrics, specs
+from kubetune_operator.builders.gang import ENGINE_CRDS, build_run_children, engine_of, engine_problems
 from kubetune_operator.builders.names import trainer_job_name
-from kubetune_operator.builders.trainer_job import build_spec_configmap, build_trainer_job, run_labels
+from kubetune_operator.builders.trainer_job import build_spec_configmap, run_labels
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, now_iso
-from kubetune_operator.reconcile import ftj_captures, gang_restart
+from kubetune_operator.reconcile import ftj_captures, gang_restart, run_engine
 from kubetune_operator.reconcile.status_writes import patch_and_tell as _patch_and_tell
 from kubetune_operator.reconcile.status_writes import same as _same
 from kubetune_operator.schedule import due_time, parse_time
@@ -78,6 +79,12 @@ def reconcile_spec(
             # The spec changed under a live run: it trains the wrong thing, so replace it.
             kube.delete_job(meta["namespace"], previous["metadata"]["name"])
             kube.event(ftj, "Normal", "RunReplaced", f"spec changed: run {run} stopped, starting run {run + 1}")
+        elif (
+            run
+            and previous is None
+            and run_engine.stop_live_run(kube, meta["namespace"], trainer_job_name(meta["name"], run))
+        ):
+            kube.event(ftj, "Normal", "RunReplaced", f"spec changed: run {run} stopped, starting run {run + 1}")
         init = _latest_init(kube, ftj, spec)  # a new run takes the parent's latest artifact
         if isinstance(init, lineage.Waiting):
             _mark_waiting(kube, ftj, init.message, generation)
@@ -88,9 +95,16 @@ def reconcile_spec(
 
     if status.get("phase") in job_state.TERMINAL:
         return  # A finished run stays finished (its Job may even be gone by TTL); nothing to do.
-    job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
+    job_name = trainer_job_name(meta["name"], run)
+    job = kube.get_job(meta["namespace"], job_name)
     if job is None and gang_restart.restarting(status):
         continue_gang_restart(kube, ftj, settings)  # not before the failed Job's pods are gone
+        return
+    engine_obj = None if job else run_engine.engine_object(kube, engine_of(spec, settings), meta["namespace"], job_name)
+    if engine_obj is not None:
+        # A JobSet or TrainJob runs this run: its Jobs are the engine's, not ours to recreate.
+        run_engine.follow_suspend(kube, ftj, engine_obj, spec.suspend)
+        _mirror_engine(kube, ftj, engine_obj, spec)
         return
     if job is None:
         # Status says a run is live but its Job is missing (e.g. crash before create): recreate it, from
@@ -275,14 +289,24 @@ def _start_run(
         spec = replace(spec, init_uri=resolved.uri)  # the pod mounts the parent's claim
     if capture is not None:
         spec = replace(spec, captures_uri=capture.uri)  # and the ModelDeployment's capture claim
-    job = build_trainer_job(spec, ftj, run, settings, sources)
+    engine = engine_of(spec, settings)
+    problems = engine_problems(spec, engine, trainer_job_name(meta["name"], run))
+    if problems:
+        _mark_invalid(kube, ftj, "; ".join(problems), generation)
+        return
+    crd = run_engine.missing_crd(kube, engine)
+    if engine is not None and crd is not None:
+        run_engine.mark_not_installed(kube, ftj, engine, crd, generation, keep_phase=reason == "Scheduled")
+        return  # nothing created; the retry timer reads the CRD again
+    children = build_run_children(spec, ftj, run, settings, sources)
+    job = children[-1]  # what runs the pods: the Job, JobSet or TrainJob (a gang's Service comes first)
     try:
         init_artifact = resolved.for_trainer() if resolved else None
         frozen_captures = capture.for_trainer(now_iso()) if capture else None
         kube.create(
             build_spec_configmap(ftj, run, init_artifact=init_artifact, merge_sources=sources, captures=frozen_captures)
         )
-        created = kube.create(job)
+        created = [kube.create(child) for child in children][-1]  # False: there already (a retried start)
     except ApiException as err:
         if err.status in (400, 403, 422):
             # The apiserver refused what the spec produced (e.g. an invalid affinity): retrying the
@@ -296,7 +320,7 @@ def _start_run(
     state = job_state.RunState(
         job_state.SUSPENDED if job["spec"]["suspend"] else job_state.PENDING,
         "JobSuspended" if job["spec"]["suspend"] else "JobCreated",
-        f"run {run}: trainer Job {job['metadata']['name']} created",
+        f"run {run}: trainer {job['kind']} {job['metadata']['name']} created",
     )
     patch = job_state.status_for_run({"conditions": []}, state, generation, now_iso())
     patch.update(
@@ -320,6 +344,8 @@ def _start_run(
             "group": gang_restart.initial_group(spec, settings),
         }
     )
+    if engine in ENGINE_CRDS:  # read above: the CRD is established
+        patch["conditions"] = run_engine.installed_condition(patch["conditions"], ENGINE_CRDS[engine], generation)
     if capture is not None:
         patch["conditions"] = set_condition(
             patch["conditions"], captures.CAPTURES_READY, True, captures.RESOLVED, capture.message(run), generation,
@@ -340,7 +366,7 @@ def _start_run(
     kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
     if created:
         source = f" from {resolved.name} run {resolved.run} ({resolved.uri})" if resolved else ""
-        kube.event(ftj, "Normal", reason, f"run {run} started{source}: trainer Job {job['metadata']['name']}")
+        kube.event(ftj, "Normal", reason, f"run {run} started{source}: trainer {job['kind']} {job['metadata']['name']}")
 
 
 def _latest_init(
@@ -394,11 +420,38 @@ def _merge_sources(
     return None
 
 
+def sync_from_engine(kube: Kube, obj: dict[str, Any]) -> None:
+    """On any event of a run's JobSet or TrainJob: mirror its state into the owning FineTuneJob's status."""
+    meta = obj["metadata"]
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
+    if owner is None or not (meta.get("labels") or {}).get(api.LABEL_FINETUNEJOB):
+        return
+    ftj = kube.get_custom(api.FINETUNEJOBS, meta["namespace"], owner["name"])
+    if (
+        ftj is None
+        or ftj["metadata"]["uid"] != owner["uid"]
+        or (ftj.get("status") or {}).get("jobName") != meta["name"]
+    ):
+        return  # not ours, or an older run's
+    fresh = kube.get_engine_object(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+    if fresh is not None and fresh["metadata"].get("uid") == meta.get("uid"):
+        _mirror_engine(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]))
+
+
+def _mirror_engine(kube: Kube, ftj: dict[str, Any], obj: dict[str, Any], spec: specs.FineTuneJobSpec) -> None:
+    state = run_engine.read_engine(obj)
+    result = None
+    if state.phase in job_state.TERMINAL:  # node 0 wrote the trainer's words into its termination message
+        ns = obj["metadata"]["namespace"]
+        node_job = kube.get_job(ns, run_engine.node_job_name(obj["metadata"]["name"]))
+        result = job_state.latest_result(_pods_of(kube, node_job), node_job["metadata"]["uid"]) if node_job else None
+        state = job_state.with_trainer_result(state, result)
+    _mirror_state(kube, ftj, state, result, spec)
+
+
 def _mirror(
     kube: Kube, ftj: dict[str, Any], job: dict[str, Any], spec: specs.FineTuneJobSpec, settings: Settings
 ) -> None:
-    meta, status = ftj["metadata"], ftj.get("status") or {}
-    gate_mode = spec.gate_mode
     state = job_state.read_job(job)
     # A failed gang Job is started over as a whole, unless the failure is final (gang_restart).
     step = gang_restart.on_job(kube, ftj, job, spec, settings)
@@ -411,9 +464,22 @@ def _mirror(
         state = job_state.with_trainer_result(state, result)
     if step is not None and step.action == gang_restart.FAIL:
         state = replace(state, message=f"{step.message}: {state.message}")
+    group = gang_restart.mirrored_group(ftj.get("status") or {}, job, step) if step is not None else None
+    _mirror_state(kube, ftj, state, result, spec, group)
+
+
+def _mirror_state(
+    kube: Kube,
+    ftj: dict[str, Any],
+    state: job_state.RunState,
+    result: dict[str, Any] | None,
+    spec: specs.FineTuneJobSpec,
+    group: dict[str, Any] | None = None,
+) -> None:
+    meta, status = ftj["metadata"], ftj.get("status") or {}
+    gate_mode = spec.gate_mode
     generation = int(meta.get("generation", 1))
     patch = job_state.status_for_run(status, state, generation, now_iso(), result, gate_mode)
-    group = gang_restart.mirrored_group(status, job, step) if step is not None else None
     if group is not None:
         patch["group"] = group
     if _same(status, patch):

@@ -22,6 +22,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_operator import api, specs
+from kubetune_operator.builders.gang import engine_of
 from kubetune_operator.kube import Kube, now_iso
 from kubetune_operator.settings import Settings
 
@@ -51,15 +52,10 @@ class Step:
     group: dict[str, Any] | None = None  # status.group after the step, when it changes
 
 
-def gang_engine(spec: specs.FineTuneJobSpec, settings: Settings) -> str | None:
-    """The engine of a multi-node run, None for one node (builders.gang.engine_of decides the same)."""
-    return None if spec.gang is None else spec.gang.engine or settings.training_engine
-
-
 def applies(spec: specs.FineTuneJobSpec, settings: Settings, job: dict[str, Any] | None = None) -> bool:
     """Whether the operator restarts this run's gang: engine indexedJob (a JobSet has its own failurePolicy,
     a TrainJob its runtime's JobSet), and `job`, when given, is the Indexed Job of a gang."""
-    if gang_engine(spec, settings) != INDEXED_JOB:
+    if engine_of(spec, settings) != INDEXED_JOB:
         return False
     return job is None or (job.get("spec") or {}).get("completionMode") == "Indexed"
 
@@ -70,7 +66,7 @@ def initial_group(spec: specs.FineTuneJobSpec, settings: Settings) -> dict[str, 
         return None
     return {
         "nodes": spec.gang.nodes,
-        "engine": gang_engine(spec, settings),
+        "engine": engine_of(spec, settings),
         "readyPods": 0,
         "restarts": 0,
         "preemptions": 0,
