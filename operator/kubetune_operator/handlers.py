@@ -142,6 +142,18 @@ def finish_gang_restart(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     finetunejob.continue_gang_restart(Kube(), _fresh(body), memo.settings)
 
 
+@kopf.timer(
+    api.GROUP,
+    api.VERSION,
+    api.FINETUNEJOBS,
+    interval=Settings.from_env().schedule_check_seconds,
+    when=lambda status, **_: run_engine.follows(dict(status)),
+)
+def follow_engine_run(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    # A JobSet or TrainJob run: its events may not reach us yet (below); read its state anyway.
+    finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
+
+
 # Multi-node runs on other projects' engines. Kopf serves these once their CRDs exist (it watches CRDs).
 @kopf.on.event("jobset.x-k8s.io", "v1alpha2", "jobsets", labels=TRAINER_JOBS)
 @kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=TRAINER_JOBS)

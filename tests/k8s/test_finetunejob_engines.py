@@ -125,9 +125,8 @@ def test_jobset_gang_without_the_crd_waits_then_starts(k8s, operator, no_jobset_
     failed = {"type": "Failed", "status": "True", "reason": "FailedJobs", "message": "jobset js-run-1 failed",
               "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
     k8s.custom.patch_namespaced_custom_object_status(*jobsets, "js-run-1", {"status": {"conditions": [failed]}})
-    # 90s: Kopf starts watching JobSets once it rediscovers the API after the CRD appeared.
     status = wait_for(lambda: (k8s.get_ftj("js").get("status") or {}).get("phase") == "Failed"
-                      and k8s.get_ftj("js")["status"], 90, "the FineTuneJob Failed")  # fmt: skip
+                      and k8s.get_ftj("js")["status"], 30, "the FineTuneJob Failed")  # fmt: skip
     assert condition(status, "Failed")["reason"] == "FailedJobs"
     assert "jobset js-run-1 failed" in status["message"]
 

@@ -27,6 +27,15 @@ def waits(status: dict[str, Any]) -> bool:
     return any(c.get("type") == ENGINE_AVAILABLE and c.get("status") == "False" for c in status.get("conditions") or [])
 
 
+def follows(status: dict[str, Any]) -> bool:
+    """A live run on JobSet or TrainJob: a timer reads it too, since Kopf starts watching a CRD installed
+    after the operator only once it rediscovers the API (a minute or more)."""
+    available = any(
+        c.get("type") == ENGINE_AVAILABLE and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    return available and status.get("phase") not in job_state.TERMINAL
+
+
 def missing_crd(kube: Kube, engine: str | None) -> str | None:
     """The CRD `engine` needs and this cluster does not serve; None when it needs none or it is there.
 
