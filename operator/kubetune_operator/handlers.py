@@ -10,7 +10,7 @@ import kopf
 
 from kubetune_operator import api, captures, judge_target, metrics, specs
 from kubetune_operator.kube import Kube, load_credentials
-from kubetune_operator.reconcile import finetunejob, modeldeployment, run_engine
+from kubetune_operator.reconcile import finetunejob, ftj_mirror, modeldeployment, run_engine
 from kubetune_operator.settings import Settings
 
 TRAINER_JOBS = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_COMPONENT: "trainer"}
@@ -126,7 +126,7 @@ def follow_parent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
 def mirror_trainer_job(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         return
-    finetunejob.sync_from_job(Kube(), dict(body), memo.settings)
+    ftj_mirror.sync_from_job(Kube(), dict(body), memo.settings)
 
 
 @kopf.timer(
@@ -160,7 +160,7 @@ def follow_engine_run(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
 def mirror_engine_run(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type == "DELETED":
         return
-    finetunejob.sync_from_engine(Kube(), dict(body))
+    ftj_mirror.sync_from_engine(Kube(), dict(body))
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER_JOBS)
@@ -170,7 +170,7 @@ def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, A
 
 @kopf.index("v1", "pods", labels=TRAINER_JOBS)
 def trainer_pods(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
-    uid = (body["metadata"].get("labels") or {}).get(finetunejob.CONTROLLER_UID)
+    uid = (body["metadata"].get("labels") or {}).get(ftj_mirror.CONTROLLER_UID)
     return {uid: dict(body)} if uid else None
 
 

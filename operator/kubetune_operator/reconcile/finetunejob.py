@@ -1,4 +1,4 @@
-"""FineTuneJob reconciliation: start, replace, suspend and mirror trainer runs.
+"""FineTuneJob reconciliation: start, replace, suspend and restart trainer runs (their state reaches status in ftj_mirror).
 
 Every function reads what is there, computes what should be, and converges. Names are
 deterministic, so a crash between any two API calls is repaired by the next call.
@@ -16,21 +16,18 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubetune_api.stages import Merge
-from kubetune_operator import api, captures, job_state, judge_target, lineage, merge_sources, metrics, specs
+from kubetune_operator import api, captures, job_state, judge_target, lineage, merge_sources, specs
 from kubetune_operator.builders.gang import ENGINE_CRDS, build_run_children, engine_of, engine_problems
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, run_labels
 from kubetune_operator.conditions import set_condition
 from kubetune_operator.kube import Kube, now_iso
-from kubetune_operator.reconcile import ftj_captures, gang_restart, run_engine
+from kubetune_operator.reconcile import ftj_captures, ftj_mirror, gang_restart, run_engine
 from kubetune_operator.reconcile.status_writes import patch_and_tell as _patch_and_tell
-from kubetune_operator.reconcile.status_writes import same as _same
 from kubetune_operator.schedule import due_time, parse_time
 from kubetune_operator.settings import Settings
 
 log = logging.getLogger(__name__)
-# The Job controller labels a Job's pods with the Job's uid: a selector no other Job can match.
-CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ class Seen:
 
     def pods_of(self, job: dict[str, Any]) -> list[dict[str, Any]]:
         uid = job["metadata"]["uid"]
-        return [p for p in self.pods.get(uid, ()) if _owned_by(p, uid)]
+        return [p for p in self.pods.get(uid, ()) if ftj_mirror.owned_by(p, uid)]
 
 
 def reconcile_spec(
@@ -104,7 +101,7 @@ def reconcile_spec(
     if engine_obj is not None:
         # A JobSet or TrainJob runs this run: its Jobs are the engine's, not ours to recreate.
         run_engine.follow_suspend(kube, ftj, engine_obj, spec.suspend)
-        _mirror_engine(kube, ftj, engine_obj, spec)
+        ftj_mirror.mirror_engine(kube, ftj, engine_obj, spec)
         return
     if job is None:
         # Status says a run is live but its Job is missing (e.g. crash before create): recreate it, from
@@ -116,25 +113,7 @@ def reconcile_spec(
         kube.patch_job(meta["namespace"], job["metadata"]["name"], {"spec": {"suspend": spec.suspend}})
         kube.event(ftj, "Normal", "Suspended" if spec.suspend else "Resumed", f"run {run}")
         job["spec"]["suspend"] = spec.suspend
-    _mirror(kube, ftj, job, spec, settings)
-
-
-def sync_from_job(kube: Kube, job: dict[str, Any], settings: Settings) -> None:
-    """On any event of a trainer Job: mirror its state into the owning FineTuneJob's status."""
-    labels = job["metadata"].get("labels") or {}
-    name, ns = labels.get(api.LABEL_FINETUNEJOB), job["metadata"]["namespace"]
-    owner = next((o for o in job["metadata"].get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
-    if not name or owner is None:
-        return
-    ftj = kube.get_custom(api.FINETUNEJOBS, ns, owner["name"])
-    if ftj is None or ftj["metadata"]["uid"] != owner["uid"]:
-        return
-    if (ftj.get("status") or {}).get("jobName") != job["metadata"]["name"]:
-        return  # An older run's Job: its news no longer describes the FineTuneJob.
-    # The event's body may be older than the Job now is (events queue up): mirror what is there.
-    fresh = kube.get_job(ns, job["metadata"]["name"])
-    if fresh is not None and fresh["metadata"].get("uid") == job["metadata"].get("uid"):
-        _mirror(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]), settings)
+    ftj_mirror.mirror(kube, ftj, job, spec, settings)
 
 
 def continue_gang_restart(kube: Kube, ftj: dict[str, Any], settings: Settings) -> None:
@@ -149,7 +128,7 @@ def continue_gang_restart(kube: Kube, ftj: dict[str, Any], settings: Settings) -
     spec = specs.FineTuneJobSpec.from_dict(ftj["spec"])
     job = kube.get_job(meta["namespace"], trainer_job_name(meta["name"], run))
     if job is not None:
-        _mirror(kube, ftj, job, spec, settings)  # the failed one still there, or the new one already
+        ftj_mirror.mirror(kube, ftj, job, spec, settings)  # the failed one still there, or the new one already
         return
     if gang_restart.without_job(kube, ftj, spec, run_labels(ftj, run)).action != gang_restart.CREATE:
         return  # pods of the failed Job are still there (their processes may hold the port, the disk)
@@ -166,7 +145,7 @@ def sync_from_pod(kube: Kube, pod: dict[str, Any], seen: Seen | None = None) -> 
     if not job_name or job_state.read_pod_blocker(pod) is None:
         return
     job = (seen and seen.job(ns, job_name)) or kube.get_job(ns, job_name)
-    if job is None or not _owned_by(pod, job["metadata"]["uid"]):
+    if job is None or not ftj_mirror.owned_by(pod, job["metadata"]["uid"]):
         return
     owner = next((o for o in job["metadata"].get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
     ftj = kube.get_custom(api.FINETUNEJOBS, ns, owner["name"]) if owner else None
@@ -188,7 +167,7 @@ def explain_pending(
     if pods is None:
         name = status.get("jobName") or trainer_job_name(meta["name"], int(run))
         job = (seen and seen.job(meta["namespace"], name)) or kube.get_job(meta["namespace"], name)
-        pods = ((seen and seen.pods_of(job)) or _pods_of(kube, job)) if job is not None else []
+        pods = ((seen and seen.pods_of(job)) or ftj_mirror.pods_of(kube, job)) if job is not None else []
     for pod in pods:
         blocker = job_state.read_pod_blocker(pod)
         if blocker is None:
@@ -418,89 +397,6 @@ def _merge_sources(
         patch["phase"] = job_state.PENDING
     _patch_and_tell(kube, ftj, patch, "Normal", WAITING_FOR_SOURCES, message)
     return None
-
-
-def sync_from_engine(kube: Kube, obj: dict[str, Any]) -> None:
-    """On any event of a run's JobSet or TrainJob: mirror its state into the owning FineTuneJob's status."""
-    meta = obj["metadata"]
-    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
-    if owner is None or not (meta.get("labels") or {}).get(api.LABEL_FINETUNEJOB):
-        return
-    ftj = kube.get_custom(api.FINETUNEJOBS, meta["namespace"], owner["name"])
-    if (
-        ftj is None
-        or ftj["metadata"]["uid"] != owner["uid"]
-        or (ftj.get("status") or {}).get("jobName") != meta["name"]
-    ):
-        return  # not ours, or an older run's
-    fresh = kube.get_engine_object(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-    if fresh is not None and fresh["metadata"].get("uid") == meta.get("uid"):
-        _mirror_engine(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]))
-
-
-def _mirror_engine(kube: Kube, ftj: dict[str, Any], obj: dict[str, Any], spec: specs.FineTuneJobSpec) -> None:
-    state = run_engine.read_engine(obj)
-    result = None
-    if state.phase in job_state.TERMINAL:  # node 0 wrote the trainer's words into its termination message
-        ns = obj["metadata"]["namespace"]
-        node_job = kube.get_job(ns, run_engine.node_job_name(obj["metadata"]["name"]))
-        result = job_state.latest_result(_pods_of(kube, node_job), node_job["metadata"]["uid"]) if node_job else None
-        state = job_state.with_trainer_result(state, result)
-    _mirror_state(kube, ftj, state, result, spec)
-
-
-def _mirror(
-    kube: Kube, ftj: dict[str, Any], job: dict[str, Any], spec: specs.FineTuneJobSpec, settings: Settings
-) -> None:
-    state = job_state.read_job(job)
-    # A failed gang Job is started over as a whole, unless the failure is final (gang_restart).
-    step = gang_restart.on_job(kube, ftj, job, spec, settings)
-    if step is not None and step.action in (gang_restart.RESTART, gang_restart.DELETE):
-        return
-    result = None
-    if state.phase in job_state.TERMINAL:
-        # Success or failure, the trainer's own words are in its last pod's termination message.
-        result = job_state.latest_result(_pods_of(kube, job), job["metadata"]["uid"])
-        state = job_state.with_trainer_result(state, result)
-    if step is not None and step.action == gang_restart.FAIL:
-        state = replace(state, message=f"{step.message}: {state.message}")
-    group = gang_restart.mirrored_group(ftj.get("status") or {}, job, step) if step is not None else None
-    _mirror_state(kube, ftj, state, result, spec, group)
-
-
-def _mirror_state(
-    kube: Kube,
-    ftj: dict[str, Any],
-    state: job_state.RunState,
-    result: dict[str, Any] | None,
-    spec: specs.FineTuneJobSpec,
-    group: dict[str, Any] | None = None,
-) -> None:
-    meta, status = ftj["metadata"], ftj.get("status") or {}
-    gate_mode = spec.gate_mode
-    generation = int(meta.get("generation", 1))
-    patch = job_state.status_for_run(status, state, generation, now_iso(), result, gate_mode)
-    if group is not None:
-        patch["group"] = group
-    if _same(status, patch):
-        return  # nothing new, or older news than the status already shows
-    kube.patch_status(api.FINETUNEJOBS, meta["namespace"], meta["name"], patch)
-    if status.get("phase") != state.phase:
-        metrics.RUN_TRANSITIONS.labels(meta["namespace"], state.phase).inc()
-        kind = "Warning" if state.phase == job_state.FAILED else "Normal"
-        kube.event(ftj, kind, state.reason, f"run {status.get('run')}: {state.message}")
-        if state.phase == job_state.SUCCEEDED and gate_mode == job_state.UNGATED:
-            kube.event(ftj, "Warning", "Ungated", f"run {status.get('run')}: {job_state.UNGATED_MESSAGE}")
-
-
-def _pods_of(kube: Kube, job: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Job's own pods: selected by its uid and checked against their owner, never by a name label."""
-    uid = job["metadata"]["uid"]
-    return [p for p in kube.list_pods(job["metadata"]["namespace"], f"{CONTROLLER_UID}={uid}") if _owned_by(p, uid)]
-
-
-def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    return any(o.get("uid") == uid for o in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def _output_owner(ftj: dict[str, Any], outputs: list[specs.OutputClaim] | None) -> specs.OutputClaim | None:
