@@ -1,4 +1,6 @@
-"""FineTuneJob reconciliation: start, replace, suspend and restart trainer runs (their state reaches status in ftj_mirror).
+"""FineTuneJob reconciliation: start, replace, suspend and restart trainer runs.
+
+A run's state reaches the status through ftj_mirror; a gang's restart is gang_restart's decision.
 
 Every function reads what is there, computes what should be, and converges. Names are
 deterministic, so a crash between any two API calls is repaired by the next call.
