@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubetune_api.capture import Capture
-from kubetune_operator.conditions import set_condition
+from kubetune_operator.conditions import waiting_patch
 
 CAPTURES_READY = "CapturesReady"
 RESOLVED = "CapturesResolved"
@@ -83,15 +83,8 @@ def resolve(captures: dict[str, Any] | None, md: dict[str, Any] | None) -> Captu
 def unavailable_patch(
     status: dict[str, Any], why: Unavailable, generation: int, now: str, keep_phase: bool
 ) -> dict[str, Any]:
-    """The status that says why no run starts: CapturesReady False with the reason, Pending (a scheduled
-    re-run keeps the last run's phase, which stays shown) and no Job."""
-    conditions = set_condition(
-        status.get("conditions"), CAPTURES_READY, False, why.reason, why.message, generation, now
-    )
-    patch: dict[str, Any] = {"message": why.message, "observedGeneration": generation, "conditions": conditions}
-    if not keep_phase:
-        patch["phase"] = "Pending"
-    return patch
+    """The status that says why no run starts: CapturesReady False with the reason (conditions.waiting_patch)."""
+    return waiting_patch(status, CAPTURES_READY, why.reason, why.message, generation, now, keep_phase)
 
 
 def waits(status: dict[str, Any]) -> bool:

@@ -47,3 +47,27 @@ def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[s
         if cond.get("type") == type_:
             return cond
     return None
+
+
+def waiting_patch(
+    status: dict[str, Any],
+    type_: str,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+    keep_phase: bool = False,
+) -> dict[str, Any]:
+    """The status of a run that cannot start yet: condition `type_` False with the reason, the message, and
+    phase Pending, except for a scheduled re-run (`keep_phase`), which waits behind the last run's outcome
+    while that stays shown. No Job is created; a timer looks again.
+
+    >>> p = waiting_patch({}, "SourcesReady", "WaitingForSources", "a is running", 3, "now")
+    >>> p["phase"], p["conditions"][0]["status"], "phase" in waiting_patch({}, "X", "Y", "z", 1, "now", True)
+    ('Pending', 'False', False)
+    """
+    conditions = set_condition(status.get("conditions"), type_, False, reason, message, generation, now)
+    patch: dict[str, Any] = {"message": message, "observedGeneration": generation, "conditions": conditions}
+    if not keep_phase:
+        patch["phase"] = "Pending"
+    return patch

@@ -150,17 +150,10 @@ def finish_gang_restart(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     when=lambda status, **_: run_engine.follows(dict(status)),
 )
 def follow_engine_run(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    # A JobSet or TrainJob run: its events may not reach us yet (below); read its state anyway.
+    # A JobSet or TrainJob run is read on this timer, not watched: a Kopf watch of another project's CRD
+    # dies with the whole operator when that CRD is uninstalled (404 on the watch: "multitasker has failed"),
+    # and starts only minutes after a CRD installed later. A gang run lasts hours; a tick is soon enough.
     finetunejob.reconcile_spec(Kube(), _fresh(body), memo.settings, _outputs(kwargs))
-
-
-# Multi-node runs on other projects' engines. Kopf serves these once their CRDs exist (it watches CRDs).
-@kopf.on.event("jobset.x-k8s.io", "v1alpha2", "jobsets", labels=TRAINER_JOBS)
-@kopf.on.event("trainer.kubeflow.org", "v1alpha1", "trainjobs", labels=TRAINER_JOBS)
-def mirror_engine_run(body: kopf.Body, type: str | None, **_: Any) -> None:
-    if type == "DELETED":
-        return
-    ftj_mirror.sync_from_engine(Kube(), dict(body))
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER_JOBS)

@@ -13,7 +13,7 @@ from typing import Any
 
 from kubetune_operator.builders.names import bounded
 from kubetune_operator.captures import Unavailable
-from kubetune_operator.conditions import set_condition
+from kubetune_operator.conditions import set_condition, waiting_patch
 
 JUDGE_READY = "JudgeReady"
 RESOLVED = "JudgeResolved"
@@ -53,12 +53,8 @@ def resolve(ref: str | None, md: dict[str, Any] | None, namespace: str) -> str |
 def unavailable_patch(
     status: dict[str, Any], why: Unavailable, generation: int, now: str, keep_phase: bool
 ) -> dict[str, Any]:
-    """JudgeReady False with the reason, Pending (a scheduled re-run keeps the last run's phase) and no Job."""
-    conditions = set_condition(status.get("conditions"), JUDGE_READY, False, why.reason, why.message, generation, now)
-    patch: dict[str, Any] = {"message": why.message, "observedGeneration": generation, "conditions": conditions}
-    if not keep_phase:
-        patch["phase"] = "Pending"
-    return patch
+    """JudgeReady False with the reason (conditions.waiting_patch)."""
+    return waiting_patch(status, JUDGE_READY, why.reason, why.message, generation, now, keep_phase)
 
 
 def ready_conditions(conditions: list[dict[str, Any]], ref: str, url: str, generation: int, now: str) -> list[Any]:

@@ -36,8 +36,8 @@ OPERATOR_NAMESPACED = triples(
         ("events.k8s.io", "events"): "create",
         ("apps", "deployments"): "create list patch delete",
         ("gateway.networking.k8s.io", "httproutes"): "create get patch",
-        ("jobset.x-k8s.io", "jobsets"): "create get list watch patch delete",
-        ("trainer.kubeflow.org", "trainjobs"): "create get list watch patch delete",
+        ("jobset.x-k8s.io", "jobsets"): "create get patch delete",
+        ("trainer.kubeflow.org", "trainjobs"): "create get patch delete",
     }
 )
 OPERATOR_CLUSTER = triples(

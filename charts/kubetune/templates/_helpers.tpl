@@ -121,15 +121,15 @@ plus what Kopf does on the watched resources (patch for its finalizer and progre
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
   verbs: [create, get, patch]
-# Multi-node runs on JobSet or Kubeflow Trainer: create a run's object, read it back and watch it (its
-# state is the FineTuneJob's), patch spec.suspend, delete it when the spec changes under it. The CRDs
-# need not be installed: the operator reads them first, and Kopf watches them once they are.
+# Multi-node runs on JobSet or Kubeflow Trainer: create a run's object, read it back on a timer (its
+# state is the FineTuneJob's; not watched), patch spec.suspend, delete it when the spec changes under it.
+# The CRDs need not be installed: the operator reads them first.
 - apiGroups: [jobset.x-k8s.io]
   resources: [jobsets]
-  verbs: [create, get, list, watch, patch, delete]
+  verbs: [create, get, patch, delete]
 - apiGroups: [trainer.kubeflow.org]
   resources: [trainjobs]
-  verbs: [create, get, list, watch, patch, delete]
+  verbs: [create, get, patch, delete]
 {{- end }}
 
 {{/*

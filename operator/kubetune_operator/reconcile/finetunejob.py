@@ -22,7 +22,7 @@ from kubetune_operator import api, captures, job_state, judge_target, lineage, m
 from kubetune_operator.builders.gang import ENGINE_CRDS, build_run_children, engine_of, engine_problems
 from kubetune_operator.builders.names import trainer_job_name
 from kubetune_operator.builders.trainer_job import build_spec_configmap, run_labels
-from kubetune_operator.conditions import set_condition
+from kubetune_operator.conditions import set_condition, waiting_patch
 from kubetune_operator.kube import Kube, now_iso
 from kubetune_operator.reconcile import ftj_captures, ftj_mirror, gang_restart, run_engine
 from kubetune_operator.reconcile.status_writes import patch_and_tell as _patch_and_tell
@@ -391,12 +391,7 @@ def _merge_sources(
     if not resolution.waiting:
         return resolution.sources
     message = resolution.message
-    conditions = set_condition(
-        status.get("conditions"), SOURCES_READY, False, WAITING_FOR_SOURCES, message, generation, now_iso()
-    )
-    patch: dict[str, Any] = {"message": message, "observedGeneration": generation, "conditions": conditions}
-    if not keep_phase:  # a scheduled re-run waits behind the last run's outcome, which stays shown
-        patch["phase"] = job_state.PENDING
+    patch = waiting_patch(status, SOURCES_READY, WAITING_FOR_SOURCES, message, generation, now_iso(), keep_phase)
     _patch_and_tell(kube, ftj, patch, "Normal", WAITING_FOR_SOURCES, message)
     return None
 

@@ -38,24 +38,6 @@ def sync_from_job(kube: Kube, job: dict[str, Any], settings: Settings) -> None:
         mirror(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]), settings)
 
 
-def sync_from_engine(kube: Kube, obj: dict[str, Any]) -> None:
-    """On any event of a run's JobSet or TrainJob: mirror its state into the owning FineTuneJob's status."""
-    meta = obj["metadata"]
-    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None)
-    if owner is None or not (meta.get("labels") or {}).get(api.LABEL_FINETUNEJOB):
-        return
-    ftj = kube.get_custom(api.FINETUNEJOBS, meta["namespace"], owner["name"])
-    if (
-        ftj is None
-        or ftj["metadata"]["uid"] != owner["uid"]
-        or (ftj.get("status") or {}).get("jobName") != meta["name"]
-    ):
-        return  # not ours, or an older run's
-    fresh = kube.get_engine_object(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-    if fresh is not None and fresh["metadata"].get("uid") == meta.get("uid"):
-        mirror_engine(kube, ftj, fresh, specs.FineTuneJobSpec.from_dict(ftj["spec"]))
-
-
 def mirror_engine(kube: Kube, ftj: dict[str, Any], obj: dict[str, Any], spec: specs.FineTuneJobSpec) -> None:
     state = run_engine.read_engine(obj)
     result = None

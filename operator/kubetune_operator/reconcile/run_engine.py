@@ -10,7 +10,7 @@ from typing import Any
 
 from kubetune_operator import job_state
 from kubetune_operator.builders.gang import ENGINE_CRDS, JOB_SET, JOBSET_API, NODE, TRAIN_JOB, TRAINJOB_API
-from kubetune_operator.conditions import set_condition
+from kubetune_operator.conditions import set_condition, waiting_patch
 from kubetune_operator.kube import Kube, now_iso
 from kubetune_operator.reconcile.status_writes import patch_and_tell
 
@@ -28,8 +28,7 @@ def waits(status: dict[str, Any]) -> bool:
 
 
 def follows(status: dict[str, Any]) -> bool:
-    """A live run on JobSet or TrainJob: a timer reads it too, since Kopf starts watching a CRD installed
-    after the operator only once it rediscovers the API (a minute or more)."""
+    """A live run on JobSet or TrainJob: the operator reads its state on a timer (handlers.follow_engine_run)."""
     available = any(
         c.get("type") == ENGINE_AVAILABLE and c.get("status") == "True" for c in status.get("conditions") or []
     )
@@ -55,12 +54,7 @@ def mark_not_installed(
         "to indexedJob (plain Kubernetes); unset, the engine is the operator's KUBETUNE_TRAINING_ENGINE. "
         "The run starts once the CRD is there"
     )
-    conditions = set_condition(
-        status.get("conditions"), ENGINE_AVAILABLE, False, ENGINE_NOT_INSTALLED, message, generation, now_iso()
-    )
-    patch: dict[str, Any] = {"message": message, "observedGeneration": generation, "conditions": conditions}
-    if not keep_phase:  # a scheduled re-run waits behind the last run's outcome, which stays shown
-        patch["phase"] = job_state.PENDING
+    patch = waiting_patch(status, ENGINE_AVAILABLE, ENGINE_NOT_INSTALLED, message, generation, now_iso(), keep_phase)
     patch_and_tell(kube, ftj, patch, "Warning", ENGINE_NOT_INSTALLED, message)
 
 
