@@ -149,6 +149,19 @@ def equal_token_batches(rows: list[dict[str, list[int]]], n_batches: int) -> lis
     return batches
 
 
+def random_batches(n_rows: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Rows in a seeded random order, cut into batches of ``batch_size`` (the last one fewer): HF's composition.
+
+    For one-row (padding-free) layouts, where a batch's cost does not depend on how alike its lengths are.
+
+    >>> random_batches(5, 2, seed=0)
+    [[2, 1], [0, 4], [3]]
+    """
+    order = list(range(n_rows))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n_rows, batch_size)]
+
+
 def epoch_order(n_batches: int, seed: int, epoch: int) -> list[int]:
     """A deterministic batch order per epoch, so a resumed run replays exactly the same data."""
     order = list(range(n_batches))
