@@ -138,7 +138,6 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
 
 def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     from kubetune_trainer.config import TrainingConfig
-    from kubetune_trainer.model import attn_implementation
     from kubetune_trainer.train import resolve_precision, train
 
     tok, model = load(args)
@@ -148,7 +147,7 @@ def side_ours(args: argparse.Namespace) -> dict[str, Any]:
         learning_rate=args.lr,
         scheduler=args.scheduler,
         warmup_ratio=0.0,
-        batch_size=HF_BATCH,  # examples per step on average, as HF's per_device_train_batch_size
+        batch_size=HF_BATCH,  # examples per step, as HF's per_device_train_batch_size
         max_seq_length=args.max_len,
         precision=args.precision,
         eval_steps=10_000,

@@ -61,7 +61,7 @@ def packed_sdpa(
     )
     lengths = example_lengths(position_ids) if packed and position_ids is not None else []
     if len(lengths) <= 1:
-        return sdpa_attention_forward(  # type: ignore[no-any-return]
+        return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     gqa = query.shape[1] != key.shape[1]

@@ -2,8 +2,8 @@
 # mypy: disable-error-code="no-untyped-call"
 """The training loop: a plain, readable PyTorch loop (torchtune-style), no HF Trainer.
 
-One optimizer step = ``gradientAccumulationSteps`` micro-batches of ``batchSize`` examples (on average, with
-packing: see packing.py), so an epoch takes HF Trainer's number of steps, and the log and status show
+One optimizer step = ``gradientAccumulationSteps`` micro-batches of ``batchSize`` examples (with packing
+one padding-free row each, see packing.py), so an epoch takes HF Trainer's number of steps, and the log and status show
 the plan (examples and tokens per step, steps per epoch) before the first step. The loss of a step is the sum of
 per-token losses divided by the number of target tokens in the whole step, so accumulation gives the
 same gradient as one big batch. The batch order of each epoch is a pure function of (seed, epoch), so a
@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
-from kubetune_trainer import checkpoint, distributed, packed_attention
+from kubetune_trainer import checkpoint, distributed, lean_lora, packed_attention
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.distributed import World
 from kubetune_trainer.loss import mean_loss, token_losses
@@ -315,7 +315,7 @@ def train(
     last_loss: float | None = None
     # One packed row per micro-batch: per-example attention where there is no varlen kernel.
     one_row = packed_attention.enabled(model) if varlen else contextlib.nullcontext()
-    with _SigtermFlag() as sigterm, one_row:
+    with _SigtermFlag() as sigterm, one_row, lean_lora.enabled(model):
         while step < total:
             epoch, k = divmod(step, per_epoch)
             order = epoch_order(len(batches), cfg.seed, epoch)
