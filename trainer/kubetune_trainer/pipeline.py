@@ -32,7 +32,7 @@ class TokenizedData:
     test: list[dict[str, list[int]]]
     golden: list[tuple[str, str]]  # (prompt, expected answer) for generation
     dropped: int  # examples where not even one response token fit in maxSeqLength
-    varlen: bool = False  # packing into one row per micro-batch for a varlen kernel (see packing.py)
+    varlen: bool = False  # packing: one padding-free row per micro-batch (see packing.py)
 
 
 def tokenize_splits(

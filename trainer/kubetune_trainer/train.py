@@ -251,7 +251,8 @@ def train(
 ) -> TrainResult:
     """``dtype``: the compute (autocast) dtype, `resolve_precision`'s answer for this device.
     ``objective``: what a step minimises (next-token cross-entropy when None; ``varlen``: its micro-batches
-    are flattened into one row for a varlen attention kernel, see packing.py).
+    are batchSize random examples flattened into one row, attended per example by flash-attn's varlen
+    kernel or packed_attention.py, see packing.py).
 
     ``checkpoint_remote``: where checkpoints are mirrored (``<s3 output>/checkpoints``) so that a pod
     on another node resumes from them; None when the output directory itself outlives the pod."""
