@@ -1,19 +1,24 @@
 """Throughput of our trainer vs. plain HF Trainer + PEFT LoRA with pad-to-longest batches.
 
-Both train the same tiny model with the same LoRA config on the same long-tailed instruction data
-(lengths roughly log-normal, as real instruction sets are) for one epoch, each in its own process so
-peak RSS is its own. Reported per side: non-padding tokens per second, peak RSS, and validation loss
-after the same tokens (one epoch). Optimizer steps (and so tokens per step, on average) are matched by
-the trainer itself: both sides run batchSize 8, so both take ceil(examples / 8) steps; ours lays them
-out as it does on this device (CPU: length-grouped micro-batches of about equal tokens, one example per
-row; see packing.py).
+Both train the same tiny model with the same LoRA config on the same long-tailed instruction data for
+one epoch (``--epochs``), each in its own process so peak RSS is its own. Two data shapes (``--shapes``):
+
+- ``lognormal``: response lengths log-normal (median 25 words, ``--sigma``), as real instruction sets are;
+- ``heavy``: a heavier tail, many short rows (85 %, median 8 words) plus some near the maximum length
+  (15 %, 220-400 words, so most are cut at ``--max-len`` tokens).
+
+Reported per side: non-padding tokens per second, peak RSS, and validation loss after the same tokens.
+Optimizer steps are matched by the trainer itself: both sides run batchSize 8, so both take
+ceil(examples / 8) steps per epoch; ours lays each step's examples out as one padding-free row (see
+packing.py and packed_attention.py). The default length (8000 rows) runs HF for a minute or more per
+shape on one thread, so warm-up is a small share as in a real job; ``--smoke`` is a tiny run for tests.
 ``--threads N`` sets torch's intra-op threads on both sides alike (default: torch's own choice);
 ``--repeat N`` runs each side N times, alternating, and shows each side's best (shared machines are noisy).
 ``--seed`` changes adapter init and batch order on both sides; ``--scheduler`` the LR schedule of both.
 
-    python bench/bench_trainer.py                  # both sides on sigma 1.0 and 1.5: tables and ratios
-    python bench/bench_trainer.py --sigma 1.0      # one distribution
-    python bench/bench_trainer.py --side ours --sigma 1.0   # one side, prints one JSON line
+    python bench/bench_trainer.py --threads 1 --repeat 2          # both shapes: tables, ratios, loss deltas
+    python bench/bench_trainer.py --shapes lognormal --sigma 1.5  # one shape
+    python bench/bench_trainer.py --side ours --shapes heavy      # one side, prints one JSON line
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import resource
 import subprocess
@@ -31,16 +37,26 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 HF_BATCH = 8  # examples per step, both sides
+SHAPES = ("lognormal", "heavy")
 sys.path.insert(0, str(REPO / "trainer"))
 
 
-def long_tail_rows(n: int, sigma: float = 1.0, seed: int = 0) -> list[tuple[str, str]]:
-    """(prompt, response) pairs with log-normal response lengths: median 25 words, capped at 400."""
+def response_words(shape: str, sigma: float, rng: random.Random) -> int:
+    """Words in one response: log-normal (median 25), or the heavy tail's short rows and near-maximum ones."""
+    if shape == "heavy":
+        if rng.random() < 0.15:
+            return rng.randint(220, 400)
+        return min(400, max(2, int(rng.lognormvariate(math.log(8), 0.5))))
+    return min(400, max(3, int(rng.lognormvariate(math.log(25), sigma))))
+
+
+def long_tail_rows(n: int, shape: str = "lognormal", sigma: float = 1.0, seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, response) pairs of ``shape`` (see the module docstring), capped at 400 words."""
     words = (REPO / "examples" / "data" / "general.txt").read_text().split()
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        length = min(400, max(3, int(rng.lognormvariate(math.log(25), sigma))))
+        length = response_words(shape, sigma, rng)
         start = rng.randrange(len(words))
         response = " ".join(words[(start + j) % len(words)] for j in range(length))
         rows.append((f"### Instruction:\nContinue note {i}.\n\n### Response:\n", response))
@@ -50,7 +66,8 @@ def long_tail_rows(n: int, sigma: float = 1.0, seed: int = 0) -> list[tuple[str,
 def tokenized(args: argparse.Namespace, tok: Any) -> tuple[list[dict], list[dict]]:
     from kubetune_trainer.packing import tokenize_pair
 
-    examples = [tokenize_pair(p, r, tok, args.max_len) for p, r in long_tail_rows(args.rows, args.sigma)]
+    pairs = long_tail_rows(args.rows, args.shape, args.sigma)  # the same data whatever --seed
+    examples = [tokenize_pair(p, r, tok, args.max_len) for p, r in pairs]
     examples = [e for e in examples if e is not None]
     n_val = max(1, len(examples) // 10)
     return examples[n_val:], examples[:n_val]
@@ -98,7 +115,7 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
     targs = TrainingArguments(
         output_dir=str(Path(args.workdir) / "hf"),
         per_device_train_batch_size=HF_BATCH,
-        num_train_epochs=1,
+        num_train_epochs=args.epochs,
         learning_rate=args.lr,
         lr_scheduler_type=args.scheduler,
         logging_steps=10_000,
@@ -114,23 +131,23 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    result = finish(args, model, tok, val, sum(len(e["input_ids"]) for e in train), seconds, trainer.state.global_step)
+    tokens = args.epochs * sum(len(e["input_ids"]) for e in train)
+    result = finish(args, model, tok, val, tokens, seconds, trainer.state.global_step)
     return {**result, "paddedTokens": padded[0]}
 
 
 def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     from kubetune_trainer.config import TrainingConfig
-    from kubetune_trainer.model import attn_implementation
     from kubetune_trainer.train import resolve_precision, train
 
     tok, model = load(args)
     train_ex, val = tokenized(args, tok)
     cfg = TrainingConfig(
-        epochs=1,
+        epochs=args.epochs,
         learning_rate=args.lr,
         scheduler=args.scheduler,
         warmup_ratio=0.0,
-        batch_size=HF_BATCH,  # examples per step on average, as HF's per_device_train_batch_size
+        batch_size=HF_BATCH,  # examples per step, as HF's per_device_train_batch_size
         max_seq_length=args.max_len,
         precision=args.precision,
         eval_steps=10_000,
@@ -140,12 +157,13 @@ def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     )
     dtype, out = resolve_precision(cfg.precision, "cpu"), Path(args.workdir) / "ours"
     start = time.perf_counter()
-    varlen = attn_implementation("cpu") == "flash_attention_2"
+    varlen = True  # one padding-free row per micro-batch (flash varlen on GPU, per-example sdpa on CPU)
     result = train(
         model, train_ex, [], cfg, pad_id=tok.pad_token_id, device="cpu", dtype=dtype, output_dir=out, varlen=varlen
     )
     seconds = time.perf_counter() - start
-    return finish(args, model, tok, val, sum(len(e["input_ids"]) for e in train_ex), seconds, result.steps)
+    tokens = args.epochs * sum(len(e["input_ids"]) for e in train_ex)
+    return finish(args, model, tok, val, tokens, seconds, result.steps)
 
 
 def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> dict[str, Any]:
@@ -165,21 +183,18 @@ def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> di
         "evalLoss": round(eval_loss, 4),
         "peakRssMb": round(rss_mb, 1),
         "threads": torch.get_num_threads(),
+        "loadAverage": round(os.getloadavg()[0], 2),  # a shared machine: how busy it was at the end
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=["hf", "ours", "both"], default="both")
-    # 600 rows run ours in under 2 s, where warm-up and a shared machine's noise move the ratio by 0.4.
-    parser.add_argument("--rows", type=int, default=2400)
-    parser.add_argument(
-        "--sigma",
-        type=float,
-        nargs="+",
-        default=[1.0, 1.5],
-        help="log-normal sigma of lengths (tail weight); each value is its own comparison",
-    )
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="data shapes to compare")
+    parser.add_argument("--rows", type=int, default=8000, help="rows generated (10 %% of them validation)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="40 rows: that it runs, not how fast (tests)")
+    parser.add_argument("--sigma", type=float, default=1.0, help="log-normal sigma of the lognormal shape")
     parser.add_argument("--max-len", type=int, default=512)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -192,41 +207,49 @@ def main() -> None:
     parser.add_argument("--model", help="tiny model dir (default: the cached one)")
     parser.add_argument("--workdir", default="/tmp/kubetune-bench")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows = 40
     if args.side != "both":
-        if len(args.sigma) != 1:
-            sys.exit("--side hf/ours takes one --sigma")
-        args.sigma = args.sigma[0]
+        if len(args.shapes) != 1:
+            sys.exit("--side hf/ours takes one --shapes")
+        args.shape = args.shapes[0]
         print(json.dumps((side_hf if args.side == "hf" else side_ours)(args)))
         return
-    for sigma in args.sigma:
-        compare(args, sigma)
+    for shape in args.shapes:
+        compare(args, shape)
 
 
-def compare(args: argparse.Namespace, sigma: float) -> None:
-    """Both sides on one length distribution, each in its own process; print the table and the ratio."""
-    same = ["--rows", str(args.rows), "--max-len", str(args.max_len), "--lr", str(args.lr), "--seed", str(args.seed)]
-    same += ["--precision", args.precision, "--scheduler", args.scheduler, "--workdir", args.workdir]
+def compare(args: argparse.Namespace, shape: str) -> None:
+    """Both sides on one data shape, each in its own process; print the table, the ratio and the loss delta."""
+    same = ["--rows", str(args.rows), "--epochs", str(args.epochs), "--max-len", str(args.max_len)]
+    same += ["--lr", str(args.lr), "--seed", str(args.seed), "--sigma", str(args.sigma), "--precision", args.precision]
+    same += ["--scheduler", args.scheduler, "--workdir", args.workdir]
     same += ["--threads", str(args.threads)] if args.threads else []
     same += ["--model", args.model] if args.model else []
     runs: dict[str, list[dict[str, Any]]] = {"hf": [], "ours": []}
     for _ in range(args.repeat):  # alternate the sides, so a burst of load on a shared machine hits both
         for side in runs:
-            cmd = [sys.executable, __file__, "--side", side, "--sigma", str(sigma), *same]
+            cmd = [sys.executable, __file__, "--side", side, "--shapes", shape, *same]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
             runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
     results = {side: max(rs, key=lambda r: r["tokensPerSecond"]) for side, rs in runs.items()}
-    print(f"== lengths log-normal, sigma {sigma}, {args.rows} rows")
+    what = f"log-normal, sigma {args.sigma}" if shape == "lognormal" else "heavy tail (85 % short, 15 % near max)"
+    print(f"== {shape}: {what}, {args.rows} rows, {args.epochs} epoch(s)")
     head = f"{'':6}{'tokens/s':>10}{'seconds':>9}{'steps':>7}{'evalLoss':>10}{'peakRSS MB':>12}{'threads':>9}"
-    print(f"{head}  every run's tokens/s")
+    print(f"{head}  every run's tokens/s (load average)")
     for side, r in results.items():
         row = (r["tokensPerSecond"], r["seconds"], r["steps"], r["evalLoss"], r["peakRssMb"], r["threads"])
-        every = " ".join(f"{x['tokensPerSecond']:.0f}" for x in runs[side])
+        every = " ".join(f"{x['tokensPerSecond']:.0f} ({x['loadAverage']:.1f})" for x in runs[side])
         print(f"{side:6}{row[0]:>10.0f}{row[1]:>9.1f}{row[2]:>7}{row[3]:>10.4f}{row[4]:>12.0f}{row[5]:>9}  {every}")
     ratio = results["ours"]["tokensPerSecond"] / results["hf"]["tokensPerSecond"]
     best = f"best of {args.repeat} runs per side, " if args.repeat > 1 else ""
     print(f"throughput ratio ours/hf: {ratio:.2f}x ({best}non-padding tokens/s, {results['hf']['tokens']} tokens each)")
+    delta = results["ours"]["evalLoss"] - results["hf"]["evalLoss"]
+    print(f"eval loss ours - hf: {delta:+.4f} (negative: ours is better)")
+    rss = results["ours"]["peakRssMb"] / results["hf"]["peakRssMb"]
+    print(f"peak RSS ours/hf: {rss:.2f}x")
     # Padding-free work saves at most this factor on per-token layers (attention and the LM head on prompt
     # tokens can save more): the yardstick for how far the ratio can go on this length distribution.
     pad_factor = results["hf"]["paddedTokens"] / results["hf"]["tokens"]

@@ -187,9 +187,9 @@ class Training(ApiModel):
         description=(
             "Examples per micro-batch of each training process, as HF Trainer's per_device_train_batch_size: an "
             "optimizer step takes batchSize x gradientAccumulationSteps x processes examples, and an epoch "
-            "ceil(ceil(train examples / batchSize) / (gradientAccumulationSteps x processes)) steps. With packing, "
-            "micro-batches hold batchSize examples on average (more short ones, fewer long ones: about equal "
-            "tokens). status.progress shows examplesPerStep, tokensPerStep and stepsPerEpoch before the first step."
+            "ceil(ceil(train examples / batchSize) / (gradientAccumulationSteps x processes)) steps (the last "
+            "micro-batch of an epoch may hold fewer). status.progress shows examplesPerStep, tokensPerStep and "
+            "stepsPerEpoch before the first step."
         ),
     )
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
@@ -202,9 +202,9 @@ class Training(ApiModel):
     packing: bool = Field(
         True,
         description=(
-            "Micro-batches of examples of similar length and about equal tokens (see batchSize), without "
-            "cross-example attention: with flash attention on GPU each is one row with no padding; elsewhere "
-            "right-padded rows. Off: exactly batchSize examples per micro-batch."
+            "Each micro-batch is batchSize examples drawn at random laid out as one row with no padding, "
+            "without cross-example attention (flash-attn's varlen kernel on GPU, one sdpa call per example "
+            "elsewhere). Off: batchSize examples of similar length per micro-batch, right-padded."
         ),
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"

@@ -14,15 +14,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_compares_both_sides_on_the_same_tokens(tmp_path):
-    cmd = [sys.executable, str(REPO / "bench" / "bench_trainer.py"), "--rows", "40", "--sigma", "1.0"]
-    cmd += ["--threads", "1", "--workdir", str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, str(REPO / "bench" / "bench_trainer.py"), "--smoke", "--threads", "1"]
+    out = subprocess.run([*cmd, "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert re.search(r"throughput ratio ours/hf: \d+\.\d+x", out.stdout), out.stdout
-    steps = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(hf|ours)\s+\d+\s+[\d.]+\s+(\d+)", out.stdout, re.M)}
-    assert steps["hf"] == steps["ours"] > 0, out.stdout  # same optimizer steps on both sides
-    pad = float(re.search(r"computed (\d+\.\d+) token positions per real token", out.stdout).group(1))
-    assert pad > 1.0  # long-tailed lengths: pad-to-longest always wastes something
+    tables = re.split(r"^== ", out.stdout, flags=re.M)[1:]
+    assert [t.split(":")[0] for t in tables] == ["lognormal", "heavy"], out.stdout  # both data shapes
+    for table in tables:
+        assert re.search(r"throughput ratio ours/hf: \d+\.\d+x", table), table
+        assert re.search(r"eval loss ours - hf: [+-]\d+\.\d+", table), table
+        assert re.search(r"peak RSS ours/hf: \d+\.\d+x", table), table
+        steps = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(hf|ours)\s+\d+\s+[\d.]+\s+(\d+)", table, re.M)}
+        assert steps["hf"] == steps["ours"] > 0, table  # same optimizer steps on both sides
+        pad = float(re.search(r"computed (\d+\.\d+) token positions per real token", table).group(1))
+        assert pad > 1.0  # long-tailed lengths: pad-to-longest always wastes something
 
 
 def test_dpo_bench_runs_both_sides(tmp_path):

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.packing import token_batches
+from kubetune_trainer.packing import batch_indices, token_batches
 from kubetune_trainer.train import TokenObjective, micro_batches, plan_steps, step_plan
 
 
@@ -63,6 +63,9 @@ def test_issue_example_takes_hf_steps_per_epoch(tiny_model_dir, tmp_path, packin
     padded = sum(len(b) * max(len(rows[i]["input_ids"]) for i in b) for b in ours)
     assert padded <= 1.05 * sum(widths)  # length-grouped: little padding
     assert max(len(b) * max(len(rows[i]["input_ids"]) for i in b) for b in ours) <= 8 * 512  # old memory bound
+    one_row = TokenObjective(0, varlen=True).batches(rows, cfg)  # the packed layout: HF's random composition
+    assert len(one_row) == hf and sorted(i for b in one_row for i in b) == list(range(len(rows)))
+    assert [len(b) for b in one_row] == [8] * 184 and one_row != ours  # not length-grouped
     plan = step_plan(rows, TokenObjective(0), cfg, len(ours), 1)
     assert plan["examplesPerStep"] == 8.0 and plan["stepsPerEpoch"] == 184
     assert plan["tokensPerStep"] == round(sum(widths) / 184, 1)
@@ -77,6 +80,8 @@ def test_steps_per_epoch_are_hf_formula(n, batch_size, accumulation, packing):
     cfg = TrainingConfig(batch_size=batch_size, gradient_accumulation_steps=accumulation, packing=packing)
     batches = micro_batches(long_tail(n, seed=n), cfg, prompt_learning=False)
     assert len(batches) == math.ceil(n / batch_size)
+    one_row = micro_batches(long_tail(n, seed=n), cfg, prompt_learning=False, one_row=True)
+    assert [len(b) for b in one_row] == [len(b) for b in batch_indices(long_tail(n, seed=n), batch_size)]
     assert plan_steps(len(batches), cfg)[0] == math.ceil(math.ceil(n / batch_size) / accumulation)
 
 

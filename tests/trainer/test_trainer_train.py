@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kubetune_trainer import lean_lora, packed_attention, pipeline, splits
 from kubetune_trainer import model as model_lib
-from kubetune_trainer import pipeline, splits
 from kubetune_trainer import train as train_lib
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.loss import mean_loss
@@ -188,22 +188,44 @@ def test_micro_batches_are_ceil_examples_over_batch_size_by_tokens_with_packing(
     assert micro_batches(rows, unpacked, prompt_learning=False) == [[1, 2], [4, 0], [3]]
 
 
-def test_flash_attention_makes_each_micro_batch_one_row_with_the_same_loss(write_spec, tmp_path, monkeypatch):
+def test_packed_micro_batches_are_one_row_with_the_same_loss_and_gradients(write_spec, tmp_path, monkeypatch):
     spec = write_spec({"lora": {"dropout": 0.0}})
-    cfg, tok, on_cpu, lm = prepare(spec, tmp_path)
-    assert not on_cpu.varlen  # sdpa: right-padded rows of similar length
+    cfg, tok, on_cpu, base = prepare(spec, tmp_path)
+    lm = model_lib.apply_method(base, cfg)  # LoRA on all linear layers
+    with torch.no_grad():  # peft starts B at zero: give the adapter something to say
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    assert on_cpu.varlen  # CPU too: one padding-free row, per-example sdpa (packed_attention.py)
     monkeypatch.setattr(pipeline, "attn_implementation", lambda device: "flash_attention_2")
     on_gpu = pipeline.tokenize_splits(splits.prepare(cfg, tmp_path), cfg, tok, device="cuda")
     assert on_gpu.varlen and on_gpu.train == on_cpu.train  # the layout is decided per micro-batch
-    # One row with restarting positions is the same loss as padded rows (transformers masks packed
-    # positions for sdpa too, only slower than a varlen kernel: what the GPU path relies on).
-    batch = micro_batches(on_cpu.train, cfg.training, prompt_learning=False)[0]
+    objective = train_lib.TokenObjective(tok.pad_token_id, varlen=True)
+    batch = objective.batches(on_cpu.train, cfg.training)[0]
     rows = [on_cpu.train[i] for i in batch]
-    assert len(rows) > 1
-    with torch.no_grad():
-        padded = train_lib.TokenObjective(tok.pad_token_id).loss(lm, rows, rows, "cpu")
-        one_row = train_lib.TokenObjective(tok.pad_token_id, varlen=True).loss(lm, rows, rows, "cpu")
-    torch.testing.assert_close(one_row, padded, atol=1e-5, rtol=1e-5)
+    assert len(rows) == cfg.training.batch_size > 1  # HF's composition: batchSize examples, any lengths
+
+    def loss_and_grads(loss_fn):
+        lm.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in lm.parameters() if p.requires_grad]
+
+    padded = loss_and_grads(lambda: train_lib.TokenObjective(tok.pad_token_id).loss(lm, rows, rows, "cpu"))
+    # transformers masks a packed row for sdpa by itself (a row x row mask: right, but slow on CPU)...
+    masked = loss_and_grads(lambda: objective.loss(lm, rows, rows, "cpu"))
+    with packed_attention.enabled(lm):  # ...per-example sdpa calls give the same, and so does the lean LoRA
+        assert lm.config._attn_implementation == packed_attention.NAME
+        per_example = loss_and_grads(lambda: objective.loss(lm, rows, rows, "cpu"))
+        with lean_lora.enabled(lm) as switched:
+            assert switched == 14  # q k v o gate up down, two layers
+            lean = loss_and_grads(lambda: objective.loss(lm, rows, rows, "cpu"))
+    assert lm.config._attn_implementation == "sdpa"  # restored: export and serving see the model's own
+    assert all("forward" not in vars(m) for m, _ in lean_lora.lean_layers(lm))  # peft's forward again
+    for loss, grads in (masked, per_example, lean):
+        torch.testing.assert_close(loss, padded[0], atol=1e-5, rtol=1e-5)
+        for g, want in zip(grads, padded[1], strict=True):
+            torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-4)
 
 
 def test_token_ids_are_cached_next_to_the_splits(write_spec, tmp_path, monkeypatch):

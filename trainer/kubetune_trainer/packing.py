@@ -5,20 +5,17 @@ to predict from position ``i``, or -100. Pre-shifting means the last token of on
 learns to predict the first token of the next.
 
 A batch is ``batchSize`` examples, as in every other trainer (HF's ``per_device_train_batch_size``).
-With packing on, ``equal_token_batches`` cuts the length-sorted examples into exactly as many batches as
-``batchSize`` examples each would make (so the optimizer takes HF's number of steps), of about equal
-padded tokens: a batch holds ``batchSize`` examples on average, more short ones, fewer long ones. Sorted
-neighbours pad each other little, and equal tokens keep memory and step time steady (never above
-``batchSize x maxSeqLength`` tokens). A batch is then laid out so attention stays inside each example:
+With packing on (the usual case) a batch is ``batchSize`` examples drawn at random (``random_batches``,
+HF's composition) laid out as one row (``flatten``): the row carries ``position_ids`` that restart at 0
+for every example, so there is no padding at all (TRL's padding-free batches) and attention stays inside
+each example: flash-attn's varlen kernel does that on GPU (transformers >= 5 turns the positions into one
+varlen call), and elsewhere packed_attention.py calls sdpa once per example (a row x row block mask
+would cost more than the rest of the model on CPU). Length-sorted batches would pad less in other
+layouts, but make each step all short or all long examples, which trains measurably worse.
 
-- one row of all its examples (``flatten``) for variable-length flash attention on GPU: the row carries
-  ``position_ids`` that restart at 0 for every example, and transformers (>= 5) turns them into one
-  varlen kernel call, so there is no padding at all (TRL's padding-free batches);
-- one example per row, right-padded, everywhere else: sdpa/eager would turn a packed row into a full
-  row x row masked square (on CPU the attention of a 512-token row then costs more than the rest of the
-  model), while right-padded rows of similar length need no mask at all.
-
-``pack`` (best-fit rows of at most ``maxSeqLength``) remains for callers that want fixed-width rows.
+Callers that cannot use one row get ``equal_token_batches`` (length-sorted batches of about equal padded
+tokens, one example per row, right-padded); ``pack`` (best-fit rows of at most ``maxSeqLength``) is for
+callers that want fixed-width rows.
 """
 
 from __future__ import annotations
@@ -147,6 +144,19 @@ def equal_token_batches(rows: list[dict[str, list[int]]], n_batches: int) -> lis
         b = batches[k]
         batches[k : k + 1] = [b[: len(b) // 2], b[len(b) // 2 :]]
     return batches
+
+
+def random_batches(n_rows: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Rows in a seeded random order, cut into batches of ``batch_size`` (the last one fewer): HF's composition.
+
+    For one-row (padding-free) layouts, where a batch's cost does not depend on how alike its lengths are.
+
+    >>> random_batches(5, 2, seed=0)
+    [[2, 1], [0, 4], [3]]
+    """
+    order = list(range(n_rows))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n_rows, batch_size)]
 
 
 def epoch_order(n_batches: int, seed: int, epoch: int) -> list[int]:

@@ -32,7 +32,7 @@ class TokenizedData:
     test: list[dict[str, list[int]]]
     golden: list[tuple[str, str]]  # (prompt, expected answer) for generation
     dropped: int  # examples where not even one response token fit in maxSeqLength
-    varlen: bool = False  # packing into one row per micro-batch for a varlen kernel (see packing.py)
+    varlen: bool = False  # packing: one padding-free row per micro-batch (see packing.py)
 
 
 def tokenize_splits(
@@ -51,10 +51,14 @@ def tokenize_splits(
 
         raise DataError(f"no training example fits in maxSeqLength {t.max_seq_length} tokens")
     packed = t.packing and not uses_prompt_learning(cfg.method) and d.format != "preference"
-    varlen = packed and attn_implementation(device) == "flash_attention_2"
+    # Packed: each micro-batch is one padding-free row; flash-attn's varlen kernel or, without it,
+    # per-example sdpa (packed_attention.py) keeps attention inside each example.
+    varlen = packed
     if packed:
-        layout = "one row each, no padding (varlen)" if varlen else "right-padded rows"
-        log.info("%d examples in length-grouped micro-batches of about equal tokens, %s", len(train), layout)
+        kernel = "flash-attn varlen" if attn_implementation(device) == "flash_attention_2" else "per-example sdpa"
+        log.info(
+            "%d examples, micro-batches of batchSize random examples in one row, no padding (%s)", len(train), kernel
+        )
     # Validation/test rows stay one example per row: their loss is the same either way.
     golden_rows, golden_fmt = (
         (prepared.golden, "instruction") if prepared.golden else (prepared.splits["test"], d.format)

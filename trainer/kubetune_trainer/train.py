@@ -2,8 +2,8 @@
 # mypy: disable-error-code="no-untyped-call"
 """The training loop: a plain, readable PyTorch loop (torchtune-style), no HF Trainer.
 
-One optimizer step = ``gradientAccumulationSteps`` micro-batches of ``batchSize`` examples (on average, with
-packing: see packing.py), so an epoch takes HF Trainer's number of steps, and the log and status show
+One optimizer step = ``gradientAccumulationSteps`` micro-batches of ``batchSize`` examples (with packing
+one padding-free row each, see packing.py), so an epoch takes HF Trainer's number of steps, and the log and status show
 the plan (examples and tokens per step, steps per epoch) before the first step. The loss of a step is the sum of
 per-token losses divided by the number of target tokens in the whole step, so accumulation gives the
 same gradient as one big batch. The batch order of each epoch is a pure function of (seed, epoch), so a
@@ -33,11 +33,19 @@ from typing import Any, Protocol
 
 import torch
 
-from kubetune_trainer import checkpoint, distributed
+from kubetune_trainer import checkpoint, distributed, lean_lora, packed_attention
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.distributed import World
 from kubetune_trainer.loss import mean_loss, token_losses
-from kubetune_trainer.packing import IGNORE, batch_indices, collate, epoch_order, equal_token_batches, flatten
+from kubetune_trainer.packing import (
+    IGNORE,
+    batch_indices,
+    collate,
+    epoch_order,
+    equal_token_batches,
+    flatten,
+    random_batches,
+)
 from kubetune_trainer.progress import plan_line
 
 log = logging.getLogger("kubetune_trainer")
@@ -99,12 +107,18 @@ def param_groups(model: Any, lr: float, decay: float | None) -> list[dict[str, A
     return [{"params": ps, "lr": lr * decay ** (n_layers - 1 - lvl)} for lvl, ps in sorted(groups.items())]
 
 
-def micro_batches(rows: list[dict[str, list[int]]], cfg: TrainingConfig, prompt_learning: bool) -> list[list[int]]:
+def micro_batches(
+    rows: list[dict[str, list[int]]], cfg: TrainingConfig, prompt_learning: bool, one_row: bool = False
+) -> list[list[int]]:
     """Example indices of each micro-batch: ``ceil(examples / batchSize)`` of them, as HF's dataloader has.
 
-    With packing on they are of about equal tokens and hold ``batchSize`` examples on average (see
-    packing.py); otherwise exactly ``batchSize`` examples of similar length (the last one fewer).
+    ``one_row`` (each micro-batch becomes one padding-free row): ``batchSize`` examples drawn at random,
+    exactly HF's composition, since a row costs its tokens whatever their lengths. Otherwise, with
+    packing on, they are of about equal tokens and hold ``batchSize`` examples on average (see
+    packing.py); without, exactly ``batchSize`` examples of similar length (the last one fewer).
     """
+    if one_row and not prompt_learning:
+        return random_batches(len(rows), cfg.batch_size, cfg.seed)
     if cfg.packing and not prompt_learning:
         return equal_token_batches(rows, math.ceil(len(rows) / cfg.batch_size))
     return batch_indices(rows, cfg.batch_size)
@@ -146,7 +160,7 @@ class TokenObjective:
     varlen: bool = False  # a micro-batch becomes one row of its examples (packing.flatten), no padding
 
     def batches(self, rows: list[dict[str, list[int]]], cfg: TrainingConfig) -> list[list[int]]:
-        return micro_batches(rows, cfg, self.prompt_learning)
+        return micro_batches(rows, cfg, self.prompt_learning, one_row=self.varlen)
 
     def tokens(self, row: dict[str, list[int]]) -> int:
         return len(row["input_ids"])  # no padding
@@ -237,7 +251,8 @@ def train(
 ) -> TrainResult:
     """``dtype``: the compute (autocast) dtype, `resolve_precision`'s answer for this device.
     ``objective``: what a step minimises (next-token cross-entropy when None; ``varlen``: its micro-batches
-    are flattened into one row for a varlen attention kernel, see packing.py).
+    are batchSize random examples flattened into one row, attended per example by flash-attn's varlen
+    kernel or packed_attention.py, see packing.py).
 
     ``checkpoint_remote``: where checkpoints are mirrored (``<s3 output>/checkpoints``) so that a pod
     on another node resumes from them; None when the output directory itself outlives the pod."""
@@ -307,7 +322,10 @@ def train(
     stopped_early, eval_loss = False, None
     window_loss, window_tokens, window_steps, window_start = 0.0, 0, 0, time.perf_counter()
     last_loss: float | None = None
-    with _SigtermFlag() as sigterm:
+    # One packed row per micro-batch: per-example attention where there is no varlen kernel. peft's
+    # per-call Python is a visible share of a small model's step: plain LoRA layers run leaner meanwhile.
+    one_row = packed_attention.enabled(model) if varlen else contextlib.nullcontext()
+    with _SigtermFlag() as sigterm, one_row, lean_lora.enabled(model):
         while step < total:
             epoch, k = divmod(step, per_epoch)
             order = epoch_order(len(batches), cfg.seed, epoch)
