@@ -9,6 +9,12 @@ sum is ``addmm(x W^T + b, x A^T, (scaling B)^T)``: the scaling moves onto the sm
 addition into the matmul, so each layer runs three kernels forward instead of five, and autograd keeps
 fewer nodes. On a small model, where a step is mostly such small ops, this is a visible share of the time.
 
+Where the layer is small against the rank (``in * out <= 3 r (in + out)``, i.e. hidden sizes up to about
+6 r: tiny models, not real ones), the merged weight is cheaper still: ``x (W + scaling B A)^T`` is one
+matmul over the activations forward, and backward its weight gradient (``in * out`` multiply-adds per
+token) costs no more than the adapter's four thin ones (``2 r (in + out)``) plus the forward pair saved.
+The gradients reach A and B through the small ``B A`` product; the sum is the same, rounded differently.
+
 Layers in any other state keep peft's forward; `enabled` restores peft's forward on exit, so evaluation
 after training, export and generation run peft's code unchanged.
 """
@@ -23,12 +29,31 @@ import torch
 import torch.nn.functional as F
 
 
+def merges(layer: Any, adapter: str) -> bool:
+    """Whether ``x (W + s B A)^T`` takes fewer multiply-adds per token than ``x W^T + s (x A^T) B^T``,
+    forward and backward together (see the module docstring).
+
+    >>> from types import SimpleNamespace as NS
+    >>> merges(NS(in_features=64, out_features=128, r={"a": 16}), "a")  # the tiny test model
+    True
+    >>> merges(NS(in_features=4096, out_features=4096, r={"a": 16}), "a")  # a 7B model's projection
+    False
+    """
+    n_in, n_out, rank = layer.in_features, layer.out_features, layer.r[adapter]
+    return bool(n_in * n_out <= 3 * rank * (n_in + n_out))
+
+
 def _lean_forward(layer: Any, adapter: str) -> Any:
+    merged_weight = merges(layer, adapter)
+
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args or kwargs or layer.disable_adapters or layer.merged:  # not the training call: peft knows best
             return type(layer).forward(layer, x, *args, **kwargs)  # type: ignore[no-any-return]
         # Weights are looked up per call: FSDP swaps sharded and gathered parameters in and out.
         base, b = layer.base_layer, layer.lora_B[adapter].weight
+        if merged_weight:
+            weight = torch.addmm(base.weight, b, layer.lora_A[adapter].weight, alpha=layer.scaling[adapter])
+            return F.linear(x, weight, base.bias)
         h = F.linear(x, base.weight, base.bias)
         z = F.linear(x, layer.lora_A[adapter].weight)
         out = torch.addmm(h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1]), (b * layer.scaling[adapter]).t())

@@ -325,10 +325,13 @@ def train(
     # One packed row per micro-batch: per-example attention where there is no varlen kernel. peft's
     # per-call Python is a visible share of a small model's step: plain LoRA layers run leaner meanwhile.
     one_row = packed_attention.enabled(model) if varlen else contextlib.nullcontext()
+    orders: dict[int, list[int]] = {}  # the epoch's batch order, shuffled once per epoch, not per step
     with _SigtermFlag() as sigterm, one_row, lean_lora.enabled(model):
         while step < total:
             epoch, k = divmod(step, per_epoch)
-            order = epoch_order(len(batches), cfg.seed, epoch)
+            if epoch not in orders:
+                orders = {epoch: epoch_order(len(batches), cfg.seed, epoch)}
+            order = orders[epoch]
             group = order[k * per_step : (k + 1) * per_step]
             if world.active:  # every rank needs the same number of micro-batches: wrap around at the end
                 group = [order[(k * per_step + j) % len(order)] for j in range(per_step)]
