@@ -15,10 +15,14 @@ shape on one thread, so warm-up is a small share as in a real job; ``--smoke`` i
 ``--threads N`` sets torch's intra-op threads on both sides alike (default: torch's own choice);
 ``--repeat N`` runs each side N times, alternating, and shows each side's best (shared machines are noisy).
 ``--seed`` changes adapter init and batch order on both sides; ``--scheduler`` the LR schedule of both.
+``--devices``: CPU, and the GPU as well when one is present (HF pads on it as the plain recipe does; ours
+uses flash-attn's varlen kernel there when installed, else per-example sdpa); on a GPU the memory column
+is peak allocated GPU memory instead of RSS.
 
     python bench/bench_trainer.py --threads 1 --repeat 2          # both shapes: tables, ratios, loss deltas
     python bench/bench_trainer.py --shapes lognormal --sigma 1.5  # one shape
     python bench/bench_trainer.py --side ours --shapes heavy      # one side, prints one JSON line
+    python bench/bench_trainer.py --devices cuda --precision bf16 # the GPU path only
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def tokenized(args: argparse.Namespace, tok: Any) -> tuple[list[dict], list[dict
     return examples[n_val:], examples[:n_val]
 
 
-def load(args: argparse.Namespace):
+def load(args: argparse.Namespace, attention: str = "sdpa"):
     import peft
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,10 +89,10 @@ def load(args: argparse.Namespace):
 
     path = ensure_tiny_model(Path(args.model) if args.model else None)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention)
     torch.manual_seed(args.seed)
     lora = peft.LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
-    return tok, peft.get_peft_model(model, lora)
+    return tok, peft.get_peft_model(model, lora).to(args.device)
 
 
 def side_hf(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +125,7 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
         logging_steps=10_000,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=args.device == "cpu",
         remove_unused_columns=False,
         disable_tqdm=True,
         bf16=args.precision == "bf16",
@@ -130,6 +134,7 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
     trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=pad_to_longest)
     start = time.perf_counter()
     trainer.train()
+    sync(args.device)
     seconds = time.perf_counter() - start
     tokens = args.epochs * sum(len(e["input_ids"]) for e in train)
     result = finish(args, model, tok, val, tokens, seconds, trainer.state.global_step)
@@ -138,9 +143,10 @@ def side_hf(args: argparse.Namespace) -> dict[str, Any]:
 
 def side_ours(args: argparse.Namespace) -> dict[str, Any]:
     from kubetune_trainer.config import TrainingConfig
+    from kubetune_trainer.model import attn_implementation
     from kubetune_trainer.train import resolve_precision, train
 
-    tok, model = load(args)
+    tok, model = load(args, attn_implementation(args.device))  # the trainer's choice: flash-attn on CUDA if there
     train_ex, val = tokenized(args, tok)
     cfg = TrainingConfig(
         epochs=args.epochs,
@@ -155,15 +161,32 @@ def side_ours(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint_steps=10_000,
         seed=args.seed,
     )
-    dtype, out = resolve_precision(cfg.precision, "cpu"), Path(args.workdir) / "ours"
+    dtype, out = resolve_precision(cfg.precision, args.device), Path(args.workdir) / "ours"
     start = time.perf_counter()
     varlen = True  # one padding-free row per micro-batch (flash varlen on GPU, per-example sdpa on CPU)
     result = train(
-        model, train_ex, [], cfg, pad_id=tok.pad_token_id, device="cpu", dtype=dtype, output_dir=out, varlen=varlen
+        model,
+        train_ex,
+        [],
+        cfg,
+        pad_id=tok.pad_token_id,
+        device=args.device,
+        dtype=dtype,
+        output_dir=out,
+        varlen=varlen,
     )
+    sync(args.device)
     seconds = time.perf_counter() - start
     tokens = args.epochs * sum(len(e["input_ids"]) for e in train_ex)
     return finish(args, model, tok, val, tokens, seconds, result.steps)
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so the clock stops when training has really finished."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> dict[str, Any]:
@@ -172,8 +195,10 @@ def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> di
     from kubetune_trainer.loss import mean_loss
     from kubetune_trainer.train import autocast_factory, resolve_precision
 
-    autocast = autocast_factory("cpu", resolve_precision(args.precision, "cpu"))
-    eval_loss = mean_loss(model, val, 8, tok.pad_token_id, "cpu", autocast)
+    on_gpu = args.device.startswith("cuda")
+    peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None  # training's, before eval
+    autocast = autocast_factory(args.device, resolve_precision(args.precision, args.device))
+    eval_loss = mean_loss(model, val, 8, tok.pad_token_id, args.device, autocast)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     return {
         "tokens": tokens,
@@ -182,6 +207,7 @@ def finish(args, model, tok, val, tokens: int, seconds: float, steps: int) -> di
         "steps": steps,
         "evalLoss": round(eval_loss, 4),
         "peakRssMb": round(rss_mb, 1),
+        "peakMemoryMb": round(peak_gpu_mb if peak_gpu_mb is not None else rss_mb, 1),
         "threads": torch.get_num_threads(),
         "loadAverage": round(os.getloadavg()[0], 2),  # a shared machine: how busy it was at the end
     }
@@ -204,6 +230,10 @@ def main() -> None:
         "--scheduler", choices=["constant", "linear", "cosine"], default="constant", help="LR schedule, both sides"
     )
     parser.add_argument("--seed", type=int, default=0, help="adapter init and batch order, both sides")
+    parser.add_argument(
+        "--devices", nargs="+", choices=["cpu", "cuda"], help="where to run (default: cpu, and cuda when present)"
+    )
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)  # one side's device (subprocesses)
     parser.add_argument("--model", help="tiny model dir (default: the cached one)")
     parser.add_argument("--workdir", default="/tmp/kubetune-bench")
     args = parser.parse_args()
@@ -215,13 +245,20 @@ def main() -> None:
         args.shape = args.shapes[0]
         print(json.dumps((side_hf if args.side == "hf" else side_ours)(args)))
         return
-    for shape in args.shapes:
-        compare(args, shape)
+    for device in args.devices or default_devices():
+        for shape in args.shapes:
+            compare(args, shape, device)
 
 
-def compare(args: argparse.Namespace, shape: str) -> None:
+def default_devices() -> list[str]:
+    import torch
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def compare(args: argparse.Namespace, shape: str, device: str) -> None:
     """Both sides on one data shape, each in its own process; print the table, the ratio and the loss delta."""
-    same = ["--rows", str(args.rows), "--epochs", str(args.epochs), "--max-len", str(args.max_len)]
+    same = ["--rows", str(args.rows), "--epochs", str(args.epochs), "--max-len", str(args.max_len), "--device", device]
     same += ["--lr", str(args.lr), "--seed", str(args.seed), "--sigma", str(args.sigma), "--precision", args.precision]
     same += ["--scheduler", args.scheduler, "--workdir", args.workdir]
     same += ["--threads", str(args.threads)] if args.threads else []
@@ -236,11 +273,12 @@ def compare(args: argparse.Namespace, shape: str) -> None:
             runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
     results = {side: max(rs, key=lambda r: r["tokensPerSecond"]) for side, rs in runs.items()}
     what = f"log-normal, sigma {args.sigma}" if shape == "lognormal" else "heavy tail (85 % short, 15 % near max)"
-    print(f"== {shape}: {what}, {args.rows} rows, {args.epochs} epoch(s)")
-    head = f"{'':6}{'tokens/s':>10}{'seconds':>9}{'steps':>7}{'evalLoss':>10}{'peakRSS MB':>12}{'threads':>9}"
+    print(f"== {shape}: {what}, {args.rows} rows, {args.epochs} epoch(s), {device}, {args.precision}")
+    memory = "peakRSS MB" if device == "cpu" else "peakGPU MB"
+    head = f"{'':6}{'tokens/s':>10}{'seconds':>9}{'steps':>7}{'evalLoss':>10}{memory:>12}{'threads':>9}"
     print(f"{head}  every run's tokens/s (load average)")
     for side, r in results.items():
-        row = (r["tokensPerSecond"], r["seconds"], r["steps"], r["evalLoss"], r["peakRssMb"], r["threads"])
+        row = (r["tokensPerSecond"], r["seconds"], r["steps"], r["evalLoss"], r["peakMemoryMb"], r["threads"])
         every = " ".join(f"{x['tokensPerSecond']:.0f} ({x['loadAverage']:.1f})" for x in runs[side])
         print(f"{side:6}{row[0]:>10.0f}{row[1]:>9.1f}{row[2]:>7}{row[3]:>10.4f}{row[4]:>12.0f}{row[5]:>9}  {every}")
     ratio = results["ours"]["tokensPerSecond"] / results["hf"]["tokensPerSecond"]
@@ -248,8 +286,8 @@ def compare(args: argparse.Namespace, shape: str) -> None:
     print(f"throughput ratio ours/hf: {ratio:.2f}x ({best}non-padding tokens/s, {results['hf']['tokens']} tokens each)")
     delta = results["ours"]["evalLoss"] - results["hf"]["evalLoss"]
     print(f"eval loss ours - hf: {delta:+.4f} (negative: ours is better)")
-    rss = results["ours"]["peakRssMb"] / results["hf"]["peakRssMb"]
-    print(f"peak RSS ours/hf: {rss:.2f}x")
+    peak = results["ours"]["peakMemoryMb"] / results["hf"]["peakMemoryMb"]
+    print(f"peak {'RSS' if device == 'cpu' else 'GPU memory'} ours/hf: {peak:.2f}x")
     # Padding-free work saves at most this factor on per-token layers (attention and the LM head on prompt
     # tokens can save more): the yardstick for how far the ratio can go on this length distribution.
     pad_factor = results["hf"]["paddedTokens"] / results["hf"]["tokens"]

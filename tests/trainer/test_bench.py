@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_compares_both_sides_on_the_same_tokens(tmp_path):
-    cmd = [sys.executable, str(REPO / "bench" / "bench_trainer.py"), "--smoke", "--threads", "1"]
+    cmd = [sys.executable, str(REPO / "bench" / "bench_trainer.py"), "--smoke", "--threads", "1", "--devices", "cpu"]
     out = subprocess.run([*cmd, "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     tables = re.split(r"^== ", out.stdout, flags=re.M)[1:]
