@@ -9,8 +9,8 @@ import random
 import pytest
 
 from kubetune_trainer.config import TrainingConfig
-from kubetune_trainer.packing import batch_indices, token_batches
-from kubetune_trainer.train import TokenObjective, micro_batches, plan_steps, step_plan
+from kubetune_trainer.objective import TokenObjective, micro_batches, plan_steps, step_plan
+from kubetune_trainer.packing import batch_indices
 
 
 def long_tail(n: int, max_len: int = 512, seed: int = 0) -> list[dict[str, list[int]]]:
@@ -54,18 +54,19 @@ def test_issue_example_takes_hf_steps_per_epoch(tiny_model_dir, tmp_path, packin
     184 batches (so 184 steps); the old token budget (8 x 512 tokens per micro-batch) made 42 here."""
     rows = long_tail(1472)
     cfg = TrainingConfig(batch_size=8, max_seq_length=512, packing=packing)
-    ours = micro_batches(rows, cfg, prompt_learning=False)
+    ours = TokenObjective(0, varlen=packing).batches(rows, cfg)
     hf = len(hf_trainer(tiny_model_dir, tmp_path, rows, 8, 1).get_train_dataloader())
-    assert hf == 184 and len(token_batches(rows, 8 * 512)) == 42  # the old meaning, for the record
+    assert hf == 184
     assert len(ours) == hf and plan_steps(len(ours), cfg)[0] == hf
     assert sorted(i for b in ours for i in b) == list(range(len(rows)))  # every example once per epoch
+    assert [len(b) for b in ours] == [8] * 184  # batchSize examples, packed or not
     widths = [len(rows[i]["input_ids"]) for b in ours for i in b]
     padded = sum(len(b) * max(len(rows[i]["input_ids"]) for i in b) for b in ours)
-    assert padded <= 1.05 * sum(widths)  # length-grouped: little padding
-    assert max(len(b) * max(len(rows[i]["input_ids"]) for i in b) for b in ours) <= 8 * 512  # old memory bound
-    one_row = TokenObjective(0, varlen=True).batches(rows, cfg)  # the packed layout: HF's random composition
-    assert len(one_row) == hf and sorted(i for b in one_row for i in b) == list(range(len(rows)))
-    assert [len(b) for b in one_row] == [8] * 184 and one_row != ours  # not length-grouped
+    if packing:  # one padding-free row each: HF's random composition, not grouped by length
+        assert ours == micro_batches(rows, cfg, prompt_learning=False) != batch_indices(rows, 8)
+        assert padded > 2 * sum(widths)  # what padding these rows would have cost
+    else:
+        assert padded <= 1.05 * sum(widths)  # right-padded rows: grouped by length, little padding
     plan = step_plan(rows, TokenObjective(0), cfg, len(ours), 1)
     assert plan["examplesPerStep"] == 8.0 and plan["stepsPerEpoch"] == 184
     assert plan["tokensPerStep"] == round(sum(widths) / 184, 1)
@@ -80,8 +81,7 @@ def test_steps_per_epoch_are_hf_formula(n, batch_size, accumulation, packing):
     cfg = TrainingConfig(batch_size=batch_size, gradient_accumulation_steps=accumulation, packing=packing)
     batches = micro_batches(long_tail(n, seed=n), cfg, prompt_learning=False)
     assert len(batches) == math.ceil(n / batch_size)
-    one_row = micro_batches(long_tail(n, seed=n), cfg, prompt_learning=False, one_row=True)
-    assert [len(b) for b in one_row] == [len(b) for b in batch_indices(long_tail(n, seed=n), batch_size)]
+    assert [len(b) for b in batches] == [len(b) for b in batch_indices(long_tail(n, seed=n), batch_size)]
     assert plan_steps(len(batches), cfg)[0] == math.ceil(math.ceil(n / batch_size) / accumulation)
 
 

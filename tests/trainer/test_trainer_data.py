@@ -9,7 +9,18 @@ from kubetune_trainer import data, formatting
 from kubetune_trainer.config import CleaningConfig, FieldsConfig, SplitConfig
 from kubetune_trainer.sources import DataError, load_rows
 
-MODULES = ["config", "data", "formatting", "packing", "progress", "scoring", "uris"]
+MODULES = [
+    "config",
+    "data",
+    "formatting",
+    "lean_lora",
+    "objective",
+    "packed_attention",
+    "packing",
+    "progress",
+    "scoring",
+    "uris",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

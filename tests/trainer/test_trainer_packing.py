@@ -5,7 +5,7 @@ import torch
 
 from kubetune_trainer.formatting import instruction_prompt
 from kubetune_trainer.loss import token_losses
-from kubetune_trainer.packing import IGNORE, collate, equal_token_batches, flatten, pack, token_batches, tokenize_pair
+from kubetune_trainer.packing import IGNORE, collate, flatten, pack, tokenize_pair
 
 
 @pytest.fixture(scope="module")
@@ -107,42 +107,6 @@ def test_right_padded_batch_needs_no_mask(tiny):
         batched = token_losses(model, batch)
     alone = torch.cat([per_example_losses(model, [e], tok) for e in ex])
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("budget", [1, 7, 16, 40, 1000])
-def test_token_batches_cover_every_row_once_within_the_budget(budget):
-    lengths = [5, 1, 4, 2, 2, 9, 3, 12, 1, 6]
-    rows = [{"input_ids": [0] * n} for n in lengths]
-    batches = token_batches(rows, budget)
-    assert sorted(i for b in batches for i in b) == list(range(len(rows)))
-    for b in batches:
-        padded = len(b) * max(lengths[i] for i in b)
-        assert padded <= budget or len(b) == 1  # a row longer than the budget goes alone
-    assert [lengths[i] for b in batches for i in b] == sorted(lengths)  # neighbours in length
-
-
-def test_equal_token_batches_tiny_example():
-    """12 short rows and 4 long ones, batchSize 4 -> 4 batches of 4 examples on average: short rows share
-    batches, long rows go in pairs, and no batch costs more than the smallest budget allowing 4 (16)."""
-    lengths = [2] * 12 + [8] * 4
-    rows = [{"input_ids": [0] * n} for n in lengths]
-    batches = equal_token_batches(rows, 4)
-    assert batches == [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11], [12, 13], [14, 15]]
-    assert [len(b) * max(lengths[i] for i in b) for b in batches] == [16, 8, 16, 16]
-
-
-@pytest.mark.parametrize("n_batches", [1, 2, 3, 5, 7, 10, 50])
-def test_equal_token_batches_gives_exactly_that_many_covering_every_row_once(n_batches):
-    lengths = [5, 1, 4, 2, 2, 9, 3, 12, 1, 6]
-    rows = [{"input_ids": [0] * n} for n in lengths]
-    batches = equal_token_batches(rows, n_batches)
-    assert len(batches) == min(n_batches, len(rows))  # never an empty batch
-    assert sorted(i for b in batches for i in b) == list(range(len(rows)))
-    assert [lengths[i] for b in batches for i in b] == sorted(lengths)  # neighbours in length
-    # No batch costs more than the one the same count of plain batchSize-sized sorted batches needs most.
-    size = -(-len(rows) // n_batches)
-    plain = [sorted(lengths)[i : i + size] for i in range(0, len(rows), size)]
-    assert max(len(b) * max(lengths[i] for i in b) for b in batches) <= max(len(b) * b[-1] for b in plain)
 
 
 def test_flatten_is_one_row_with_restarting_positions():

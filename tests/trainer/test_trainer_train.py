@@ -10,8 +10,9 @@ from kubetune_trainer import model as model_lib
 from kubetune_trainer import train as train_lib
 from kubetune_trainer.config import TrainingConfig
 from kubetune_trainer.loss import mean_loss
+from kubetune_trainer.objective import TokenObjective, micro_batches
 from kubetune_trainer.recipe import load_config
-from kubetune_trainer.train import micro_batches, param_groups, train
+from kubetune_trainer.train import param_groups, train
 
 pytestmark = pytest.mark.slow
 
@@ -178,12 +179,12 @@ def test_layerwise_lr_decay_groups():
     assert len(groups[-1]["params"]) == 4  # the LM head shares the top layer's rate
 
 
-def test_micro_batches_are_ceil_examples_over_batch_size_by_tokens_with_packing():
+def test_micro_batches_are_ceil_examples_over_batch_size():
     rows = [{"input_ids": [0] * n} for n in (30, 10, 10, 60, 20)]
     cfg = TrainingConfig(batch_size=2, max_seq_length=60, packing=True)  # ceil(5 / 2) = 3 micro-batches
-    # Packing: about equal padded tokens (<= 60 each), so the three short rows share one.
-    assert micro_batches(rows, cfg, prompt_learning=False) == [[1, 2, 4], [0], [3]]
-    assert micro_batches(rows, cfg, prompt_learning=True) == [[1, 2], [4, 0], [3]]  # virtual tokens: by rows
+    # Packing: batchSize examples at random (one padding-free row each), whatever their lengths.
+    assert micro_batches(rows, cfg, prompt_learning=False) == [[3, 1], [2, 4], [0]]  # seed 42
+    assert micro_batches(rows, cfg, prompt_learning=True) == [[1, 2], [4, 0], [3]]  # virtual tokens: by length
     unpacked = TrainingConfig(batch_size=2, max_seq_length=60, packing=False)
     assert micro_batches(rows, unpacked, prompt_learning=False) == [[1, 2], [4, 0], [3]]
 
@@ -200,7 +201,7 @@ def test_packed_micro_batches_are_one_row_with_the_same_loss_and_gradients(write
     monkeypatch.setattr(pipeline, "attn_implementation", lambda device: "flash_attention_2")
     on_gpu = pipeline.tokenize_splits(splits.prepare(cfg, tmp_path), cfg, tok, device="cuda")
     assert on_gpu.varlen and on_gpu.train == on_cpu.train  # the layout is decided per micro-batch
-    objective = train_lib.TokenObjective(tok.pad_token_id, varlen=True)
+    objective = TokenObjective(tok.pad_token_id, varlen=True)
     batch = objective.batches(on_cpu.train, cfg.training)[0]
     rows = [on_cpu.train[i] for i in batch]
     assert len(rows) == cfg.training.batch_size > 1  # HF's composition: batchSize examples, any lengths
@@ -211,7 +212,7 @@ def test_packed_micro_batches_are_one_row_with_the_same_loss_and_gradients(write
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in lm.parameters() if p.requires_grad]
 
-    padded = loss_and_grads(lambda: train_lib.TokenObjective(tok.pad_token_id).loss(lm, rows, rows, "cpu"))
+    padded = loss_and_grads(lambda: TokenObjective(tok.pad_token_id).loss(lm, rows, rows, "cpu"))
     # transformers masks a packed row for sdpa by itself (a row x row mask: right, but slow on CPU)...
     masked = loss_and_grads(lambda: objective.loss(lm, rows, rows, "cpu"))
     with packed_attention.enabled(lm):  # ...per-example sdpa calls give the same, and so does the lean LoRA

@@ -13,9 +13,9 @@ varlen call), and elsewhere packed_attention.py calls sdpa once per example (a r
 would cost more than the rest of the model on CPU). Length-sorted batches would pad less in other
 layouts, but make each step all short or all long examples, which trains measurably worse.
 
-Callers that cannot use one row get ``equal_token_batches`` (length-sorted batches of about equal padded
-tokens, one example per row, right-padded); ``pack`` (best-fit rows of at most ``maxSeqLength``) is for
-callers that want fixed-width rows.
+Without packing (and for prompt learning, whose virtual tokens need rows of their own) a batch is
+``batchSize`` examples of similar length, one per row, right-padded (``batch_indices``); ``pack`` (best-fit
+rows of at most ``maxSeqLength``) is for callers that want fixed-width rows.
 """
 
 from __future__ import annotations
@@ -91,59 +91,6 @@ def batch_indices(rows: list[dict[str, list[int]]], batch_size: int) -> list[lis
     """
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def token_batches(rows: list[dict[str, list[int]]], max_tokens: int) -> list[list[int]]:
-    """Rows sorted by length, cut into batches of at most ``max_tokens`` tokens *including padding*.
-
-    Neighbours in length order pad each other little, and the budget keeps memory and tokens per batch
-    steady: many short rows or a few long ones (a row longer than the budget gets a batch of its own).
-
-    >>> token_batches([{"input_ids": [0] * n} for n in (5, 1, 4, 2, 2)], 8)
-    [[1, 3, 4], [2], [0]]
-    """
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    return _cut(order, [len(rows[i]["input_ids"]) for i in order], max_tokens)
-
-
-def _cut(order: list[int], widths: list[int], max_tokens: int) -> list[list[int]]:
-    """``order`` (rows in length order, ``widths`` their lengths) cut greedily into batches within budget."""
-    batches: list[list[int]] = []
-    for i, width in zip(order, widths, strict=True):  # width: the batch's longest so far
-        if batches and (len(batches[-1]) + 1) * width <= max_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-def equal_token_batches(rows: list[dict[str, list[int]]], n_batches: int) -> list[list[int]]:
-    """Exactly ``n_batches`` batches of rows neighbouring in length, of about equal tokens *including padding*.
-
-    The smallest budget for which ``token_batches`` needs no more than ``n_batches`` (found by bisection:
-    a larger budget never needs more batches), then the costliest batches are halved until there are
-    exactly ``n_batches``. So no batch is over the budget that ``n_batches`` batches need.
-
-    >>> equal_token_batches([{"input_ids": [0] * n} for n in (1, 1, 1, 1, 1, 1, 4, 4)], 4)
-    [[0, 1, 2, 3], [4, 5], [6], [7]]
-    """
-    n_batches = max(1, min(n_batches, len(rows)))
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    widths = [len(rows[i]["input_ids"]) for i in order]
-    lo, hi = widths[-1], len(rows) * widths[-1]  # hi: everything in one batch
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if len(_cut(order, widths, mid)) <= n_batches else (mid + 1, hi)
-    batches = _cut(order, widths, lo)
-
-    def cost(b: list[int]) -> int:
-        return len(b) * len(rows[b[-1]]["input_ids"])  # the last row is the longest
-
-    while len(batches) < n_batches:  # the count can jump past n_batches as the budget grows: split to reach it
-        k = max((k for k, b in enumerate(batches) if len(b) > 1), key=lambda k: cost(batches[k]))
-        b = batches[k]
-        batches[k : k + 1] = [b[: len(b) // 2], b[len(b) // 2 :]]
-    return batches
 
 
 def random_batches(n_rows: int, batch_size: int, seed: int) -> list[list[int]]:

@@ -111,7 +111,7 @@ REFERENCE_ADAPTER = "reference"
 
 @dataclass
 class PreferenceObjective:
-    """The per-step loss of a dpo/orpo run (see train.Objective).
+    """The per-step loss of a dpo/orpo run (see objective.Objective).
 
     ``model``: the policy; with an adapter (policy lora), the reference is the same model with the adapter
     disabled. ``reference``: a frozen copy (dpo with policy full), else None. ``reference_adapter``: a dpo
