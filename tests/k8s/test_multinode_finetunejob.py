@@ -22,45 +22,24 @@ import pytest
 
 from kubetune_dev.processes import free_port
 from tests.k8s.conftest import wait_for
+from tests.support.gang_specs import tiny_gang_spec
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 NODE = "local-gang-e2e"
 INDEX = "batch.kubernetes.io/job-completion-index"
 CHECKPOINT_STEPS = 10
 
 
 def gang_spec(tiny: Path, out: Path, port: int) -> dict[str, Any]:
-    return {
-        "baseModel": {"uri": str(tiny)},
-        "dataset": {
-            "uri": str(REPO / "examples" / "data" / "glossary.jsonl"),
-            "split": {"validation": 0.1, "test": 0.1, "seed": 42},
-        },
-        "lora": {"r": 4, "dropout": 0.0},
-        "training": {
-            # Long enough that a pod can be killed between the first checkpoint and the end.
-            "maxSteps": 60,
-            "batchSize": 4,
-            "learningRate": 5e-3,
-            "maxSeqLength": 64,
-            "precision": "fp32",
-            "evalSteps": 60,
-            "loggingSteps": 5,
-            "checkpointSteps": CHECKPOINT_STEPS,
-            "distributed": {"backend": "gloo", "rendezvousPort": port, "socketInterface": "lo"},
-        },
-        "evaluation": {"metrics": ["perplexity"], "maxNewTokens": 2},
-        "output": {"uri": str(out)},
-        "backoffLimit": 2,
-        "resources": {
-            "nodes": 2,
-            "gpus": 0,
-            "cpu": "1",
-            "memory": "2Gi",
-            "nodeSelector": {"kubernetes.io/hostname": NODE},
-        },
+    training = {
+        # Long enough that a pod can be killed between the first checkpoint and the end.
+        "maxSteps": 60,
+        "evalSteps": 60,
+        "loggingSteps": 5,
+        "checkpointSteps": CHECKPOINT_STEPS,
+        "distributed": {"backend": "gloo", "rendezvousPort": port, "socketInterface": "lo"},
     }
+    return {**tiny_gang_spec(tiny, NODE, str(out), training, nodes=2), "backoffLimit": 2}
 
 
 def pod_pids(pod_dir: Path) -> list[int]:

@@ -32,9 +32,9 @@ from kubetune_operator.builders.trainer_job import build_spec_configmap, build_t
 from kubetune_operator.settings import Settings
 from kubetune_operator.specs import FineTuneJobSpec
 from tests.k8s.conftest import wait_for
+from tests.support.gang_specs import tiny_gang_spec
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 NODE = "local-gang"
 INDEX = "batch.kubernetes.io/job-completion-index"
 OUT = "/var/kubetune/out"  # the emptyDir each pod writes its output in
@@ -42,29 +42,14 @@ STEPS = 4
 
 
 def gang_spec(tiny: Path) -> dict[str, Any]:
-    return {
-        "baseModel": {"uri": str(tiny)},
-        "dataset": {
-            "uri": str(REPO / "examples" / "data" / "glossary.jsonl"),
-            "split": {"validation": 0.1, "test": 0.1, "seed": 42},
-        },
-        # No dropout: each rank draws its own masks, so with dropout no two layouts of a step agree.
-        "lora": {"r": 4, "dropout": 0.0},
-        "training": {
-            "maxSteps": STEPS,
-            "batchSize": 4,
-            "gradientAccumulationSteps": 1,  # x 2 nodes: 2 micro-batches per step
-            "learningRate": 5e-3,
-            "maxSeqLength": 64,
-            "precision": "fp32",
-            "evalSteps": STEPS,
-            "loggingSteps": 1,
-            "checkpointSteps": 2,
-        },
-        "evaluation": {"metrics": ["perplexity"], "maxNewTokens": 2},
-        "output": {"uri": "/models/gang"},  # replaced by each pod's own disk, below
-        "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi", "nodeSelector": {"kubernetes.io/hostname": NODE}},
+    training = {
+        "maxSteps": STEPS,
+        "gradientAccumulationSteps": 1,  # x 2 nodes: 2 micro-batches per step
+        "evalSteps": STEPS,
+        "loggingSteps": 1,
+        "checkpointSteps": 2,
     }
+    return tiny_gang_spec(tiny, NODE, "/models/gang", training)  # the output: each pod's own disk, below
 
 
 def gang(job: dict[str, Any], labels: dict[str, str], nodes: int, port: int) -> tuple[dict[str, Any], dict[str, Any]]:
