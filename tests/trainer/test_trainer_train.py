@@ -220,10 +220,14 @@ def test_packed_micro_batches_are_one_row_with_the_same_loss_and_gradients(write
         per_example = loss_and_grads(lambda: objective.loss(lm, rows, rows, "cpu"))
         with lean_lora.enabled(lm) as switched:
             assert switched == 14  # q k v o gate up down, two layers
+            assert all(lean_lora.merges(m, a) for m, a in lean_lora.lean_layers(lm))  # a tiny model: merged W
             lean = loss_and_grads(lambda: objective.loss(lm, rows, rows, "cpu"))
+        monkeypatch.setattr(lean_lora, "merges", lambda *_: False)  # a real model's layers: the adapter form
+        with lean_lora.enabled(lm):
+            lean_adapter = loss_and_grads(lambda: objective.loss(lm, rows, rows, "cpu"))
     assert lm.config._attn_implementation == "sdpa"  # restored: export and serving see the model's own
     assert all("forward" not in vars(m) for m, _ in lean_lora.lean_layers(lm))  # peft's forward again
-    for loss, grads in (masked, per_example, lean):
+    for loss, grads in (masked, per_example, lean, lean_adapter):
         torch.testing.assert_close(loss, padded[0], atol=1e-5, rtol=1e-5)
         for g, want in zip(grads, padded[1], strict=True):
             torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-4)

@@ -53,7 +53,6 @@ def tokenize_splits(
     packed = t.packing and not uses_prompt_learning(cfg.method) and d.format != "preference"
     # Packed: each micro-batch is one padding-free row; flash-attn's varlen kernel or, without it,
     # per-example sdpa (packed_attention.py) keeps attention inside each example.
-    varlen = packed
     if packed:
         kernel = "flash-attn varlen" if attn_implementation(device) == "flash_attention_2" else "per-example sdpa"
         log.info(
@@ -64,7 +63,7 @@ def tokenize_splits(
         (prepared.golden, "instruction") if prepared.golden else (prepared.splits["test"], d.format)
     )
     golden = [] if golden_fmt == "text" else [to_pair(r, golden_fmt, d.fields, tokenizer) for r in golden_rows]
-    return TokenizedData(train, examples["validation"], examples["test"], golden, dropped, varlen)
+    return TokenizedData(train, examples["validation"], examples["test"], golden, dropped, packed)
 
 
 def tokenization_key(prepared: PreparedData, cfg: JobConfig, tokenizer: Any) -> str:
