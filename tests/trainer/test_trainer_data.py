@@ -13,6 +13,7 @@ MODULES = [
     "config",
     "data",
     "formatting",
+    "fused_head",
     "lean_lora",
     "objective",
     "packed_attention",

@@ -1,4 +1,5 @@
-"""Cross-entropy on target tokens only, computing LM-head logits just for those positions."""
+"""Cross-entropy on target tokens only, computing LM-head logits just for those positions (in chunks where
+fused_head.py may take over the head's projection)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kubetune_trainer import fused_head
 from kubetune_trainer.packing import IGNORE, batch_indices, collate
 
 
@@ -17,11 +19,18 @@ def token_losses(model: Any, batch: dict[str, torch.Tensor], prompt_learning: bo
 
     Labels are pre-shifted (see packing.py). For plain and LoRA/IA3 models ``logits_to_keep`` takes a
     boolean mask, so the (large) vocabulary projection runs only where a label exists. Prompt-learning
-    models prepend virtual tokens, so they return full logits; we keep the last ``L`` positions.
+    models prepend virtual tokens, so they return full logits; we keep the last ``L`` positions. Where the
+    head is a plain projection (fused_head.plain_head), the model returns the kept hidden states instead
+    and fused_head.linear_cross_entropy projects them chunk by chunk.
     """
     labels = batch["labels"]
     keep = labels != IGNORE
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    head = None if prompt_learning else fused_head.plain_head(model)
+    if head is not None:
+        with fused_head.bypassed(head):
+            hidden = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        return fused_head.linear_cross_entropy(hidden, head.weight, head.bias, labels[keep])
     if prompt_learning:
         logits = model(**inputs, use_cache=False).logits[:, -labels.shape[1] :][keep]
     else:
