@@ -50,6 +50,18 @@ def test_without_gradients_and_without_targets():
     assert empty.shape == (0,) and empty.dtype == torch.float32
 
 
+def test_a_label_far_below_the_largest_logit_keeps_its_finite_loss():
+    # Its probability underflows to 0 in fp32 (exp(-300)), so -log(softmax[label]) would be inf; the loss is
+    # taken from the log-sum-exp instead, and its gradient is still softmax - onehot.
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    weight = torch.tensor([[300.0, 0.0], [0.0, 0.0], [0.0, -5.0]])
+    labels = torch.tensor([1, 2])
+    (plain, plain_grads), (chunked, chunked_grads) = plain_and_chunked(hidden, weight, None, labels, torch.ones(2))
+    assert torch.isfinite(chunked).all() and chunked[0].item() == pytest.approx(300.0)
+    torch.testing.assert_close(chunked, plain)
+    torch.testing.assert_close(chunked_grads[0], plain_grads[0])
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer

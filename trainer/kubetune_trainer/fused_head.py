@@ -28,7 +28,10 @@ import torch.nn.functional as F
 
 # transformers model types whose ForCausalLM forward is `logits = self.lm_head(hidden_states)`, nothing after.
 MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gemma"})
-CHUNK_FLOATS = 1 << 23  # logits per chunk: 32 MB in fp32, and as much again for their log-softmax
+# Logits per chunk: 128 MB in fp32, and as much again for their softmax. Each chunk reads the head's whole
+# weight twice (forward and the hidden-state gradient): with 8M, chunks of 65 rows at a 128k vocabulary
+# ran 1.11-1.19x the plain loss's time, with 32M 0.72-0.93x (bench/bench_fused_head.py).
+CHUNK_FLOATS = 1 << 25
 
 
 def plain_head(model: Any) -> torch.nn.Linear | None:
@@ -64,14 +67,25 @@ def _chunks(n: int, vocab: int) -> list[slice]:
     return [slice(start, start + rows) for start in range(0, n, rows)]
 
 
-def _log_probs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.log_softmax(F.linear(hidden, weight, bias).float(), dim=-1)
+def _probs_and_losses(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of the logits and each row's ``-log p[label]``, with one pass of exp over the logits.
+
+    ``log_softmax`` then ``exp`` would take two (exp is most of their cost on CPU). The log-sum-exp comes
+    back from the softmax's largest value instead: ``p_max = exp(max - lse)``, and ``p_max >= 1 / vocab``,
+    so its log is exact where ``log p[label]`` itself could underflow.
+    """
+    logits = F.linear(hidden, weight, bias).float()
+    probs = torch.softmax(logits, dim=-1)
+    lse = logits.amax(1) - probs.amax(1).log()
+    return probs, lse - logits.gather(1, labels[:, None]).squeeze(1)
 
 
-def _logit_grads(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """d(-log p[label]) / d logits = softmax - onehot, computed in place over ``log_probs``."""
-    minus_one = log_probs.new_full((labels.shape[0], 1), -1.0)
-    return log_probs.exp_().scatter_add_(1, labels[:, None], minus_one)
+def _logit_grads(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """d(-log p[label]) / d logits = softmax - onehot, computed in place over ``probs``."""
+    minus_one = probs.new_full((labels.shape[0], 1), -1.0)
+    return probs.scatter_add_(1, labels[:, None], minus_one)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -81,10 +95,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         losses, grad_hidden = [], []
         for part in _chunks(labels.shape[0], weight.shape[0]):
-            log_probs = _log_probs(hidden[part], weight, bias)
-            losses.append(log_probs.gather(1, labels[part, None]).squeeze(1).neg())
+            probs, part_losses = _probs_and_losses(hidden[part], weight, bias, labels[part])
+            losses.append(part_losses)
             if ctx.needs_input_grad[0]:
-                grad = _logit_grads(log_probs, labels[part]).to(weight.dtype) @ weight
+                grad = _logit_grads(probs, labels[part]).to(weight.dtype) @ weight
                 grad_hidden.append(grad.to(hidden.dtype))
         head_trains = ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
         joined = _joined(grad_hidden) if grad_hidden else None
@@ -103,7 +117,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_weight = torch.zeros_like(weight, dtype=torch.float32)
             grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
             for part in _chunks(labels.shape[0], weight.shape[0]):
-                g = _logit_grads(_log_probs(hidden[part], weight, bias), labels[part]) * scale[part]
+                probs, _ = _probs_and_losses(hidden[part], weight, bias, labels[part])
+                g = _logit_grads(probs, labels[part]) * scale[part]
                 grad_weight += g.t() @ hidden[part].float()
                 if grad_bias is not None:
                     grad_bias += g.sum(0)
