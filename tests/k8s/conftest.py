@@ -73,6 +73,16 @@ class Api:
     def events_for(self, name: str) -> list[Any]:
         return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
 
+    def reasons_once_posted(self, name: str, reason: str, at_least: int = 1, timeout: float = 15) -> list[str]:
+        """The reasons of `name`'s events once `at_least` of them are `reason`. The operator posts an event
+        after the status write it announces, so a test that has just seen the status can list a moment early."""
+
+        def reasons() -> list[str] | None:
+            out = [e.reason for e in self.events_for(name) for _ in range(e.count or 1)]
+            return out if out.count(reason) >= at_least else None
+
+        return wait_for(reasons, timeout, f"{at_least} {reason} event(s) on {name}")
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:

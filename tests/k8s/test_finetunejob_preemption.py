@@ -88,7 +88,9 @@ def test_evicted_trainer_resumes_from_its_s3_checkpoint_without_using_a_retry(k8
         fs.put(str(ensure_tiny_model(tmp_path / "tiny")), f"{bucket}/models/tiny", recursive=True)
         secret = {k: base64.b64encode(v.encode()).decode() for k, v in s3.env.items()}
         k8s.core.create_namespaced_secret(k8s.ns, {"metadata": {"name": "s3-keys"}, "data": secret})
-        steps = 24
+        # Long enough that the eviction lands mid-training: a step of the tiny model takes ~30 ms, and
+        # status -> this poll -> Eviction -> the executor's SIGTERM takes up to a second on a busy machine.
+        steps = 200
         k8s.create_ftj(
             "preempted",
             {

@@ -183,7 +183,7 @@ def test_promote_approve_abort_and_retry_are_the_patches_the_operator_acts_on(k8
     # abort is still true from the first abort, and used: the plugin re-arms it and sets it again.
     ok(plugin(kc, "abort", "gated", "-n", ns))
     status = wait_for(md_phase(k8s, "gated", "RolledBack"), 30, "aborted again")
-    assert status["abortedVersion"] == v3 and [e.reason for e in k8s.events_for("gated")].count("RolledBack") == 2
+    assert status["abortedVersion"] == v3 and k8s.reasons_once_posted("gated", "RolledBack", 2).count("RolledBack") == 2
     ok(plugin(kc, "retry", "gated", "-n", ns))
     wait_for(lambda: (s := md_phase(k8s, "gated", "Paused", "Progressing")()) and s.get("canaryVersion") == v3, 30)
     said = ok(plugin(kc, "promote", "gated", "--full", "-n", ns))

@@ -120,8 +120,8 @@ def test_new_adapter_rolls_out_step_by_step_and_is_promoted(k8s, operator):
         30,
         "canary removed",
     )
-    reasons = [e.reason for e in k8s.events_for("chat")]
-    assert reasons.count("StepAdvanced") == 2 and "Promoted" in reasons and "CanaryStarted" in reasons
+    reasons = k8s.reasons_once_posted("chat", "Promoted")
+    assert reasons.count("StepAdvanced") == 2 and reasons.count("Promoted") == 1 and "CanaryStarted" in reasons
     rounded = [e.message for e in k8s.events_for("chat") if e.reason == "ShareRounded" and e.type == "Warning"]
     assert sorted(rounded) == [
         "step 100% rounded to 66.7% of requests: 2 canary and 1 stable pod(s) from replicas 2 (more replicas or "
@@ -154,6 +154,7 @@ def test_abort_stops_the_canary_in_flight_and_no_later_version(k8s, operator):
     assert k8s.deployment("abortme-canary").spec.replicas == 0
     stable = k8s.deployment("abortme-stable")
     assert "/adapters/v1" in args_of(stable) and stable.spec.replicas == 2  # back to full size
+    k8s.reasons_once_posted("abortme", "RolledBack")
     assert any(e.reason == "RolledBack" and e.type == "Warning" for e in k8s.events_for("abortme"))
     time.sleep(3)  # the rolled-back version is not retried until the spec changes again, or a retry names it
     assert k8s.get_md("abortme")["status"]["phase"] == "RolledBack"
@@ -276,8 +277,7 @@ def test_operator_killed_between_steps_posts_each_step_once_and_skips_none(k8s, 
 
     expected = [f"step {a}% passed; moving to {b}%" for a, b in itertools.pairwise(steps)]
     assert wait_for(lambda: sorted(advanced()) == sorted(expected) or None, 15, "one StepAdvanced per step")
-    promoted = [e for e in k8s.events_for("restarted") if e.reason == "Promoted"]
-    assert len(promoted) == 1
+    assert k8s.reasons_once_posted("restarted", "Promoted").count("Promoted") == 1
 
 
 def test_approvals_and_promotion_name_their_version_and_are_used_once(k8s, operator, control_plane):
